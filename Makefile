@@ -1,0 +1,35 @@
+# offrl: every target sets up what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+# This machine's CPU wheel; override for another build, e.g. TORCH_SPEC="torch==2.13.0 --index-url ..."
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+ENV ?= HalfCheetah-v5
+STEPS ?= 300000
+SEED ?= 0
+
+.PHONY: install test test-slow lint pretrain clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+lint: install
+	$(BIN)/ruff check offrl tests
+
+pretrain: install
+	$(BIN)/offrl pretrain --env $(ENV) --steps $(STEPS) --seed $(SEED)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

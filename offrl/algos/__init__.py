@@ -1,0 +1,1 @@
+"""Algorithms: each update reads top to bottom in its own file."""

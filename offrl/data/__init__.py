@@ -1,0 +1,1 @@
+"""Datasets: on-disk format, registry, collection, buffers, importers and exporters."""

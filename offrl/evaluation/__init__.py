@@ -1,0 +1,1 @@
+"""Evaluation: rollouts, normalized scores, Q-estimate bias, leaderboard. Knows nothing of training."""

@@ -1,0 +1,153 @@
+"""Shipped behaviour policies: the actors that every offrl dataset is collected from.
+
+Each policy is `datasets/policies/<env id>/<tier>.pt` (actor weights plus what rebuilds the actor)
+next to `<tier>.json`, its card. Loading checks the weights' sha256 against the card first.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from offrl import __version__
+from offrl.envs import versions
+from offrl.errors import OfflineRLError
+from offrl.evaluation.rollout import evaluate_policy
+from offrl.fileio import atomic_torch_save, atomic_write_bytes, sha256_file
+from offrl.nets import TanhGaussianActor
+
+__all__ = ["POLICY_ROOT", "ShippedPolicy", "policy_path", "load_policy", "save_policy",
+           "ship_policies", "CARD_EVAL_SEED"]
+
+POLICY_ROOT = Path(__file__).resolve().parent.parent / "datasets" / "policies"
+POLICY_FORMAT = "offrl-policy"
+CARD_EVAL_SEED = 2_000_000  # card returns use start states no training evaluation saw
+
+
+@dataclass
+class ShippedPolicy:
+    actor: TanhGaussianActor
+    card: dict
+    path: Path
+
+
+def policy_path(env_id: str, tier: str, root: Path | None = None) -> Path:
+    return Path(root or POLICY_ROOT) / env_id / f"{tier}.pt"
+
+
+def save_policy(actor: TanhGaussianActor, env_id: str, path: Path) -> str:
+    """Write the actor's weights and shape; returns the file's sha256."""
+    atomic_torch_save({"format": POLICY_FORMAT, "format_version": 1, "env_id": env_id, "obs_dim": actor.obs_dim,
+                       "act_dim": actor.act_dim, "hidden": list(actor.hidden),
+                       "actor": {k: v.detach().cpu() for k, v in actor.state_dict().items()}}, path)
+    return sha256_file(path)
+
+
+def load_policy(path_or_env: str | Path, tier: str | None = None, device: str | torch.device = "cpu") -> ShippedPolicy:
+    """Load `load_policy("HalfCheetah-v5", "expert")` or `load_policy(path/to/expert.pt)`.
+
+    Refuses a file whose sha256 differs from its card's, naming both hashes.
+    """
+    path = policy_path(str(path_or_env), tier) if tier is not None else Path(path_or_env)
+    card_path = path.with_suffix(".json")
+    if not path.is_file():
+        raise OfflineRLError(f"policy {path}: no such file")
+    if not card_path.is_file():
+        raise OfflineRLError(f"policy {path}: its card {card_path} is missing")
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise OfflineRLError(f"policy card {card_path}: not valid JSON ({exc})") from None
+    actual = sha256_file(path)
+    if actual != card.get("sha256"):
+        raise OfflineRLError(f"policy {path}: sha256 {actual} does not match its card's {card.get('sha256')}; "
+                             "the weights were changed or damaged")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob.get("format") != POLICY_FORMAT:
+            raise ValueError("not an offrl policy file")
+        actor = TanhGaussianActor(blob["obs_dim"], blob["act_dim"], tuple(blob["hidden"]))
+        actor.load_state_dict(blob["actor"])
+    except Exception as exc:  # noqa: BLE001 - any failure here means a file we cannot use
+        raise OfflineRLError(f"policy {path}: cannot be loaded ({type(exc).__name__}: {exc})") from None
+    return ShippedPolicy(actor=actor.to(device).eval(), card=card, path=path)
+
+
+def _medium_target(expert_return: float, random_return: float) -> tuple[float, str]:
+    if expert_return > 0:
+        return expert_return / 3.0, "evaluated return nearest one third of the expert's (D4RL medium)"
+    # One third of a negative return lies above the expert; use one third of the way up from random.
+    return random_return + (expert_return - random_return) / 3.0, \
+        "evaluated return nearest one third of the way from the random policy's return to the expert's"
+
+
+def ship_policies(run_dir: Path, dest_root: Path | None = None, episodes: int = 20,
+                  command: str | None = None) -> dict[str, dict]:
+    """Pick the expert (best evaluated snapshot) and medium snapshots of a pretrain run, evaluate each over
+    `episodes` deterministic episodes, write weights + cards, and export the replay buffer up to the
+    medium snapshot (compressed HDF5, in the run directory) for the medium-replay tier."""
+    from offrl.data.hdf5 import write_replay_prefix
+    from offrl.train.common import load_checkpoint
+
+    run_dir = Path(run_dir)
+    config_path, evals_path = run_dir / "config.json", run_dir / "evaluations.csv"
+    for p in (config_path, evals_path):
+        if not p.is_file():
+            raise OfflineRLError(f"{run_dir} is not a pretrain run: {p.name} is missing")
+    run = json.loads(config_path.read_text())
+    env_id, seed = run["config"]["env_id"], run["config"]["seed"]
+    evals = pd.read_csv(evals_path)
+    if evals.empty:
+        raise OfflineRLError(f"{evals_path}: no evaluations yet")
+    random_result = evaluate_policy(lambda o: torch.rand(o.shape[0], run["act_dim"]) * 2 - 1, env_id, episodes,
+                                    CARD_EVAL_SEED)
+    expert_row = evals.loc[evals["return_mean"].idxmax()]
+    target, rule = _medium_target(float(expert_row["return_mean"]), random_result.mean)
+    medium_row = evals.loc[(evals["return_mean"] - target).abs().idxmin()]
+
+    cards = {}
+    for tier, row in (("expert", expert_row), ("medium", medium_row)):
+        step = int(row["step"])
+        snapshot = torch.load(run_dir / "snapshots" / f"actor_{step}.pt", map_location="cpu", weights_only=True)
+        actor = TanhGaussianActor(run["obs_dim"], run["act_dim"], tuple(run["config"]["sac"]["hidden"]))
+        actor.load_state_dict(snapshot["actor"])
+        actor.eval()
+        result = evaluate_policy(lambda o, a=actor: a.act(o, deterministic=True), env_id, episodes, CARD_EVAL_SEED)
+        weights = policy_path(env_id, tier, dest_root)
+        sha = save_policy(actor, env_id, weights)
+        cards[tier] = {
+            "env_id": env_id, "env_version": env_id.rsplit("-v", 1)[-1], "tier": tier, **versions(),
+            "torch": torch.__version__, "offrl_version": __version__, "git_commit": run.get("git_commit", "unknown"),
+            "algorithm": "SAC", "seed": seed, "training_steps": step, "run_steps": int(run["config"]["steps"]),
+            "selection": "best evaluated snapshot (10 deterministic episodes)" if tier == "expert" else rule,
+            "selection_return_10ep": float(row["return_mean"]),
+            "return_mean": result.mean, "return_std": result.std, "return_min": float(result.returns.min()),
+            "return_max": float(result.returns.max()), "eval_episodes": episodes, "eval_deterministic": True,
+            "eval_seed": CARD_EVAL_SEED, "random_policy_return_mean": random_result.mean,
+            "obs_dim": run["obs_dim"], "act_dim": run["act_dim"], "hidden": run["config"]["sac"]["hidden"],
+            "weights_file": weights.name, "sha256": sha,
+            "command": run.get("command", f"offrl pretrain --env {env_id} --steps {run['config']['steps']} "
+                                         f"--seed {seed}"),
+            "ship_command": command or "offrl " + shlex.join(sys.argv[1:]),
+        }
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pt", "sac-online")
+    medium_step = cards["medium"]["training_steps"]
+    if checkpoint["step"] >= medium_step:
+        replay_path = run_dir / "replay_medium.hdf5"
+        write_replay_prefix(checkpoint["buffer"]["transitions"], medium_step, replay_path, env_id=env_id)
+        cards["medium"]["replay_buffer"] = {"path": str(replay_path), "transitions": medium_step}
+    for tier, card in cards.items():
+        atomic_write_bytes(policy_path(env_id, tier, dest_root).with_suffix(".json"),
+                           (json.dumps(card, indent=2) + "\n").encode())
+    return cards
+
+
+def describe(card: dict) -> str:
+    return (f"{card['env_id']} {card['tier']}: {card['return_mean']:.1f} ± {card['return_std']:.1f} "
+            f"over {card['eval_episodes']} episodes (step {card['training_steps']})")

@@ -1,0 +1,1 @@
+"""Training loops: online SAC pretraining, offline CQL, offline-to-online fine-tuning."""

@@ -1,0 +1,81 @@
+"""Pieces every training loop shares: atomic files, checkpoints, RNG state, the CSV metrics log."""
+
+from __future__ import annotations
+
+import csv
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from offrl.errors import OfflineRLError
+from offrl.fileio import atomic_write_bytes
+
+__all__ = ["load_checkpoint", "rng_state", "set_rng_state", "MetricsLog"]
+
+CHECKPOINT_FORMAT = "offrl-checkpoint"
+
+
+def load_checkpoint(path: Path, kind: str) -> dict:
+    """Load an offrl checkpoint of the given kind, or raise one clear error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise OfflineRLError(f"checkpoint {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
+        raise OfflineRLError(f"checkpoint {path}: cannot be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise OfflineRLError(f"checkpoint {path}: not an offrl checkpoint")
+    if state.get("kind") != kind:
+        raise OfflineRLError(f"checkpoint {path}: is a {state.get('kind')!r} checkpoint, expected {kind!r}")
+    return state
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+class MetricsLog:
+    """Append-only CSV of metrics rows. On resume, rows logged after the checkpoint are dropped
+    so the file reads as if the run had never been interrupted."""
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = Path(path)
+        self.fieldnames: list[str] | None = None
+        if resume_step is None:
+            self.path.unlink(missing_ok=True)
+        elif self.path.exists():
+            with self.path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                self.fieldnames = reader.fieldnames
+                kept = [row for row in reader if int(float(row["step"])) <= resume_step]
+            self._rewrite(kept)
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        with tempfile.SpooledTemporaryFile(mode="w+", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.fieldnames or [])
+            writer.writeheader()
+            writer.writerows(rows)
+            f.seek(0)
+            text = f.read()
+        atomic_write_bytes(self.path, text.encode())
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.fieldnames is None:
+            self.fieldnames = list(row)
+        new_file = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.fieldnames, extrasaction="ignore")
+            if new_file:
+                writer.writeheader()
+            writer.writerow(row)

@@ -7,8 +7,11 @@ BIN := $(VENV)/bin
 ENV ?= HalfCheetah-v5
 STEPS ?= 300000
 SEED ?= 0
+# `make collect`: every tier at a size that collects in a few minutes on 2 cores
+TRANSITIONS ?= 200000
+VERSION ?= 0
 
-.PHONY: install test test-slow lint pretrain clean
+.PHONY: install test test-slow lint pretrain ship-policies collect datasets clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +33,16 @@ lint: install
 
 pretrain: install
 	$(BIN)/offrl pretrain --env $(ENV) --steps $(STEPS) --seed $(SEED)
+
+ship-policies: install
+	$(BIN)/offrl ship-policies --run runs/pretrain/$(ENV)-seed$(SEED)
+
+collect: install
+	$(BIN)/offrl collect --env $(ENV) --tier all --transitions $(TRANSITIONS) --seed $(SEED) --version $(VERSION)
+	$(BIN)/offrl datasets verify
+
+datasets: install
+	$(BIN)/offrl datasets list
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

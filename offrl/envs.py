@@ -21,6 +21,26 @@ __all__ = ["EnvSpec", "ScaledActionEnv", "make_env", "env_spec", "seed_everythin
 FIRST_CLASS_ENVS = ("Pendulum-v1", "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5")
 
 
+def _install_mujoco_warning_filter() -> None:
+    """MuJoCo 4 warns on every model load that Gymnasium's XML files use the deprecated `settotalmass`;
+    that is Gymnasium's to fix and floods every collection and evaluation. Other warnings pass through."""
+    try:
+        import mujoco
+    except ImportError:
+        return
+
+    def forward(message: str) -> None:
+        if "settotalmass" not in message:
+            import warnings
+
+            warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+
+    mujoco.set_mju_user_warning(forward)
+
+
+_install_mujoco_warning_filter()
+
+
 @dataclass(frozen=True)
 class EnvSpec:
     """What a policy or dataset needs to know about an env to be checked against it."""
@@ -46,9 +66,18 @@ class ScaledActionEnv(gym.Wrapper):
         self._offset = (high + low) / 2.0
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=env.action_space.shape, dtype=np.float32)
 
-    def step(self, action: Any):
+    def to_env_action(self, action: Any) -> np.ndarray:
+        """[-1, 1] → the env's bounds; works on one action or a batch of them."""
         action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
-        return self.env.step((self._offset + self._scale * action).astype(self.env.action_space.dtype))
+        return (self._offset + self._scale * action).astype(self.env.action_space.dtype)
+
+    def step(self, action: Any):
+        return self.env.step(self.to_env_action(action))
+
+    def step_env_action(self, env_action: np.ndarray):
+        """Step with an action already in the env's bounds (see `to_env_action`): lets a caller
+        rescale a whole batch of actions in one vectorised call."""
+        return self.env.step(env_action)
 
 
 def _check_box(env_id: str, name: str, space: gym.Space) -> None:
@@ -60,14 +89,14 @@ def _check_box(env_id: str, name: str, space: gym.Space) -> None:
         raise OfflineRLError(f"env {env_id!r}: action space must be bounded, found {space!r}")
 
 
-def make_env(env_id: str, seed: int | None = None) -> ScaledActionEnv:
+def make_env(env_id: str, seed: int | None = None, max_episode_steps: int | None = None) -> ScaledActionEnv:
     """Build a Gymnasium env whose policy-facing actions lie in [-1, 1].
 
     With a seed, the first reset and the action space are seeded (call `reset(seed=seed)` yourself
-    only if you want to reseed later).
+    only if you want to reseed later). `max_episode_steps` overrides the registered time limit.
     """
     try:
-        base = gym.make(env_id)
+        base = gym.make(env_id, **({"max_episode_steps": max_episode_steps} if max_episode_steps else {}))
     except gym.error.Error as exc:
         raise OfflineRLError(f"unknown env id {env_id!r}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - gymnasium raises many types for a bad id/entry point

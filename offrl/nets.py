@@ -24,11 +24,11 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, orthogonal_init: bool 
     layers.append(nn.Linear(dims[-1], out_dim))
     net = nn.Sequential(*layers)
     if orthogonal_init:
-        # CORL's CQL initialises critics orthogonally (gain sqrt(2)) with zero bias.
-        for layer in net:
-            if isinstance(layer, nn.Linear):
-                nn.init.orthogonal_(layer.weight, gain=math.sqrt(2.0))
-                nn.init.zeros_(layer.bias)
+        # CORL's CQL: hidden layers orthogonal with gain sqrt(2), the output layer with gain 1e-2, zero biases.
+        linears = [layer for layer in net if isinstance(layer, nn.Linear)]
+        for layer in linears:
+            nn.init.orthogonal_(layer.weight, gain=math.sqrt(2.0) if layer is not linears[-1] else 1e-2)
+            nn.init.zeros_(layer.bias)
     return net
 
 
@@ -87,6 +87,12 @@ class TanhGaussianActor(nn.Module):
         noise = torch.randn((n, *mean.shape), dtype=mean.dtype, device=mean.device)
         pre_tanh = mean + log_std.exp() * noise
         return torch.tanh(pre_tanh), tanh_gaussian_log_prob(pre_tanh, mean, log_std)
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        """log π(a|s) of given actions in [-1, 1] (for behaviour cloning); |a| is clipped just below 1."""
+        mean, log_std = self.distribution_params(obs)
+        pre_tanh = torch.atanh(actions.clamp(-1.0 + eps, 1.0 - eps))
+        return tanh_gaussian_log_prob(pre_tanh, mean, log_std)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:

@@ -7,6 +7,7 @@ next to `<tier>.json`, its card. Loading checks the weights' sha256 against the 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from offrl.evaluation.rollout import evaluate_policy
 from offrl.fileio import atomic_torch_save, atomic_write_bytes, sha256_file
 from offrl.nets import TanhGaussianActor
 
-__all__ = ["POLICY_ROOT", "ShippedPolicy", "policy_path", "load_policy", "save_policy",
+__all__ = ["POLICY_ROOT", "ShippedPolicy", "policy_root", "policy_path", "load_policy", "save_policy",
            "ship_policies", "CARD_EVAL_SEED"]
 
 POLICY_ROOT = Path(__file__).resolve().parent.parent / "datasets" / "policies"
@@ -37,8 +38,13 @@ class ShippedPolicy:
     path: Path
 
 
+def policy_root() -> Path:
+    """The shipped policies in the repository, unless OFFRL_POLICIES_PATH names another folder."""
+    return Path(os.environ.get("OFFRL_POLICIES_PATH") or POLICY_ROOT)
+
+
 def policy_path(env_id: str, tier: str, root: Path | None = None) -> Path:
-    return Path(root or POLICY_ROOT) / env_id / f"{tier}.pt"
+    return Path(root or policy_root()) / env_id / f"{tier}.pt"
 
 
 def save_policy(actor: TanhGaussianActor, env_id: str, path: Path) -> str:

@@ -1,0 +1,201 @@
+"""Conservative Q-Learning, CQL(H) on top of SAC (Kumar et al. 2020, arXiv:2006.04779, eq. 4 and appendix F).
+
+Read top to bottom: config, sampling the 3n actions, the critic loss, one update. Defaults follow CORL's
+gym-locomotion configs (configs/offline/cql/*/medium_v2.yaml); the shipped YAML files cite each value.
+
+The conservative term, per critic i:
+    α_cql · ( E_s[ τ · logsumexp_j ((Q_i(s, a_j) − log μ(a_j)) / τ) ] − E_(s,a)~D[ Q_i(s, a) ] )
+over 3n actions a_j at s: n uniform in [-1, 1]^|A| (density 0.5^|A|), n from π(·|s), n from π(·|s′),
+each weighted by its own density (importance sampling).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from offrl.algos.sac import SACAgent, SACConfig, make_optimizer, polyak_update, temperature_loss
+from offrl.data.buffer import Batch
+from offrl.errors import OfflineRLError
+
+__all__ = ["CQLConfig", "CQLAgent", "CQL_METRICS", "sample_cql_actions", "cql_critic_loss", "cql_update"]
+
+CQL_METRICS = ("critic_loss", "bellman_loss", "cql_loss", "actor_loss", "q_data", "q_random", "q_pi_s",
+               "q_pi_next_s", "cql_gap", "alpha", "alpha_prime", "entropy")
+
+
+@dataclass
+class CQLConfig:
+    """CQL-SAC hyper-parameters. Defaults: CORL gym-locomotion (halfcheetah/medium_v2.yaml) unless noted."""
+
+    actor_lr: float = 3e-5  # CORL policy_lr
+    critic_lr: float = 3e-4  # CORL qf_lr
+    alpha_lr: float = 3e-5  # CORL optimises log α with policy_lr
+    alpha_prime_lr: float = 3e-4  # CORL optimises log α′ with qf_lr
+    batch_size: int = 256
+    actor_hidden: tuple[int, ...] = field(default=(256, 256, 256))
+    critic_hidden: tuple[int, ...] = field(default=(256, 256, 256))
+    orthogonal_init: bool = True
+    gamma: float = 0.99
+    tau: float = 0.005  # Polyak rate (CORL soft_target_update_rate)
+    init_alpha: float = 1.0  # CORL log_alpha starts at 0
+    autotune_alpha: bool = True
+    target_entropy: float | None = None  # None: −|A|
+    cql_alpha: float = 10.0  # α_cql, CORL cql_min_q_weight
+    n_actions: int = 10  # n per source; 3n sampled actions in all
+    temperature: float = 1.0  # τ of the logsumexp (CORL cql_temp)
+    importance_sample: bool = True
+    lagrange: bool = False  # learn α′ so the gap tracks target_action_gap (CQL paper, eq. 30)
+    target_action_gap: float = -1.0
+    init_alpha_prime: float = math.e  # CORL log_alpha_prime starts at 1
+    max_target_backup: bool = False
+    backup_entropy: bool = False
+    bc_steps: int = 0  # policy trained by behaviour cloning for the first bc_steps updates
+    normalize_observations: bool = True
+    normalize_reward: bool = False  # CORL's locomotion reward scaling: r · 1000 / (max − min episode return)
+
+    def validate(self) -> None:
+        for name in ("actor_lr", "critic_lr", "alpha_lr", "alpha_prime_lr", "tau", "temperature", "init_alpha",
+                     "init_alpha_prime"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+                raise OfflineRLError(f"config: {name} must be a positive number, found {value!r}")
+        if self.cql_alpha < 0:
+            raise OfflineRLError(f"config: cql_alpha must be >= 0, found {self.cql_alpha!r}")
+        if not 0 <= self.gamma < 1:
+            raise OfflineRLError(f"config: gamma must be in [0, 1), found {self.gamma!r}")
+        for name in ("batch_size", "n_actions"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise OfflineRLError(f"config: {name} must be an integer >= 1, found {getattr(self, name)!r}")
+        if self.bc_steps < 0:
+            raise OfflineRLError(f"config: bc_steps must be >= 0, found {self.bc_steps!r}")
+        for name in ("actor_hidden", "critic_hidden"):
+            sizes = getattr(self, name)
+            if not sizes or any(not isinstance(h, int) or h < 1 for h in sizes):
+                raise OfflineRLError(f"config: {name} must be a list of positive layer sizes, found {sizes!r}")
+
+    def sac_config(self) -> SACConfig:
+        return SACConfig(actor_lr=self.actor_lr, critic_lr=self.critic_lr, alpha_lr=self.alpha_lr,
+                         batch_size=self.batch_size, hidden=self.actor_hidden, gamma=self.gamma, tau=self.tau,
+                         init_alpha=self.init_alpha, autotune_alpha=self.autotune_alpha,
+                         target_entropy=self.target_entropy)
+
+
+class CQLAgent(SACAgent):
+    """The SAC agent plus log α′ (the Lagrange multiplier of the conservative term)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, config: CQLConfig):
+        super().__init__(obs_dim, act_dim, config.sac_config(), critic_hidden=config.critic_hidden,
+                         orthogonal_critic_init=config.orthogonal_init)
+        self.log_alpha_prime = torch.nn.Parameter(torch.tensor(float(config.init_alpha_prime)).log())
+        self.alpha_prime_optimizer = make_optimizer([self.log_alpha_prime], config.alpha_prime_lr)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {**super().optimizers(), "alpha_prime": self.alpha_prime_optimizer}
+
+
+def sample_cql_actions(agent: CQLAgent, batch: Batch, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 3n actions at s and their log-densities: (3n, B, A) and (3n, B), order uniform, π(s), π(s′).
+
+    Policy samples are detached: the conservative term trains the critics, not the actor.
+    """
+    batch_size, act_dim = batch.actions.shape
+    uniform = torch.rand((n, batch_size, act_dim), device=batch.actions.device, dtype=batch.actions.dtype) * 2 - 1
+    uniform_log_density = torch.full((n, batch_size), act_dim * math.log(0.5), device=batch.actions.device)
+    with torch.no_grad():
+        pi_s, log_pi_s = agent.actor.sample_n(batch.observations, n)
+        pi_next, log_pi_next = agent.actor.sample_n(batch.next_observations, n)
+    return torch.cat([uniform, pi_s, pi_next]), torch.cat([uniform_log_density, log_pi_s, log_pi_next])
+
+
+@torch.no_grad()
+def cql_target(agent: CQLAgent, batch: Batch, config: CQLConfig, alpha: torch.Tensor) -> torch.Tensor:
+    """Clipped double-Q target; optional max-over-n backup and entropy bonus (both off in CORL's configs)."""
+    if config.max_target_backup:
+        next_actions, next_log_prob = agent.actor.sample_n(batch.next_observations, config.n_actions)
+        next_obs = batch.next_observations.expand(config.n_actions, *batch.next_observations.shape)
+        q_next = agent.critic_target(next_obs, next_actions).min(dim=0).values  # (n, B)
+        q_next, best = q_next.max(dim=0)
+        next_log_prob = next_log_prob.gather(0, best.unsqueeze(0)).squeeze(0)
+    else:
+        next_actions, next_log_prob = agent.actor(batch.next_observations)
+        q_next = agent.critic_target(batch.next_observations, next_actions).min(dim=0).values
+    if config.backup_entropy:
+        q_next = q_next - alpha * next_log_prob
+    return batch.rewards + config.gamma * (1.0 - batch.terminals) * q_next
+
+
+def cql_critic_loss(agent: CQLAgent, batch: Batch, config: CQLConfig, target: torch.Tensor,
+                    sampled_actions: torch.Tensor, sampled_log_density: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """The two parts of the critic loss: the Bellman MSE (summed over both critics) and the per-critic
+    conservative gap E_s[τ·logsumexp] − E_D[Q], shape (2,), which `cql_update` weights by α_cql (and α′).
+
+    Every critic evaluation is one call: data actions and the 3n sampled actions form a (3n + 1, B) grid.
+    """
+    n = config.n_actions
+    grid_actions = torch.cat([batch.actions.unsqueeze(0), sampled_actions])  # (3n + 1, B, A)
+    grid_obs = batch.observations.expand(grid_actions.shape[0], *batch.observations.shape)
+    q_grid = agent.critic(grid_obs, grid_actions)  # (2, 3n + 1, B)
+    q_data, q_sampled = q_grid[:, 0], q_grid[:, 1:]
+
+    bellman_loss = F.mse_loss(q_data, target.expand_as(q_data), reduction="none").mean(dim=1).sum()
+    weighted = q_sampled - sampled_log_density if config.importance_sample else q_sampled
+    logsumexp = config.temperature * torch.logsumexp(weighted / config.temperature, dim=1)  # (2, B)
+    gap = (logsumexp - q_data).mean(dim=1)  # (2,): E_s[logsumexp] − E_D[Q], per critic
+    diagnostics = {"q_data": q_data.mean(), "q_random": q_sampled[:, :n].mean(),
+                   "q_pi_s": q_sampled[:, n:2 * n].mean(), "q_pi_next_s": q_sampled[:, 2 * n:].mean(),
+                   "bellman_loss": bellman_loss}
+    return bellman_loss, gap, diagnostics
+
+
+def cql_update(agent: CQLAgent, batch: Batch, config: CQLConfig, step: int) -> dict[str, torch.Tensor]:
+    """One CQL-SAC update; every loss uses the networks as they were before this update (as CORL does).
+    Returns detached metric tensors; nothing here synchronises with the host."""
+    alpha = agent.log_alpha.exp().detach()
+
+    # Actor: behaviour cloning during warm-up, then the SAC objective against the current critics.
+    action, log_prob = agent.actor(batch.observations)
+    if step < config.bc_steps:
+        policy_loss = (alpha * log_prob - agent.actor.log_prob(batch.observations, batch.actions)).mean()
+    else:
+        q_pi = agent.critic(batch.observations, action).min(dim=0).values
+        policy_loss = (alpha * log_prob - q_pi).mean()
+
+    # Critics: Bellman error plus the conservative gap, weighted by α_cql (and α′ in the Lagrange variant).
+    target = cql_target(agent, batch, config, alpha)
+    sampled_actions, sampled_log_density = sample_cql_actions(agent, batch, config.n_actions)
+    bellman_loss, gap, diagnostics = cql_critic_loss(agent, batch, config, target, sampled_actions,
+                                                     sampled_log_density)
+    if config.lagrange:
+        alpha_prime = agent.log_alpha_prime.exp().clamp(0.0, 1e6)
+        cql_loss = (alpha_prime.detach() * config.cql_alpha * (gap - config.target_action_gap)).sum()
+        # α′ grows while the gap exceeds its target and shrinks below it (dual ascent on eq. 30).
+        alpha_prime_loss = -(alpha_prime * config.cql_alpha * (gap.detach() - config.target_action_gap)).mean()
+    else:
+        alpha_prime = agent.log_alpha_prime.detach().exp()
+        cql_loss = config.cql_alpha * gap.sum()
+    critic_loss = bellman_loss + cql_loss
+
+    agent.actor_optimizer.zero_grad(set_to_none=True)
+    policy_loss.backward(inputs=list(agent.actor.parameters()))
+    agent.critic_optimizer.zero_grad(set_to_none=True)
+    critic_loss.backward(inputs=list(agent.critic.parameters()))
+    agent.actor_optimizer.step()
+    agent.critic_optimizer.step()
+    if config.autotune_alpha:
+        agent.alpha_optimizer.zero_grad(set_to_none=True)
+        temperature_loss(agent, log_prob).backward()
+        agent.alpha_optimizer.step()
+    if config.lagrange:
+        agent.alpha_prime_optimizer.zero_grad(set_to_none=True)
+        alpha_prime_loss.backward()
+        agent.alpha_prime_optimizer.step()
+    polyak_update(agent.critic_target, agent.critic, config.tau)
+
+    return {"critic_loss": critic_loss.detach(), "cql_loss": cql_loss.detach(), "actor_loss": policy_loss.detach(),
+            "cql_gap": gap.detach().mean(), "alpha": alpha, "alpha_prime": alpha_prime.detach(),
+            "entropy": -log_prob.detach().mean(), **{k: v.detach() for k, v in diagnostics.items()}}

@@ -1,0 +1,101 @@
+"""Configs: dataclasses filled from YAML files, with unknown keys and bad values refused by name."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from offrl.errors import OfflineRLError
+
+__all__ = ["CONFIG_ROOT", "config_from_dict", "load_config", "config_hash", "shipped_config_path"]
+
+CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
+T = TypeVar("T")
+
+
+def shipped_config_path(algorithm: str, name: str) -> Path:
+    return CONFIG_ROOT / algorithm / f"{name}.yaml"
+
+
+def config_from_dict(cls: type[T], values: dict[str, Any], source: str) -> T:
+    """Build `cls` from a mapping; every key must be a field, every value must have the field's type."""
+    if not isinstance(values, dict):
+        raise OfflineRLError(f"config {source}: expected a mapping of settings, found {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise OfflineRLError(f"config {source}: unknown key(s) {', '.join(unknown)}; "
+                             f"known keys: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    converted = {}
+    for key, value in values.items():
+        converted[key] = _convert(value, hints[key], f"config {source}: {key}")
+    config = cls(**converted)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except OfflineRLError as exc:
+            raise OfflineRLError(f"{exc} (in {source})") from None
+    return config
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _convert(value, non_none[0], where)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise OfflineRLError(f"{where} must be a list, found {value!r}")
+        return tuple(_convert(v, args[0], where) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise OfflineRLError(f"{where} must be true or false, found {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise OfflineRLError(f"{where} must be an integer, found {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise OfflineRLError(f"{where} must be a number, found {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise OfflineRLError(f"{where} must be a string, found {value!r}")
+        return value
+    return value
+
+
+def load_config(cls: type[T], algorithm: str, name_or_path: str) -> tuple[T, str]:
+    """Load a shipped config by name (`fast`) or any YAML file by path; returns (config, name)."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = shipped_config_path(algorithm, name_or_path)
+        if not path.is_file():
+            shipped = sorted(p.stem for p in (CONFIG_ROOT / algorithm).glob("*.yaml"))
+            raise OfflineRLError(f"--config {name_or_path!r}: no such shipped config; shipped: {', '.join(shipped)}, "
+                                 "or give a path to a YAML file")
+    if not path.is_file():
+        raise OfflineRLError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise OfflineRLError(f"config {path}: not valid YAML ({exc})") from None
+    return config_from_dict(cls, values, str(path)), path.stem
+
+
+def config_hash(config: Any) -> str:
+    """A short content hash of a resolved config: equal settings, equal hash, whatever the file name."""
+    text = json.dumps(dataclasses.asdict(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

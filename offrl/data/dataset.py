@@ -1,0 +1,145 @@
+"""Loading a registered dataset onto a device, mixed offline/online sampling, observation statistics."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from offrl.data.buffer import Batch, ReplayBuffer
+from offrl.data.hdf5 import read_transitions
+from offrl.data.registry import data_path, verify_dataset
+from offrl.errors import OfflineRLError
+
+__all__ = ["OfflineDataset", "load_dataset", "buffer_from_dataset", "MixedSampler", "ObservationNormalizer"]
+
+
+@dataclass
+class OfflineDataset:
+    """A verified dataset: its card and its transitions as tensors on one device."""
+
+    dataset_id: str
+    card: dict
+    tensors: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.tensors["rewards"])
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.tensors["observations"].shape[1])
+
+    @property
+    def act_dim(self) -> int:
+        return int(self.tensors["actions"].shape[1])
+
+
+def load_dataset(dataset_id: str, device: torch.device | str = "cpu", root: Path | None = None,
+                 include_infos: bool = False) -> OfflineDataset:
+    """Verify the file's sha256 against its card (refusing on mismatch), then load it onto `device`."""
+    card = verify_dataset(dataset_id, root, structural=False)
+    arrays, _ = read_transitions(data_path(dataset_id, root))
+    if len(arrays["rewards"]) != card["transitions"]:
+        raise OfflineRLError(f"dataset {dataset_id}: file has {len(arrays['rewards'])} transitions, card says "
+                             f"{card['transitions']}")
+    keep = [k for k in arrays if include_infos or not k.startswith("infos/")]
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(arrays[k], dtype=np.float32)).to(device) for k in keep}
+    return OfflineDataset(dataset_id=dataset_id, card=card, tensors=tensors)
+
+
+def buffer_from_dataset(dataset: OfflineDataset, extra_capacity: int = 0) -> ReplayBuffer:
+    """A replay buffer holding the dataset (plus room for `extra_capacity` online transitions)."""
+    t = dataset.tensors
+    buffer = ReplayBuffer(dataset.obs_dim, dataset.act_dim, len(dataset) + extra_capacity, t["rewards"].device)
+    buffer.add_batch({k: t[k] for k in ("observations", "actions", "rewards", "next_observations", "terminals",
+                                        "timeouts")})
+    return buffer
+
+
+class MixedSampler:
+    """Draws `offline_ratio` of every batch from the offline buffer and the rest from the online one.
+
+    `offline_ratio=0.5` is RLPD's symmetric sampling; `"proportional"` samples uniformly over the union.
+    With a fixed ratio, the online share is drawn with replacement, so it is exact even while the online
+    buffer holds fewer transitions than its share; while it is empty the whole batch is offline.
+    """
+
+    def __init__(self, offline: ReplayBuffer, online: ReplayBuffer, offline_ratio: float | str = 0.5):
+        if offline_ratio != "proportional" and not (isinstance(offline_ratio, float | int) and
+                                                    0.0 <= float(offline_ratio) <= 1.0):
+            raise OfflineRLError(f"offline_ratio must be in [0, 1] or 'proportional', found {offline_ratio!r}")
+        self.offline, self.online, self.offline_ratio = offline, online, offline_ratio
+
+    def split(self, batch_size: int) -> tuple[int, int]:
+        """How many rows come from (offline, online) in a fixed-ratio batch."""
+        if len(self.online) == 0:
+            return batch_size, 0
+        if len(self.offline) == 0:
+            return 0, batch_size
+        n_offline = round(float(self.offline_ratio) * batch_size)
+        return n_offline, batch_size - n_offline
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
+        if self.offline_ratio == "proportional":
+            return self._sample_union(batch_size, generator)
+        n_offline, n_online = self.split(batch_size)
+        parts = []
+        if n_offline:
+            parts.append(self.offline.sample(n_offline, generator))
+        if n_online:
+            parts.append(self.online.sample(n_online, generator))
+        if len(parts) == 1:
+            return parts[0]
+        return Batch(**{k: torch.cat([getattr(p, k) for p in parts]) for k in parts[0].__dataclass_fields__})
+
+    def _sample_union(self, batch_size: int, generator: torch.Generator | None) -> Batch:
+        n_offline, n_online = len(self.offline), len(self.online)
+        index = torch.randint(0, n_offline + n_online, (batch_size,), device=self.offline.device, generator=generator)
+        from_online = index >= n_offline
+        # Gather from both at clamped indices and select: no data-dependent shapes, so no host sync.
+        offline_rows = self.offline.gather(index.clamp(max=max(n_offline - 1, 0)))
+        if n_online == 0:
+            return offline_rows
+        online_rows = self.online.gather((index - n_offline).clamp(min=0))
+        return Batch(**{k: torch.where(from_online.view(-1, *([1] * (getattr(offline_rows, k).dim() - 1))),
+                                       getattr(online_rows, k), getattr(offline_rows, k))
+                        for k in offline_rows.__dataclass_fields__})
+
+
+@dataclass
+class ObservationNormalizer:
+    """(obs − mean) / std with statistics from a dataset; saved as JSON with every run that uses it."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def from_observations(cls, observations: torch.Tensor, eps: float = 1e-3) -> ObservationNormalizer:
+        # eps keeps constant features (std 0) finite, as CORL's normalize_states does
+        return cls(mean=observations.mean(0), std=observations.std(0) + eps)
+
+    @classmethod
+    def identity(cls, obs_dim: int, device: torch.device | str = "cpu") -> ObservationNormalizer:
+        return cls(mean=torch.zeros(obs_dim, device=device), std=torch.ones(obs_dim, device=device))
+
+    def __call__(self, observations: torch.Tensor) -> torch.Tensor:
+        return (observations - self.mean) / self.std
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean.cpu().tolist(), "std": self.std.cpu().tolist()}
+
+    @classmethod
+    def from_dict(cls, state: dict, device: torch.device | str = "cpu") -> ObservationNormalizer:
+        return cls(mean=torch.tensor(state["mean"], device=device), std=torch.tensor(state["std"], device=device))
+
+    def save(self, path: Path) -> None:
+        from offrl.fileio import atomic_write_bytes
+
+        atomic_write_bytes(Path(path), json.dumps(self.to_dict(), indent=2).encode())
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device | str = "cpu") -> ObservationNormalizer:
+        return cls.from_dict(json.loads(Path(path).read_text()), device)

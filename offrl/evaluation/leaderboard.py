@@ -1,0 +1,166 @@
+"""The leaderboard: one CSV row per finished run or evaluation, appended under a file lock; aggregation
+over seeds (mean ± std, IQM with a bootstrap 95% CI); markdown and PNG renderings."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from filelock import FileLock
+
+from offrl.errors import OfflineRLError
+from offrl.fileio import atomic_write_bytes
+
+__all__ = ["COLUMNS", "DEFAULT_LEADERBOARD", "append_row", "read_leaderboard", "iqm", "bootstrap_ci", "aggregate",
+           "write_summary", "plot_leaderboard"]
+
+DEFAULT_LEADERBOARD = Path("evaluation") / "leaderboard.csv"
+COLUMNS = [
+    "run_id", "phase", "online_steps", "dataset_id", "dataset_version", "dataset_sha256", "algorithm", "config_name",
+    "config_hash", "seed", "steps", "final_normalized_return", "best_normalized_return", "mean_return",
+    "reference", "q_bias_mean", "q_bias_normalized_mean", "q_bias_normalized_std", "wall_time_s", "updates_per_s",
+    "device", "offrl_version", "git_commit", "date", "run_dir",
+]
+GROUP = ["dataset_id", "algorithm", "config_name", "phase"]
+
+
+def _check_lines(path: Path, text: str) -> None:
+    """Refuse a leaderboard we cannot append to safely, naming the first bad line."""
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None:
+        return
+    if header != COLUMNS:
+        raise OfflineRLError(f"{path}: line 1 is not the leaderboard header (expected {len(COLUMNS)} columns "
+                             f"starting {', '.join(COLUMNS[:3])}); refusing to append")
+    for number, fields in enumerate(reader, start=2):
+        if len(fields) != len(COLUMNS):
+            raise OfflineRLError(f"{path}: line {number} has {len(fields)} fields, expected {len(COLUMNS)}; "
+                                 "refusing to append until it is fixed")
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one row atomically: lock, check the existing file, write file + row to a temp file, rename."""
+    path = Path(path)
+    unknown = set(row) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown leaderboard column(s): {sorted(unknown)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        existing = path.read_text() if path.exists() else ""
+        _check_lines(path, existing)
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+        if not existing:
+            writer.writeheader()
+        elif not existing.endswith("\n"):
+            existing += "\n"
+        writer.writerow({k: _cell(row.get(k)) for k in COLUMNS})
+        atomic_write_bytes(path, (existing + out.getvalue()).encode())
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if np.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+def read_leaderboard(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise OfflineRLError(f"{path}: no leaderboard yet; finished runs append to it")
+    _check_lines(path, path.read_text())
+    return pd.read_csv(path)
+
+
+def iqm(values: np.ndarray) -> float:
+    """Interquartile mean: the mean of the middle 50% (Agarwal et al. 2021, rliable; scipy trim_mean 0.25)."""
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    cut = int(0.25 * len(x))
+    return float(x[cut: len(x) - cut].mean())
+
+
+def bootstrap_ci(values: np.ndarray, statistic=iqm, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap 95% CI of `statistic` over seeds (resampling seeds with replacement)."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    stats = np.array([statistic(x[rng.integers(0, len(x), len(x))]) for _ in range(resamples)])
+    return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
+
+
+def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, algorithm, config, phase), over seeds; the latest row of each run id counts."""
+    frame = frame.drop_duplicates(subset=["run_id", "phase", "online_steps"], keep="last")
+    frame = frame.sort_values("online_steps").drop_duplicates(subset=["run_id", "phase"], keep="last")
+    rows = []
+    for key, group in frame.groupby(GROUP, dropna=False, sort=True):
+        final = group["final_normalized_return"].to_numpy(dtype=float)
+        low, high = bootstrap_ci(final)
+        rows.append({**dict(zip(GROUP, key, strict=True)), "seeds": int(group["seed"].nunique()),
+                     "steps": int(group["steps"].max()),
+                     "final_mean": final.mean(), "final_std": final.std(ddof=0), "final_iqm": iqm(final),
+                     "iqm_ci_low": low, "iqm_ci_high": high,
+                     "best_mean": group["best_normalized_return"].to_numpy(dtype=float).mean(),
+                     "q_bias_normalized_mean": group["q_bias_normalized_mean"].to_numpy(dtype=float).mean(),
+                     "updates_per_s": group["updates_per_s"].to_numpy(dtype=float).mean()})
+    return pd.DataFrame(rows)
+
+
+def write_summary(summary: pd.DataFrame, csv_path: Path, markdown_path: Path) -> str:
+    atomic_write_bytes(Path(csv_path), summary.to_csv(index=False, float_format="%.4g").encode())
+    lines = ["| dataset | algorithm | config | phase | seeds | steps | final (mean ± std) | IQM [95% CI] | best | "
+             "Q bias (norm.) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in summary.itertuples():
+        ci = "" if np.isnan(r.iqm_ci_low) else f" [{r.iqm_ci_low:.1f}, {r.iqm_ci_high:.1f}]"
+        lines.append(f"| {r.dataset_id} | {r.algorithm} | {r.config_name} | {r.phase} | {r.seeds} | {r.steps} | "
+                     f"{r.final_mean:.1f} ± {r.final_std:.1f} | {r.final_iqm:.1f}{ci} | {r.best_mean:.1f} | "
+                     f"{r.q_bias_normalized_mean:.3f} |")
+    text = "\n".join(lines) + "\n"
+    atomic_write_bytes(Path(markdown_path), text.encode())
+    return text
+
+
+def plot_leaderboard(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Per dataset: learning curves (normalized return vs. step, one line per run, from each run's
+    evaluations.csv) and Q-bias curves (from each run's q_bias_curve.csv)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    written = []
+    for dataset_id, group in frame.groupby("dataset_id"):
+        safe = str(dataset_id).replace("/", "_")
+        fig, (curve_ax, bias_ax) = plt.subplots(1, 2, figsize=(11, 4))
+        for run in group.drop_duplicates("run_dir").itertuples():
+            run_dir = Path(str(run.run_dir))
+            label = f"{run.config_name} s{run.seed}"
+            if (run_dir / "evaluations.csv").is_file():
+                evals = pd.read_csv(run_dir / "evaluations.csv")
+                if "normalized_return" in evals:
+                    x = evals["step"] + evals.get("online_steps", 0)
+                    curve_ax.plot(x, evals["normalized_return"], label=label)
+            if (run_dir / "q_bias_curve.csv").is_file():
+                bias = pd.read_csv(run_dir / "q_bias_curve.csv")
+                bias_ax.plot(bias["t"], bias["bias"], label=label)
+        curve_ax.set(title=f"{dataset_id}: normalized return", xlabel="update step", ylabel="normalized return")
+        bias_ax.axhline(0.0, color="grey", lw=0.8)
+        bias_ax.set(title=f"{dataset_id}: Q bias along the episode", xlabel="episode step t", ylabel="Q̂ − G")
+        for ax in (curve_ax, bias_ax):
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"leaderboard_{safe}.png"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,140 @@
+import math
+
+import torch
+
+from offrl.algos.cql import CQLAgent, CQLConfig, cql_critic_loss, cql_update, sample_cql_actions
+from offrl.data.buffer import Batch
+
+
+def _config(**kwargs):
+    defaults = {"actor_hidden": (8,), "critic_hidden": (8,), "n_actions": 3, "batch_size": 4}
+    return CQLConfig(**{**defaults, **kwargs})
+
+
+def _batch(n=4, obs_dim=3, act_dim=2, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Batch(observations=torch.randn(n, obs_dim, generator=g, dtype=dtype),
+                 actions=torch.rand(n, act_dim, generator=g, dtype=dtype) * 2 - 1,
+                 rewards=torch.randn(n, generator=g, dtype=dtype),
+                 next_observations=torch.randn(n, obs_dim, generator=g, dtype=dtype),
+                 terminals=torch.zeros(n, dtype=dtype), timeouts=torch.zeros(n, dtype=dtype))
+
+
+def _reference_loss(agent, batch, config, target, actions, log_density):
+    """CQL(H) written the slow way: loops over critics, states and sampled actions."""
+    bellman, gaps = 0.0, []
+    for head in (agent.critic.q1, agent.critic.q2):
+        q = lambda s, a, head=head: head(torch.cat([s, a])).squeeze()  # noqa: E731
+        squared = [(q(batch.observations[b], batch.actions[b]) - target[b]) ** 2 for b in range(len(target))]
+        bellman = bellman + sum(squared) / len(target)
+        per_state = []
+        for b in range(len(target)):
+            terms = [(q(batch.observations[b], actions[j, b]) - log_density[j, b]) / config.temperature
+                     for j in range(actions.shape[0])]
+            largest = max(t.item() for t in terms)
+            logsumexp = largest + torch.log(sum(torch.exp(t - largest) for t in terms))
+            per_state.append(config.temperature * logsumexp - q(batch.observations[b], batch.actions[b]))
+        gaps.append(sum(per_state) / len(per_state))
+    return bellman, torch.stack(gaps)
+
+
+def test_cql_loss_and_gradients_match_a_loop_reference_in_float64():
+    torch.manual_seed(0)
+    config = _config(temperature=0.7)
+    agent = CQLAgent(3, 2, config).double()
+    batch = _batch()
+    actions, log_density = sample_cql_actions(agent, batch, config.n_actions)
+    target = torch.randn(4, dtype=torch.float64)
+    bellman, gap, _ = cql_critic_loss(agent, batch, config, target, actions, log_density)
+    ref_bellman, ref_gap = _reference_loss(agent, batch, config, target, actions, log_density)
+    torch.testing.assert_close(bellman, ref_bellman)
+    torch.testing.assert_close(gap, ref_gap)
+    params = list(agent.critic.parameters())
+    fast = torch.autograd.grad(bellman + config.cql_alpha * gap.sum(), params)
+    slow = torch.autograd.grad(ref_bellman + config.cql_alpha * ref_gap.sum(), params)
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_importance_weights_are_the_sampling_densities():
+    torch.manual_seed(1)
+    config = _config()
+    agent = CQLAgent(3, 2, config).double()
+    batch = _batch()
+    actions, log_density = sample_cql_actions(agent, batch, config.n_actions)
+    n = config.n_actions
+    assert actions.shape == (3 * n, 4, 2) and log_density.shape == (3 * n, 4)
+    torch.testing.assert_close(log_density[:n], torch.full((n, 4), 2 * math.log(0.5), dtype=torch.float64))
+    assert actions[:n].abs().max() <= 1
+    torch.testing.assert_close(log_density[n:2 * n], agent.actor.log_prob(batch.observations, actions[n:2 * n]),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(log_density[2 * n:],
+                               agent.actor.log_prob(batch.next_observations, actions[2 * n:]), rtol=1e-5, atol=1e-5)
+
+
+def test_without_importance_sampling_the_densities_are_ignored():
+    torch.manual_seed(2)
+    config = _config(importance_sample=False)
+    agent = CQLAgent(3, 2, config).double()
+    batch = _batch()
+    actions, log_density = sample_cql_actions(agent, batch, config.n_actions)
+    target = torch.zeros(4, dtype=torch.float64)
+    _, gap, _ = cql_critic_loss(agent, batch, config, target, actions, log_density)
+    _, gap_zero, _ = cql_critic_loss(agent, batch, config, target, actions, torch.zeros_like(log_density))
+    torch.testing.assert_close(gap, gap_zero)
+
+
+def _alpha_prime_after(target_action_gap):
+    torch.manual_seed(3)
+    config = _config(lagrange=True, target_action_gap=target_action_gap, alpha_prime_lr=0.05)
+    agent = CQLAgent(3, 2, config)
+    start = agent.log_alpha_prime.item()
+    for step in range(5):
+        cql_update(agent, _batch(dtype=torch.float32, seed=step), config, step)
+    return agent.log_alpha_prime.item() - start
+
+
+def test_lagrange_alpha_prime_rises_above_the_target_gap_and_falls_below_it():
+    assert _alpha_prime_after(-1000.0) > 0  # gap far above its target: penalise more
+    assert _alpha_prime_after(1000.0) < 0  # gap far below its target: penalise less
+
+
+def test_tiny_cql_run_lowers_q_on_random_actions_relative_to_dataset_actions():
+    torch.manual_seed(4)
+    config = _config(actor_hidden=(32, 32), critic_hidden=(32, 32), n_actions=5, batch_size=64, cql_alpha=5.0)
+    agent = CQLAgent(3, 2, config)
+    obs = torch.randn(512, 3)
+    data_actions = torch.full((512, 2), 0.5) + 0.05 * torch.randn(512, 2)
+    batch_of = lambda idx: Batch(observations=obs[idx], actions=data_actions[idx], rewards=torch.zeros(len(idx)),  # noqa: E731
+                                 next_observations=obs[idx], terminals=torch.zeros(len(idx)),
+                                 timeouts=torch.zeros(len(idx)))
+
+    def gap():
+        with torch.no_grad():
+            random_actions = torch.rand(512, 2) * 2 - 1
+            return (agent.critic(obs, data_actions) - agent.critic(obs, random_actions)).mean().item()
+
+    before = gap()
+    for step in range(300):
+        cql_update(agent, batch_of(torch.randint(0, 512, (64,))), config, step)
+    assert gap() > before + 1.0
+
+
+def test_behaviour_cloning_warm_start_pulls_the_policy_to_the_data():
+    torch.manual_seed(5)
+    config = _config(actor_hidden=(32,), bc_steps=10_000, actor_lr=3e-3, batch_size=64)
+    agent = CQLAgent(3, 2, config)
+    obs = torch.randn(64, 3)
+    actions = torch.full((64, 2), -0.6)
+    batch = Batch(observations=obs, actions=actions, rewards=torch.zeros(64), next_observations=obs,
+                  terminals=torch.zeros(64), timeouts=torch.zeros(64))
+    for step in range(300):
+        cql_update(agent, batch, config, step)
+    torch.testing.assert_close(agent.actor.act(obs, deterministic=True), actions, atol=0.1, rtol=0)
+
+
+def test_update_metrics_are_the_corl_diagnostics():
+    agent = CQLAgent(3, 2, _config())
+    metrics = cql_update(agent, _batch(dtype=torch.float32), _config(), 0)
+    for key in ("q_data", "q_random", "q_pi_s", "q_pi_next_s", "cql_gap", "alpha", "alpha_prime", "entropy"):
+        assert key in metrics and torch.isfinite(metrics[key])

@@ -1,0 +1,86 @@
+import h5py
+import numpy as np
+import pytest
+
+from offrl.cli import main
+from offrl.data.d4rl import D4RL_REFERENCE_SCORES, import_d4rl, qlearning_transitions
+from offrl.data.dataset import load_dataset
+from offrl.data.registry import card_path
+from offrl.errors import OfflineRLError
+
+
+def d4rl_rows(n=8, obs_dim=17, act_dim=6):
+    """Rows whose observation encodes its index, so pairs can be checked by eye."""
+    obs = np.repeat(np.arange(n, dtype=np.float32)[:, None], obs_dim, axis=1)
+    return {"observations": obs, "actions": np.zeros((n, act_dim), np.float32),
+            "rewards": np.arange(n, dtype=np.float32), "terminals": np.zeros(n, bool), "timeouts": np.zeros(n, bool)}
+
+
+def test_without_next_observations_timeout_rows_and_the_last_row_are_dropped():
+    rows = d4rl_rows()
+    rows["timeouts"][3] = True  # episode 0 = rows 0-3, cut by the time limit
+    rows["terminals"][5] = True  # episode 1 = rows 4-5, true termination
+    out = qlearning_transitions(rows)
+    kept = out["observations"][:, 0].tolist()
+    assert kept == [0, 1, 2, 4, 5, 6]  # row 3 (timeout) and row 7 (no successor) dropped; terminal row 5 kept
+    assert out["next_observations"][:, 0].tolist() == [1, 2, 3, 5, 6, 7]
+    assert out["terminals"].tolist() == [False, False, False, False, True, False]
+    assert out["timeouts"].tolist() == [False, False, True, False, False, True]
+
+
+def test_with_next_observations_every_row_is_kept():
+    rows = d4rl_rows()
+    rows["timeouts"][3] = True
+    rows["next_observations"] = rows["observations"] + 0.5
+    out = qlearning_transitions(rows)
+    assert len(out["rewards"]) == 8
+    np.testing.assert_array_equal(out["next_observations"], rows["observations"] + 0.5)
+    assert out["timeouts"].tolist() == [False, False, False, True, False, False, False, True]
+
+
+def test_v0_files_without_timeouts_use_the_step_count(monkeypatch):
+    import offrl.data.d4rl as d4rl
+
+    monkeypatch.setattr(d4rl, "D4RL_MAX_EPISODE_STEPS", 3)
+    rows = d4rl_rows(n=7)
+    del rows["timeouts"]
+    out = qlearning_transitions(rows)
+    assert out["observations"][:, 0].tolist() == [0, 1, 3, 4]  # rows 2 and 5 hit the limit, row 6 is last
+
+
+def _write_d4rl(path, rows):
+    with h5py.File(path, "w") as f:
+        for key, value in rows.items():
+            f[key] = value
+
+
+def test_import_registers_with_d4rls_reference_scores(tmp_path):
+    rows = d4rl_rows(n=50)
+    rows["timeouts"][24] = True
+    _write_d4rl(tmp_path / "hc.hdf5", rows)
+    assert main(["datasets", "import-d4rl", str(tmp_path / "hc.hdf5"), "--id", "d4rl/halfcheetah/medium-v2"]) == 0
+    dataset = load_dataset("d4rl/halfcheetah/medium-v2")
+    assert len(dataset) == 48 and dataset.card["env_id"] == "HalfCheetah-v5"
+    refs = dataset.card["reference_scores"]
+    assert (refs["random"]["return_mean"], refs["expert"]["return_mean"]) == D4RL_REFERENCE_SCORES["halfcheetah"]
+    assert D4RL_REFERENCE_SCORES["hopper"] == (-20.272305, 3234.3)
+
+
+def test_import_refuses_bad_files_without_registering(tmp_path, capsys):
+    rows = d4rl_rows()
+    rows["actions"] = rows["actions"][:-1]
+    _write_d4rl(tmp_path / "short.hdf5", rows)
+    with pytest.raises(OfflineRLError, match="actions has 7 rows, rewards has 8"):
+        import_d4rl(tmp_path / "short.hdf5", "d4rl/halfcheetah/medium-v2")
+    _write_d4rl(tmp_path / "narrow.hdf5", d4rl_rows(obs_dim=5))
+    with pytest.raises(OfflineRLError, match="obs/act dims 5/6 do not match env HalfCheetah-v5 .17/6."):
+        import_d4rl(tmp_path / "narrow.hdf5", "d4rl/halfcheetah/medium-v2")
+    rows = d4rl_rows()
+    del rows["rewards"]
+    _write_d4rl(tmp_path / "norew.hdf5", rows)
+    with pytest.raises(OfflineRLError, match="missing key.s. rewards"):
+        import_d4rl(tmp_path / "norew.hdf5", "d4rl/halfcheetah/medium-v2")
+    (tmp_path / "junk.hdf5").write_bytes(b"not hdf5")
+    assert main(["datasets", "import-d4rl", str(tmp_path / "junk.hdf5"), "--id", "d4rl/halfcheetah/medium-v2"]) == 2
+    assert "junk.hdf5: not a readable HDF5 file" in capsys.readouterr().err
+    assert not card_path("d4rl/halfcheetah/medium-v2").exists()

@@ -1,0 +1,65 @@
+import multiprocessing
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from offrl.errors import OfflineRLError
+from offrl.evaluation.leaderboard import COLUMNS, aggregate, append_row, bootstrap_ci, iqm, read_leaderboard
+
+
+def _row(run_id, seed, final, dataset="hc/medium-v0", config="fast", phase="offline"):
+    return {"run_id": run_id, "phase": phase, "online_steps": 0, "dataset_id": dataset, "algorithm": "CQL-SAC",
+            "config_name": config, "seed": seed, "steps": 1000, "final_normalized_return": final,
+            "best_normalized_return": final + 1, "q_bias_normalized_mean": 0.1, "updates_per_s": 10.0}
+
+
+def test_iqm_and_bootstrap_on_known_inputs():
+    assert iqm(np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 100.0])) == pytest.approx(4.5)  # middle four
+    assert iqm(np.array([1.0, 2.0, 9.0])) == pytest.approx(4.0)  # 25% of 3 rounds down to nothing trimmed
+    low, high = bootstrap_ci(np.array([10.0, 11.0, 12.0, 13.0]))
+    assert 10.0 <= low <= iqm(np.array([10.0, 11.0, 12.0, 13.0])) <= high <= 13.0
+    assert bootstrap_ci(np.array([10.0, 11.0, 12.0, 13.0])) == (low, high)  # fixed resampling seed
+
+
+def test_aggregate_groups_over_seeds(tmp_path):
+    path = tmp_path / "lb.csv"
+    for seed, final in enumerate([40.0, 50.0, 60.0]):
+        append_row(path, _row(f"r{seed}", seed, final))
+    append_row(path, _row("other", 0, 10.0, config="corl"))
+    summary = aggregate(read_leaderboard(path)).set_index("config_name")
+    assert summary.loc["fast", "seeds"] == 3
+    assert summary.loc["fast", "final_mean"] == pytest.approx(50.0)
+    assert summary.loc["fast", "final_std"] == pytest.approx(np.std([40, 50, 60]))
+    assert summary.loc["fast", "best_mean"] == pytest.approx(51.0)
+    assert summary.loc["corl", "seeds"] == 1
+
+
+def _append_many(path, worker):
+    for i in range(20):
+        append_row(path, _row(f"w{worker}-{i}", worker, float(i)))
+
+
+def test_concurrent_appends_from_several_processes_lose_no_row(tmp_path):
+    path = tmp_path / "lb.csv"
+    workers = [multiprocessing.Process(target=_append_many, args=(path, w)) for w in range(4)]
+    for p in workers:
+        p.start()
+    for p in workers:
+        p.join()
+    frame = pd.read_csv(path)
+    assert len(frame) == 80 and frame["run_id"].nunique() == 80
+    assert list(frame.columns) == COLUMNS
+
+
+def test_a_corrupt_leaderboard_is_refused_naming_the_bad_line(tmp_path):
+    path = tmp_path / "lb.csv"
+    append_row(path, _row("a", 0, 1.0))
+    append_row(path, _row("b", 1, 2.0))
+    lines = path.read_text().splitlines()
+    lines[2] = "b,offline,0,broken"
+    path.write_text("\n".join(lines) + "\n")
+    before = path.read_text()
+    with pytest.raises(OfflineRLError, match="line 3 has 4 fields"):
+        append_row(path, _row("c", 2, 3.0))
+    assert path.read_text() == before

@@ -1,0 +1,68 @@
+import math
+
+import numpy as np
+import torch
+
+from offrl.nets import TanhGaussianActor, TwinCritic, tanh_gaussian_log_prob
+
+
+def test_tanh_gaussian_log_prob_matches_change_of_variables_in_float64():
+    torch.manual_seed(0)
+    mean = torch.randn(64, 3, dtype=torch.float64)
+    log_std = torch.randn(64, 3, dtype=torch.float64).clamp(-2, 1)
+    pre_tanh = mean + log_std.exp() * torch.randn(64, 3, dtype=torch.float64)
+    # Independent route: Normal density of u, divided by |d tanh/du| = 1 - tanh(u)^2 computed directly.
+    normal = torch.distributions.Normal(mean, log_std.exp())
+    reference = (normal.log_prob(pre_tanh) - torch.log(1 - torch.tanh(pre_tanh) ** 2)).sum(-1)
+    torch.testing.assert_close(tanh_gaussian_log_prob(pre_tanh, mean, log_std), reference)
+
+
+def test_tanh_gaussian_log_prob_stays_finite_where_tanh_saturates():
+    pre_tanh = torch.tensor([[30.0, -30.0]])
+    value = tanh_gaussian_log_prob(pre_tanh, torch.zeros(1, 2), torch.zeros(1, 2))
+    assert torch.isfinite(value).all()
+
+
+def test_tanh_gaussian_density_agrees_with_monte_carlo_histogram():
+    torch.manual_seed(1)
+    mean, log_std = torch.tensor([[0.3]]), torch.tensor([[-0.2]])
+    samples = torch.tanh(mean + log_std.exp() * torch.randn(400_000, 1)).squeeze(-1).numpy()
+    counts, edges = np.histogram(samples, bins=40, range=(-0.95, 0.95))
+    empirical = counts / (len(samples) * (edges[1] - edges[0]))
+    centres = torch.tensor((edges[:-1] + edges[1:]) / 2, dtype=torch.float32).unsqueeze(-1)
+    pre_tanh = torch.atanh(centres)
+    analytic = tanh_gaussian_log_prob(pre_tanh, mean.expand_as(pre_tanh), log_std.expand_as(pre_tanh)).exp().numpy()
+    np.testing.assert_allclose(empirical, analytic, rtol=0.05, atol=0.01)
+
+
+def test_actor_samples_are_reparameterised_and_bounded():
+    actor = TanhGaussianActor(4, 2, (32, 32))
+    obs = torch.randn(16, 4)
+    action, log_prob = actor(obs)
+    assert action.shape == (16, 2) and log_prob.shape == (16,)
+    assert action.abs().max() <= 1.0
+    action.sum().backward()  # gradients flow through the sample into the actor's weights
+    assert actor.net[0].weight.grad is not None and actor.net[0].weight.grad.abs().sum() > 0
+    mean, _ = actor.distribution_params(obs)
+    torch.testing.assert_close(actor.act(obs, deterministic=True), torch.tanh(mean))
+
+
+def test_actor_sample_n_log_probs_match_single_samples():
+    torch.manual_seed(0)
+    actor = TanhGaussianActor(4, 2, (16,))
+    obs = torch.randn(5, 4)
+    actions, log_probs = actor.sample_n(obs, 7)
+    assert actions.shape == (7, 5, 2) and log_probs.shape == (7, 5)
+    mean, log_std = actor.distribution_params(obs)
+    again = tanh_gaussian_log_prob(torch.atanh(actions.double().clamp(-1 + 1e-12, 1 - 1e-12)).float(), mean, log_std)
+    torch.testing.assert_close(again, log_probs, rtol=1e-3, atol=1e-3)
+
+
+def test_twin_critic_evaluates_both_heads_in_one_call_over_leading_dims():
+    critic = TwinCritic(3, 2, (8,))
+    obs, act = torch.randn(4, 5, 3), torch.randn(4, 5, 2)
+    q = critic(obs, act)
+    assert q.shape == (2, 4, 5)
+    flat = torch.cat([obs, act], -1)
+    torch.testing.assert_close(q[1], critic.q2(flat).squeeze(-1))
+    assert not math.isclose(q[0].sum().item(), q[1].sum().item())

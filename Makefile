@@ -10,8 +10,12 @@ SEED ?= 0
 # `make collect`: every tier at a size that collects in a few minutes on 2 cores
 TRANSITIONS ?= 200000
 VERSION ?= 0
+# `make train-cql`: the main job. HalfCheetah medium with the CPU-sized config, ~10 minutes on 2 cores.
+DATASET ?= halfcheetah/medium-v0
+CONFIG ?= fast
+CQL_STEPS ?= 6000
 
-.PHONY: install test test-slow lint pretrain ship-policies collect datasets clean
+.PHONY: install test test-slow lint pretrain ship-policies collect datasets train-cql leaderboard bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +47,16 @@ collect: install
 
 datasets: install
 	$(BIN)/offrl datasets list
+
+train-cql: install
+	$(BIN)/offrl train-cql --dataset $(DATASET) --config $(CONFIG) --steps $(CQL_STEPS) --seed $(SEED) \
+		--collect-missing --out runs/cql/$(subst /,-,$(DATASET))-$(CONFIG)-seed$(SEED)-$$(date +%Y%m%d-%H%M%S)
+
+leaderboard: install
+	$(BIN)/offrl leaderboard
+
+bench: install
+	$(BIN)/offrl bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

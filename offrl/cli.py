@@ -149,7 +149,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     raise AssertionError(args.datasets_command)
 
 
-def _ensure_dataset(dataset_id: str, transitions: int) -> None:
+def _ensure_dataset(dataset_id: str, transitions: int, show_progress: bool = True) -> None:
     """`train-cql` on a fresh machine: collect one of offrl's own datasets from the shipped policy if absent."""
     from offrl.data.collect import TIERS, CollectConfig, collect
     from offrl.data.registry import card_path, data_path, env_short_name, parse_dataset_id, read_card
@@ -166,8 +166,9 @@ def _ensure_dataset(dataset_id: str, transitions: int) -> None:
                            transitions=card.get("transitions", transitions), seed=card.get("seed", 0) or 0,
                            version=parsed.version)
     print(f"dataset {dataset_id} is not here: collecting it from the shipped {parsed.tier} policy", file=sys.stderr)
-    collect(config, command=card.get("command") or f"offrl collect --env {config.env_id} --tier {parsed.tier} "
-                                                    f"--transitions {config.transitions} --version {parsed.version}")
+    command = card.get("command") or (f"offrl collect --env {config.env_id} --tier {parsed.tier} "
+                                       f"--transitions {config.transitions} --version {parsed.version}")
+    collect(config, show_progress=show_progress, command=command)
 
 
 def cmd_train_cql(args: argparse.Namespace) -> int:
@@ -183,7 +184,7 @@ def cmd_train_cql(args: argparse.Namespace) -> int:
         config_name = own if shipped_config_path("cql", own).is_file() else "corl"
     config, config_name = load_config(CQLConfig, "cql", config_name)
     if args.collect_missing:
-        _ensure_dataset(args.dataset, args.collect_transitions)
+        _ensure_dataset(args.dataset, args.collect_transitions, show_progress=not args.quiet)
     run = OfflineRun(dataset_id=args.dataset, steps=args.steps, seed=args.seed, device=args.device,
                      config_name=config_name)
     for name in ("eval_every", "eval_episodes", "log_every", "checkpoint_every"):
@@ -238,6 +239,17 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     print(write_summary(summary, out / "leaderboard_summary.csv", out / "leaderboard_summary.md"), end="")
     for plot in plot_leaderboard(frame, out):
         print(f"plot: {plot}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from offrl.bench import run_bench
+
+    include = tuple(args.only.split(",")) if args.only else ("matmul", "updates", "data")
+    frame = run_bench(Path(args.out), seconds=args.seconds, include=include, command=_command_line())
+    columns = [c for c in ("benchmark", "precision", "value", "unit", "gflops", "peak_fraction") if c in frame]
+    print(frame[columns].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"written to {args.out}")
     return 0
 
 
@@ -313,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("leaderboard", help="aggregate the leaderboard over seeds; write summary and plots")
     p.add_argument("--leaderboard", default=None)
     p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("bench", help="measure update, sampling, collection and loading throughput")
+    p.add_argument("--out", default="evaluation/bench.csv")
+    p.add_argument("--seconds", type=float, default=20.0, help="timing window per update benchmark")
+    p.add_argument("--only", default=None, help="comma list of: matmul, updates, data")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("datasets", help="list, inspect, verify, import and export datasets")
     p.set_defaults(func=cmd_datasets)

@@ -15,7 +15,7 @@ DATASET ?= halfcheetah/medium-v0
 CONFIG ?= fast
 CQL_STEPS ?= 6000
 
-.PHONY: install test test-slow lint pretrain ship-policies collect datasets train-cql leaderboard bench clean
+.PHONY: install test test-slow lint pretrain ship-policies collect datasets train-cql finetune leaderboard bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,13 @@ datasets: install
 train-cql: install
 	$(BIN)/offrl train-cql --dataset $(DATASET) --config $(CONFIG) --steps $(CQL_STEPS) --seed $(SEED) \
 		--collect-missing --out runs/cql/$(subst /,-,$(DATASET))-$(CONFIG)-seed$(SEED)-$$(date +%Y%m%d-%H%M%S)
+
+# `make finetune`: a short fine-tune of the newest `make train-cql` run (override FROM=RUN_DIR)
+ONLINE_STEPS ?= 5000
+FROM ?= $$(ls -1dt runs/cql/$(subst /,-,$(DATASET))-$(CONFIG)-seed$(SEED)-* 2>/dev/null | head -n 1)
+finetune: install
+	@from=$(FROM); if [ -z "$$from" ]; then echo "make finetune: no make train-cql run under runs/cql/; run make train-cql first or pass FROM=RUN_DIR" >&2; exit 2; fi; \
+	$(BIN)/offrl finetune --from "$$from" --online-steps $(ONLINE_STEPS) --offline-ratio 0.5 --eval-every 1000
 
 leaderboard: install
 	$(BIN)/offrl leaderboard

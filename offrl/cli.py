@@ -242,6 +242,43 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from offrl.errors import OfflineRLError
+    from offrl.train.finetune import FinetuneRun, finetune
+
+    ratio: float | str = args.offline_ratio
+    if ratio != "proportional":
+        try:
+            ratio = float(ratio)
+        except ValueError:
+            raise OfflineRLError(f"--offline-ratio must be a number in [0, 1] or 'proportional', found {ratio!r}") \
+                from None
+    run = FinetuneRun(online_steps=args.online_steps, offline_ratio=ratio, utd=args.utd, calibrated=args.calibrated,
+                      cql_alpha_online=args.cql_alpha_online, seed=args.seed, device=args.device)
+    for name in ("eval_every", "eval_episodes", "log_every", "checkpoint_every"):
+        if getattr(args, name) is not None:
+            setattr(run, name, getattr(args, name))
+    source = Path(args.from_run)
+    tag = f"{'calql' if args.calibrated else 'cql'}-ratio{ratio}-utd{args.utd}-{args.online_steps}"
+    out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / f"finetune-{tag}"
+    leaderboard = Path(args.leaderboard) if args.leaderboard else DEFAULT_LEADERBOARD
+    report = finetune(source, run, out, resume=args.resume, leaderboard=leaderboard, show_progress=not args.quiet,
+                      command=_command_line())
+    rows = [("run", report["run_dir"]), ("dataset", report["dataset_id"]),
+            ("online steps", report["online_steps"]),
+            ("normalized return before → after", f"{report['before_normalized_return']:.1f} → "
+                                                 f"{report['final_normalized_return']:.1f}"),
+            ("unlearning dip (first 10%)", f"{report['unlearning_dip']:.1f}"),
+            ("area under the online curve", f"{report['online_auc']:.1f}"),
+            ("Q bias normalized before → after", f"{report['before_q_bias_normalized_mean']:.3f} → "
+                                                 f"{report['q_bias_normalized_mean']:.3f}"),
+            ("reference", report["reference"])]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from offrl.bench import run_bench
 
@@ -314,6 +351,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collect-transitions", type=_positive_int, default=200_000)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train_cql)
+
+    p = sub.add_parser("finetune", help="fine-tune an offline CQL run online with mixed offline/online batches")
+    p.add_argument("--from", dest="from_run", required=True, help="offline CQL run directory or its checkpoint")
+    p.add_argument("--online-steps", type=_positive_int, required=True)
+    p.add_argument("--offline-ratio", default="0.5", help="fraction of each batch from the dataset, or proportional")
+    p.add_argument("--utd", type=_positive_int, default=1, help="updates per env step")
+    p.add_argument("--calibrated", action="store_true", help="Cal-QL: calibrate the conservative term")
+    p.add_argument("--cql-alpha-online", type=float, default=None, help="α_cql once the online phase starts")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--leaderboard", default=None)
+    p.add_argument("--eval-every", type=_positive_int, default=None)
+    p.add_argument("--eval-episodes", type=_positive_int, default=None)
+    p.add_argument("--log-every", type=_positive_int, default=None)
+    p.add_argument("--checkpoint-every", type=_positive_int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("evaluate", help="evaluate a CQL run or checkpoint: normalized return and Q bias")
     p.add_argument("target", help="run directory or checkpoint file")

@@ -56,6 +56,7 @@ class CQLConfig:
     bc_steps: int = 0  # policy trained by behaviour cloning for the first bc_steps updates
     normalize_observations: bool = True
     normalize_reward: bool = False  # CORL's locomotion reward scaling: r · 1000 / (max − min episode return)
+    calibrated: bool = False  # Cal-QL (Nakamoto et al. 2023): policy-action Q-values in the gap floored at V_ref(s)
 
     def validate(self) -> None:
         for name in ("actor_lr", "critic_lr", "alpha_lr", "alpha_prime_lr", "tau", "temperature", "init_alpha",
@@ -143,12 +144,21 @@ def cql_critic_loss(agent: CQLAgent, batch: Batch, config: CQLConfig, target: to
     q_data, q_sampled = q_grid[:, 0], q_grid[:, 1:]
 
     bellman_loss = F.mse_loss(q_data, target.expand_as(q_data), reduction="none").mean(dim=1).sum()
-    weighted = q_sampled - sampled_log_density if config.importance_sample else q_sampled
-    logsumexp = config.temperature * torch.logsumexp(weighted / config.temperature, dim=1)  # (2, B)
-    gap = (logsumexp - q_data).mean(dim=1)  # (2,): E_s[logsumexp] − E_D[Q], per critic
     diagnostics = {"q_data": q_data.mean(), "q_random": q_sampled[:, :n].mean(),
                    "q_pi_s": q_sampled[:, n:2 * n].mean(), "q_pi_next_s": q_sampled[:, 2 * n:].mean(),
                    "bellman_loss": bellman_loss}
+    if config.calibrated:
+        # Cal-QL, inside the conservative term only: Q of policy actions (not the uniform ones) becomes
+        # max(Q, V_ref(s)), V_ref the Monte-Carlo return-to-go of the trajectory the state came from.
+        if batch.mc_returns is None:
+            raise ValueError("calibrated CQL needs batches with mc_returns (a buffer built with_mc_returns)")
+        q_policy = q_sampled[:, n:]
+        bound = batch.mc_returns.expand_as(q_policy)
+        diagnostics["calql_below_bound"] = (q_policy < bound).float().mean()
+        q_sampled = torch.cat([q_sampled[:, :n], torch.maximum(q_policy, bound)], dim=1)
+    weighted = q_sampled - sampled_log_density if config.importance_sample else q_sampled
+    logsumexp = config.temperature * torch.logsumexp(weighted / config.temperature, dim=1)  # (2, B)
+    gap = (logsumexp - q_data).mean(dim=1)  # (2,): E_s[logsumexp] − E_D[Q], per critic
     return bellman_loss, gap, diagnostics
 
 

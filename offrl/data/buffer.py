@@ -22,9 +22,11 @@ class Batch:
     next_observations: torch.Tensor
     terminals: torch.Tensor
     timeouts: torch.Tensor
+    mc_returns: torch.Tensor | None = None  # Monte-Carlo return-to-go of s (Cal-QL), when the buffer keeps it
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return Batch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                        for f in fields(self)})
 
 
 class ReplayBuffer:
@@ -34,13 +36,16 @@ class ReplayBuffer:
     sampling needs a device→host sync.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, capacity: int, device: torch.device | str = "cpu"):
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int, device: torch.device | str = "cpu",
+                 with_mc_returns: bool = False):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, found {capacity}")
         self.obs_dim, self.act_dim, self.capacity = obs_dim, act_dim, capacity
         self.device = torch.device(device)
         shapes = {"observations": (obs_dim,), "actions": (act_dim,), "rewards": (), "next_observations": (obs_dim,),
                   "terminals": (), "timeouts": ()}
+        if with_mc_returns:
+            shapes["mc_returns"] = ()
         self.storage = {k: torch.zeros((capacity, *shape), dtype=torch.float32, device=self.device)
                         for k, shape in shapes.items()}
         self.size = 0
@@ -51,7 +56,8 @@ class ReplayBuffer:
         return self.size
 
     def add(self, observation, action, reward: float, next_observation, terminal: bool, timeout: bool) -> None:
-        """Insert one transition (host values); overwrites the oldest once full."""
+        """Insert one transition (host values); overwrites the oldest once full. Buffers that keep
+        Monte-Carlo returns take whole episodes through `add_batch` instead."""
         i = self.position
         s = self.storage
         s["observations"][i] = torch.as_tensor(observation, dtype=torch.float32)
@@ -74,7 +80,7 @@ class ReplayBuffer:
             self.total_added += n - self.capacity
             n = self.capacity
         idx = (self.position + torch.arange(n, device=self.device)) % self.capacity
-        for key in TRANSITION_FIELDS:
+        for key in self.storage:
             value = transitions.get(key)
             if value is None:
                 if key != "timeouts":
@@ -110,7 +116,8 @@ class ReplayBuffer:
                 "total_added": self.total_added}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["capacity"] != self.capacity:
+        # Another capacity behaves the same only while neither buffer has had to evict anything.
+        if state["capacity"] != self.capacity and state["total_added"] > min(state["capacity"], self.capacity):
             raise ValueError(f"buffer capacity {state['capacity']} in checkpoint, {self.capacity} configured")
         self.size = self.position = 0
         self.add_batch(state["transitions"])

@@ -7,6 +7,7 @@ end early is not over-represented, as it would be if episodes were taken in the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shlex
@@ -69,12 +70,30 @@ class CollectConfig:
             raise OfflineRLError(f"num_envs must be >= 1, found {self.num_envs}")
 
 
+@contextlib.contextmanager
+def _single_thread():
+    """Policy inference on K rows gains nothing from threads, and one thread keeps the matmul's summation
+    order, hence the dataset's bytes, independent of the machine's core count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def rollout_transitions(env_id: str, actor: TanhGaussianActor | None, transitions: int, seed: int,
                         num_envs: int = 16, show_progress: bool = False) -> tuple[dict[str, np.ndarray], float]:
     """Exactly `transitions` rows from stochastic rollouts of `actor` (uniform actions when None).
 
     Returns the arrays and the measured transitions/s (env steps including those discarded at the end).
     """
+    with _single_thread():
+        return _rollout_transitions(env_id, actor, transitions, seed, num_envs, show_progress)
+
+
+def _rollout_transitions(env_id: str, actor: TanhGaussianActor | None, transitions: int, seed: int,
+                         num_envs: int, show_progress: bool) -> tuple[dict[str, np.ndarray], float]:
     envs = [make_env(env_id) for _ in range(num_envs)]
     spec = env_spec(envs[0])
     max_len = spec.max_episode_steps or transitions

@@ -93,7 +93,7 @@ class MixedSampler:
             parts.append(self.online.sample(n_online, generator))
         if len(parts) == 1:
             return parts[0]
-        return Batch(**{k: torch.cat([getattr(p, k) for p in parts]) for k in parts[0].__dataclass_fields__})
+        return Batch(**{k: _cat([getattr(p, k) for p in parts]) for k in parts[0].__dataclass_fields__})
 
     def _sample_union(self, batch_size: int, generator: torch.Generator | None) -> Batch:
         n_offline, n_online = len(self.offline), len(self.online)
@@ -104,9 +104,26 @@ class MixedSampler:
         if n_online == 0:
             return offline_rows
         online_rows = self.online.gather((index - n_offline).clamp(min=0))
-        return Batch(**{k: torch.where(from_online.view(-1, *([1] * (getattr(offline_rows, k).dim() - 1))),
-                                       getattr(online_rows, k), getattr(offline_rows, k))
+        return Batch(**{k: _select(from_online, getattr(online_rows, k), getattr(offline_rows, k))
                         for k in offline_rows.__dataclass_fields__})
+
+
+def _both_or_neither(parts: list[torch.Tensor | None]) -> bool:
+    """True when every part is a tensor, False when none is (a field neither buffer keeps)."""
+    present = [p is not None for p in parts]
+    if any(present) and not all(present):
+        raise ValueError("one buffer keeps mc_returns and the other does not; build both alike")
+    return all(present)
+
+
+def _cat(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+    return torch.cat(parts) if _both_or_neither(parts) else None
+
+
+def _select(mask: torch.Tensor, when_true: torch.Tensor | None, when_false: torch.Tensor | None):
+    if not _both_or_neither([when_true, when_false]):
+        return None
+    return torch.where(mask.view(-1, *([1] * (when_false.dim() - 1))), when_true, when_false)
 
 
 @dataclass

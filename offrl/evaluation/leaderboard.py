@@ -146,12 +146,14 @@ def plot_leaderboard(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
             if (run_dir / "evaluations.csv").is_file():
                 evals = pd.read_csv(run_dir / "evaluations.csv")
                 if "normalized_return" in evals:
-                    x = evals["step"] + evals.get("online_steps", 0)
-                    curve_ax.plot(x, evals["normalized_return"], label=label)
+                    # fine-tuning runs log online steps; put them after the offline updates they started from
+                    x = evals["step"] + (evals["offline_steps"] if "offline_steps" in evals else 0)
+                    curve_ax.plot(x, evals["normalized_return"], label=f"{label} {run.phase}")
             if (run_dir / "q_bias_curve.csv").is_file():
                 bias = pd.read_csv(run_dir / "q_bias_curve.csv")
                 bias_ax.plot(bias["t"], bias["bias"], label=label)
-        curve_ax.set(title=f"{dataset_id}: normalized return", xlabel="update step", ylabel="normalized return")
+        curve_ax.set(title=f"{dataset_id}: normalized return", xlabel="offline updates (+ online env steps)",
+                     ylabel="normalized return")
         bias_ax.axhline(0.0, color="grey", lw=0.8)
         bias_ax.set(title=f"{dataset_id}: Q bias along the episode", xlabel="episode step t", ylabel="Q̂ − G")
         for ax in (curve_ax, bias_ax):

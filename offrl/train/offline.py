@@ -33,7 +33,8 @@ from offrl.evaluation.scores import normalized_return, reference_scores_from_car
 from offrl.fileio import atomic_torch_save, atomic_write_bytes, git_commit
 from offrl.train.common import MetricsLog, load_checkpoint, rng_state, set_rng_state
 
-__all__ = ["OfflineRun", "train_cql", "evaluate_run", "load_run", "reward_scale_for"]
+__all__ = ["OfflineRun", "TrainedPolicy", "TrainedRun", "train_cql", "evaluate_run", "evaluate_policy_report",
+           "restore_run", "load_run", "reward_scale_for", "leaderboard_row", "dataset_diagnostics"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 EVAL_SEED = 10_000_000  # evaluation start states: fixed per run seed, disjoint from collection seeds
@@ -73,7 +74,7 @@ def reward_scale_for(rewards: torch.Tensor, terminals: torch.Tensor, timeouts: t
     return 1000.0 / spread if spread > 0 else 1.0
 
 
-class _Policy:
+class TrainedPolicy:
     """What evaluation needs from a trained agent: deterministic actions and Q̂ on raw observations."""
 
     def __init__(self, agent: CQLAgent, normalizer: ObservationNormalizer, reward_scale: float):
@@ -87,8 +88,8 @@ class _Policy:
             return self.agent.critic(self.normalizer(obs), actions).min(dim=0).values / self.reward_scale
 
 
-def _evaluate(policy: _Policy, env_id: str, episodes: int, seed: int, reference, gamma: float, device,
-              with_q_bias: bool) -> dict:
+def evaluate_policy_report(policy: TrainedPolicy, env_id: str, episodes: int, seed: int, reference, gamma: float,
+                           device, with_q_bias: bool) -> dict:
     """Normalized return over `episodes` deterministic episodes; with Q bias, the same rollouts continue
     past the time limit (see offrl.evaluation.q_bias) and only the in-limit rewards count as the return."""
     time_limit = env_spec(make_env(env_id)).max_episode_steps
@@ -107,7 +108,7 @@ def _evaluate(policy: _Policy, env_id: str, episodes: int, seed: int, reference,
 
 
 @torch.no_grad()
-def dataset_diagnostics(policy: _Policy, observations: torch.Tensor, terminals: torch.Tensor,
+def dataset_diagnostics(policy: TrainedPolicy, observations: torch.Tensor, terminals: torch.Tensor,
                         timeouts: torch.Tensor, max_states: int = 10_000) -> dict:
     """d3rlpy's env-free estimators on raw dataset observations: mean Q(s, π(s)) over dataset states and
     over episode initial states."""
@@ -163,7 +164,7 @@ def train_cql(run: OfflineRun, config: CQLConfig, out_dir: Path, resume: bool = 
 
     seed_everything(run.seed)
     agent = CQLAgent(dataset.obs_dim, dataset.act_dim, config).to(device)
-    policy = _Policy(agent, normalizer, reward_scale)
+    policy = TrainedPolicy(agent, normalizer, reward_scale)
     name_hash = config_hash(config)
     step, best, elapsed_before, run_id = 0, float("-inf"), 0.0, None
     if resume:
@@ -227,14 +228,16 @@ def train_cql(run: OfflineRun, config: CQLConfig, out_dir: Path, resume: bool = 
                                    "act_dim": dataset.act_dim}, checkpoint_path)
         if step % run.eval_every == 0 and step != run.steps:
             eval_start = time.perf_counter()
-            result = _evaluate(policy, env_id, run.eval_episodes, run.seed, reference, config.gamma, device, False)
+            result = evaluate_policy_report(policy, env_id, run.eval_episodes, run.seed, reference, config.gamma,
+                                            device, False)
             last_eval, best = result["normalized_return"], max(best, result["normalized_return"])
             eval_log.write({"step": step, **result})
             eval_time += time.perf_counter() - eval_start
     progress.close()
 
     wall_time = elapsed_before + time.perf_counter() - start
-    final = _evaluate(policy, env_id, run.final_eval_episodes, run.seed, reference, config.gamma, device, True)
+    final = evaluate_policy_report(policy, env_id, run.final_eval_episodes, run.seed, reference, config.gamma,
+                                   device, True)
     curve = final.pop("_curve")
     eval_log.write({"step": step, **{k: v for k, v in final.items() if not k.startswith("q_bias")}})
     best = max(best, final["normalized_return"])
@@ -281,21 +284,47 @@ def _read_csv(path: Path):
     return pd.read_csv(path) if Path(path).is_file() else None
 
 
-def evaluate_run(target: Path, episodes: int, leaderboard: Path | None, device: str = "cpu") -> dict:
-    """`offrl evaluate RUN_DIR|CHECKPOINT`: evaluate a saved agent, append a leaderboard row."""
+@dataclasses.dataclass
+class TrainedRun:
+    """An offline run restored from disk: its record, config, checkpoint state and agent."""
+
+    run_dir: Path
+    info: dict
+    config: CQLConfig
+    state: dict
+    agent: CQLAgent
+    normalizer: ObservationNormalizer
+    card: dict
+
+    @property
+    def policy(self) -> TrainedPolicy:
+        return TrainedPolicy(self.agent, self.normalizer, self.info["reward_scale"])
+
+
+def restore_run(target: Path, device: str = "cpu") -> TrainedRun:
+    """Load RUN_DIR or RUN_DIR/checkpoint.pt; the dataset must still verify and be the one trained on."""
     target = Path(target)
+    if not target.exists():
+        raise OfflineRLError(f"{target}: no such run directory or checkpoint")
     run_dir = target if target.is_dir() else target.parent
     checkpoint = target / CHECKPOINT_NAME if target.is_dir() else target
     info = load_run(run_dir)
     state = load_checkpoint(checkpoint, "cql-offline")
     config = config_from_dict(CQLConfig, info["config"], str(run_dir / "run.json"))
     card = _verified_card(info)
-    reference = reference_scores_from_card(card)
     agent = CQLAgent(info["obs_dim"], info["act_dim"], config).to(device)
     agent.load_state_dict(state["agent"])
     normalizer = ObservationNormalizer.load(run_dir / "normalizer.json", device)
-    policy = _Policy(agent, normalizer, info["reward_scale"])
-    result = _evaluate(policy, info["env_id"], episodes, info["seed"], reference, config.gamma, device, True)
+    return TrainedRun(run_dir, info, config, state, agent, normalizer, card)
+
+
+def evaluate_run(target: Path, episodes: int, leaderboard: Path | None, device: str = "cpu") -> dict:
+    """`offrl evaluate RUN_DIR|CHECKPOINT`: evaluate a saved agent, append a leaderboard row."""
+    trained = restore_run(target, device)
+    run_dir, info, state, config = trained.run_dir, trained.info, trained.state, trained.config
+    reference = reference_scores_from_card(trained.card)
+    result = evaluate_policy_report(trained.policy, info["env_id"], episodes, info["seed"], reference,
+                                    config.gamma, device, True)
     result.pop("_curve")
     previous = json.loads((run_dir / "final.json").read_text()) if (run_dir / "final.json").is_file() else {}
     report = {"run_id": info["run_id"], "run_dir": str(run_dir), "dataset_id": info["dataset_id"],

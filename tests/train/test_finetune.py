@@ -1,0 +1,115 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from offrl.algos.cql import CQLAgent, CQLConfig, cql_critic_loss, sample_cql_actions
+from offrl.data.buffer import Batch
+from offrl.data.collect import rollout_transitions
+from offrl.data.registry import data_path, register_dataset
+from offrl.errors import OfflineRLError
+from offrl.train.finetune import FinetuneRun, finetune, online_auc, returns_to_go, unlearning_dip
+from offrl.train.offline import OfflineRun, train_cql
+
+
+def test_returns_to_go_restart_at_terminals_and_truncations():
+    rewards = np.array([1.0, 1.0, 1.0, 2.0, 2.0, 3.0])
+    terminals = np.array([0, 0, 1, 0, 0, 0], dtype=bool)
+    timeouts = np.array([0, 0, 0, 0, 1, 1], dtype=bool)
+    np.testing.assert_allclose(returns_to_go(rewards, terminals, timeouts, 0.5),
+                               [1.75, 1.5, 1.0, 3.0, 2.0, 3.0])
+
+
+def test_dip_and_area_on_a_known_curve():
+    curve = [(0, 50.0), (500, 30.0), (1000, 40.0), (10_000, 80.0)]
+    assert unlearning_dip(curve, 10_000) == -20.0
+    assert online_auc([(0, 0.0), (10, 10.0)]) == 5.0
+
+
+def _calibration_case(bound):
+    torch.manual_seed(0)
+    config = CQLConfig(actor_hidden=(8,), critic_hidden=(8,), n_actions=3, calibrated=True)
+    agent = CQLAgent(3, 2, config)
+    g = torch.Generator().manual_seed(1)
+    batch = Batch(observations=torch.randn(4, 3, generator=g), actions=torch.rand(4, 2, generator=g) * 2 - 1,
+                  rewards=torch.zeros(4), next_observations=torch.randn(4, 3, generator=g), terminals=torch.zeros(4),
+                  timeouts=torch.zeros(4), mc_returns=torch.full((4,), bound))
+    actions, log_density = sample_cql_actions(agent, batch, 3)
+    return agent, batch, config, actions, log_density
+
+
+def test_calibration_floors_only_policy_action_q_values():
+    agent, batch, config, actions, log_density = _calibration_case(bound=50.0)
+    _, gap, diag = cql_critic_loss(agent, batch, config, torch.zeros(4), actions, log_density)
+    assert diag["calql_below_bound"] == 1.0  # an untrained critic sits far below 50
+    q = agent.critic(batch.observations.expand(9, 4, 3), actions)  # (2, 9, 4)
+    floored = torch.cat([q[:, :3], torch.full_like(q[:, 3:], 50.0)], dim=1)  # uniform actions untouched
+    expected = torch.logsumexp(floored - log_density, dim=1) - agent.critic(batch.observations, batch.actions)
+    torch.testing.assert_close(gap, expected.mean(dim=1))
+
+
+def test_calibration_changes_nothing_when_q_is_above_the_bound():
+    agent, batch, config, actions, log_density = _calibration_case(bound=-1e6)
+    _, calibrated, diag = cql_critic_loss(agent, batch, config, torch.zeros(4), actions, log_density)
+    plain = CQLConfig(actor_hidden=(8,), critic_hidden=(8,), n_actions=3)
+    _, gap, _ = cql_critic_loss(agent, batch, plain, torch.zeros(4), actions, log_density)
+    torch.testing.assert_close(calibrated, gap)
+    assert diag["calql_below_bound"] == 0.0
+
+
+@pytest.fixture
+def offline_run(tmp_path):
+    arrays, _ = rollout_transitions("Pendulum-v1", None, 800, seed=0, num_envs=2)
+    register_dataset("pendulum/random-v0", arrays, {"env_id": "Pendulum-v1", "reference_scores": {
+        "random": {"return_mean": -1200.0}, "expert": {"return_mean": -150.0}}})
+    config = CQLConfig(actor_hidden=(16,), critic_hidden=(16,), n_actions=2, batch_size=32)
+    run = OfflineRun(dataset_id="pendulum/random-v0", steps=20, eval_every=100, eval_episodes=1,
+                     final_eval_episodes=1, log_every=10, checkpoint_every=10)
+    train_cql(run, config, tmp_path / "offline", show_progress=False)
+    return tmp_path / "offline"
+
+
+def _finetune_run(steps, calibrated=False):
+    return FinetuneRun(online_steps=steps, calibrated=calibrated, eval_every=200, eval_episodes=1, log_every=100,
+                       checkpoint_every=200)
+
+
+def test_finetune_reports_before_during_after_and_writes_an_online_row(offline_run, tmp_path):
+    leaderboard = tmp_path / "lb.csv"
+    report = finetune(offline_run, _finetune_run(400, calibrated=True), tmp_path / "ft", leaderboard=leaderboard,
+                      show_progress=False)
+    evaluations = pd.read_csv(tmp_path / "ft" / "evaluations.csv")
+    assert evaluations["step"].tolist() == [0, 200, 400]
+    assert "q_bias_normalized_mean" in evaluations
+    assert {"unlearning_dip", "online_auc", "before_normalized_return"} <= set(report)
+    metrics = pd.read_csv(tmp_path / "ft" / "metrics.csv")
+    assert metrics["online_size"].tolist() == [0, 200, 200, 400]  # episodes (200 steps) enter when complete
+    assert "calql_below_bound" in metrics
+    row = pd.read_csv(leaderboard).iloc[0]
+    assert row["phase"] == "online" and row["online_steps"] == 400 and row["algorithm"] == "Cal-QL"
+
+
+def test_resume_in_the_middle_of_fine_tuning_continues_exactly(offline_run, tmp_path):
+    finetune(offline_run, _finetune_run(600), tmp_path / "whole", show_progress=False)
+    finetune(offline_run, _finetune_run(400), tmp_path / "split", show_progress=False)
+    finetune(offline_run, _finetune_run(600), tmp_path / "split", resume=True, show_progress=False)
+    whole = pd.read_csv(tmp_path / "whole" / "metrics.csv")
+    split = pd.read_csv(tmp_path / "split" / "metrics.csv")
+    pd.testing.assert_frame_equal(whole, split)
+
+
+def test_bad_sources_are_refused_and_nothing_is_written(offline_run, tmp_path):
+    with pytest.raises(OfflineRLError, match="not an offrl offline run"):
+        finetune(tmp_path, _finetune_run(10), tmp_path / "a", show_progress=False)
+    info = json.loads((offline_run / "run.json").read_text())
+    (offline_run / "run.json").write_text(json.dumps({**info, "env_id": "MountainCarContinuous-v0"}))
+    with pytest.raises(OfflineRLError, match="obs/act dims 3/1, env MountainCarContinuous-v0 has 2/1"):
+        finetune(offline_run, _finetune_run(10), tmp_path / "b", show_progress=False)
+    (offline_run / "run.json").write_text(json.dumps(info))
+    with open(data_path("pendulum/random-v0"), "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(OfflineRLError, match="sha256 mismatch"):
+        finetune(offline_run, _finetune_run(10), tmp_path / "c", show_progress=False)
+    assert not any((tmp_path / name).exists() for name in "abc")

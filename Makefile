@@ -15,7 +15,7 @@ DATASET ?= halfcheetah/medium-v0
 CONFIG ?= fast
 CQL_STEPS ?= 6000
 
-.PHONY: install test test-slow lint pretrain ship-policies collect datasets train-cql finetune leaderboard bench clean
+.PHONY: install test test-slow lint pretrain ship-policies collect datasets train-cql finetune leaderboard bench bench-d3rlpy clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,18 @@ leaderboard: install
 	$(BIN)/offrl leaderboard
 
 bench: install
+	$(BIN)/offrl bench
+
+# d3rlpy pins gymnasium 1.0.0, so it gets its own venv; both benchmarks run in one sitting.
+.venv-d3rlpy/.installed:
+	$(PYTHON) -m venv .venv-d3rlpy
+	.venv-d3rlpy/bin/pip install --quiet --upgrade pip
+	.venv-d3rlpy/bin/pip install --quiet $(TORCH_SPEC)
+	.venv-d3rlpy/bin/pip install --quiet d3rlpy==2.8.1 pandas
+	touch $@
+
+bench-d3rlpy: install .venv-d3rlpy/.installed
+	.venv-d3rlpy/bin/python evaluation/scripts/bench_d3rlpy.py evaluation/bench.csv
 	$(BIN)/offrl bench
 
 clean:

@@ -210,6 +210,17 @@ def _merge_into(path: Path, frame: pd.DataFrame) -> None:
         old = pd.read_csv(path)
         keep = ~(old["impl"].isin(frame["impl"].unique()) & (old["device"] == "cpu"))
         frame = pd.concat([old[keep], frame], ignore_index=True)
+    frame = with_d3rlpy_ratios(frame)
     atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.4g").encode())
+
+
+def with_d3rlpy_ratios(frame: pd.DataFrame) -> pd.DataFrame:
+    """offrl updates/s over d3rlpy's fp32 updates/s for the same benchmark (bf16 rows too: d3rlpy has none)."""
+    frame = frame.copy()
+    d3rlpy_rows = frame[frame["impl"].astype(str).str.startswith("d3rlpy") & (frame["device"] == "cpu")]
+    reference = dict(zip(d3rlpy_rows["benchmark"], d3rlpy_rows["value"], strict=True))
+    is_offrl = (frame["impl"] == "offrl") & (frame["unit"] == "updates/s")
+    frame["vs_d3rlpy_fp32"] = np.where(is_offrl, frame["value"] / frame["benchmark"].map(reference), np.nan)
+    return frame
 
 

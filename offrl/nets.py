@@ -9,11 +9,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["mlp", "TwinCritic", "TanhGaussianActor", "tanh_gaussian_log_prob"]
+__all__ = ["mlp", "TwinCritic", "TanhGaussianActor", "tanh_gaussian_log_prob", "sample_tanh_gaussian",
+           "action_log_prob"]
 
 LOG_STD_MIN = -5.0
 LOG_STD_MAX = 2.0
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class Float32Linear(nn.Linear):
+    """The output layer: always fp32, also under bf16 autocast, so Q-values, means and log-stds (and the
+    logsumexp, losses and targets computed from them) keep full precision; only hidden layers run in bf16."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.to(self.weight.dtype))
 
 
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, orthogonal_init: bool = False) -> nn.Sequential:
@@ -21,7 +31,7 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, orthogonal_init: bool 
     dims = [in_dim, *hidden]
     for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
         layers += [nn.Linear(d_in, d_out), nn.ReLU()]
-    layers.append(nn.Linear(dims[-1], out_dim))
+    layers.append(Float32Linear(dims[-1], out_dim))
     net = nn.Sequential(*layers)
     if orthogonal_init:
         # CORL's CQL: hidden layers orthogonal with gain sqrt(2), the output layer with gain 1e-2, zero biases.
@@ -61,6 +71,20 @@ def tanh_gaussian_log_prob(pre_tanh: torch.Tensor, mean: torch.Tensor, log_std: 
     return (normal_log_prob - log_det_jacobian).sum(-1)
 
 
+def sample_tanh_gaussian(mean: torch.Tensor, log_std: torch.Tensor, n: int | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reparameterised tanh-Gaussian samples and their log-probs: one per row, or n per row as (n, B, A)."""
+    shape = mean.shape if n is None else (n, *mean.shape)
+    pre_tanh = mean + log_std.exp() * torch.randn(shape, dtype=mean.dtype, device=mean.device)
+    return torch.tanh(pre_tanh), tanh_gaussian_log_prob(pre_tanh, mean, log_std)
+
+
+def action_log_prob(actions: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor, eps: float = 1e-6
+                    ) -> torch.Tensor:
+    """log-density of given actions in [-1, 1]; |a| is clipped just below 1 so atanh stays finite."""
+    return tanh_gaussian_log_prob(torch.atanh(actions.clamp(-1.0 + eps, 1.0 - eps)), mean, log_std)
+
+
 class TanhGaussianActor(nn.Module):
     """Diagonal Gaussian squashed by tanh into [-1, 1]; sampling is reparameterised."""
 
@@ -77,22 +101,15 @@ class TanhGaussianActor(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A reparameterised sample and its log-probability."""
-        mean, log_std = self.distribution_params(obs)
-        pre_tanh = mean + log_std.exp() * torch.randn_like(mean)
-        return torch.tanh(pre_tanh), tanh_gaussian_log_prob(pre_tanh, mean, log_std)
+        return sample_tanh_gaussian(*self.distribution_params(obs))
 
     def sample_n(self, obs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """n samples per state in one pass: returns actions (n, B, A) and log-probs (n, B)."""
-        mean, log_std = self.distribution_params(obs)
-        noise = torch.randn((n, *mean.shape), dtype=mean.dtype, device=mean.device)
-        pre_tanh = mean + log_std.exp() * noise
-        return torch.tanh(pre_tanh), tanh_gaussian_log_prob(pre_tanh, mean, log_std)
+        """n samples per state from one forward pass: actions (n, B, A) and log-probs (n, B)."""
+        return sample_tanh_gaussian(*self.distribution_params(obs), n)
 
-    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-        """log π(a|s) of given actions in [-1, 1] (for behaviour cloning); |a| is clipped just below 1."""
-        mean, log_std = self.distribution_params(obs)
-        pre_tanh = torch.atanh(actions.clamp(-1.0 + eps, 1.0 - eps))
-        return tanh_gaussian_log_prob(pre_tanh, mean, log_std)
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """log π(a|s) of given actions in [-1, 1] (for behaviour cloning)."""
+        return action_log_prob(actions, *self.distribution_params(obs))
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:

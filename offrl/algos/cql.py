@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from offrl.algos.sac import SACAgent, SACConfig, make_optimizer, polyak_update, temperature_loss
 from offrl.data.buffer import Batch
 from offrl.errors import OfflineRLError
+from offrl.nets import action_log_prob, sample_tanh_gaussian
 
-__all__ = ["CQLConfig", "CQLAgent", "CQL_METRICS", "sample_cql_actions", "cql_critic_loss", "cql_update"]
+__all__ = ["CQLConfig", "CQLAgent", "CQL_METRICS", "sample_cql_actions", "cql_critic_loss", "cql_update",
+           "autocast_for"]
 
 CQL_METRICS = ("critic_loss", "bellman_loss", "cql_loss", "actor_loss", "q_data", "q_random", "q_pi_s",
                "q_pi_next_s", "cql_gap", "alpha", "alpha_prime", "entropy")
@@ -57,6 +59,7 @@ class CQLConfig:
     normalize_observations: bool = True
     normalize_reward: bool = False  # CORL's locomotion reward scaling: r · 1000 / (max − min episode return)
     calibrated: bool = False  # Cal-QL (Nakamoto et al. 2023): policy-action Q-values in the gap floored at V_ref(s)
+    precision: str = "fp32"  # "bf16": hidden layers under bf16 autocast; output layers, losses, targets stay fp32
 
     def validate(self) -> None:
         for name in ("actor_lr", "critic_lr", "alpha_lr", "alpha_prime_lr", "tau", "temperature", "init_alpha",
@@ -71,6 +74,8 @@ class CQLConfig:
         for name in ("batch_size", "n_actions"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise OfflineRLError(f"config: {name} must be an integer >= 1, found {getattr(self, name)!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise OfflineRLError(f"config: precision must be fp32 or bf16, found {self.precision!r}")
         if self.bc_steps < 0:
             raise OfflineRLError(f"config: bc_steps must be >= 0, found {self.bc_steps!r}")
         for name in ("actor_hidden", "critic_hidden"):
@@ -98,31 +103,41 @@ class CQLAgent(SACAgent):
         return {**super().optimizers(), "alpha_prime": self.alpha_prime_optimizer}
 
 
-def sample_cql_actions(agent: CQLAgent, batch: Batch, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+Params = tuple[torch.Tensor, torch.Tensor]  # (mean, log_std) of π(·|s) before the tanh
+
+
+@torch.no_grad()
+def sample_cql_actions(agent: CQLAgent, batch: Batch, n: int, policy_s: Params | None = None,
+                       policy_next: Params | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The 3n actions at s and their log-densities: (3n, B, A) and (3n, B), order uniform, π(s), π(s′).
 
-    Policy samples are detached: the conservative term trains the critics, not the actor.
+    Policy samples carry no gradient: the conservative term trains the critics, not the actor. Pass the
+    policy's distribution parameters when the caller already computed them (no second actor pass).
     """
     batch_size, act_dim = batch.actions.shape
     uniform = torch.rand((n, batch_size, act_dim), device=batch.actions.device, dtype=batch.actions.dtype) * 2 - 1
-    uniform_log_density = torch.full((n, batch_size), act_dim * math.log(0.5), device=batch.actions.device)
-    with torch.no_grad():
-        pi_s, log_pi_s = agent.actor.sample_n(batch.observations, n)
-        pi_next, log_pi_next = agent.actor.sample_n(batch.next_observations, n)
+    uniform_log_density = torch.full((n, batch_size), act_dim * math.log(0.5), device=batch.actions.device,
+                                     dtype=batch.actions.dtype)
+    mean_s, log_std_s = policy_s or agent.actor.distribution_params(batch.observations)
+    mean_next, log_std_next = policy_next or agent.actor.distribution_params(batch.next_observations)
+    pi_s, log_pi_s = sample_tanh_gaussian(mean_s.detach(), log_std_s.detach(), n)
+    pi_next, log_pi_next = sample_tanh_gaussian(mean_next, log_std_next, n)
     return torch.cat([uniform, pi_s, pi_next]), torch.cat([uniform_log_density, log_pi_s, log_pi_next])
 
 
 @torch.no_grad()
-def cql_target(agent: CQLAgent, batch: Batch, config: CQLConfig, alpha: torch.Tensor) -> torch.Tensor:
+def cql_target(agent: CQLAgent, batch: Batch, config: CQLConfig, alpha: torch.Tensor,
+               policy_next: Params | None = None) -> torch.Tensor:
     """Clipped double-Q target; optional max-over-n backup and entropy bonus (both off in CORL's configs)."""
+    mean_next, log_std_next = policy_next or agent.actor.distribution_params(batch.next_observations)
     if config.max_target_backup:
-        next_actions, next_log_prob = agent.actor.sample_n(batch.next_observations, config.n_actions)
+        next_actions, next_log_prob = sample_tanh_gaussian(mean_next, log_std_next, config.n_actions)
         next_obs = batch.next_observations.expand(config.n_actions, *batch.next_observations.shape)
         q_next = agent.critic_target(next_obs, next_actions).min(dim=0).values  # (n, B)
         q_next, best = q_next.max(dim=0)
         next_log_prob = next_log_prob.gather(0, best.unsqueeze(0)).squeeze(0)
     else:
-        next_actions, next_log_prob = agent.actor(batch.next_observations)
+        next_actions, next_log_prob = sample_tanh_gaussian(mean_next, log_std_next)
         q_next = agent.critic_target(batch.next_observations, next_actions).min(dim=0).values
     if config.backup_entropy:
         q_next = q_next - alpha * next_log_prob
@@ -162,22 +177,32 @@ def cql_critic_loss(agent: CQLAgent, batch: Batch, config: CQLConfig, target: to
     return bellman_loss, gap, diagnostics
 
 
+def autocast_for(config: CQLConfig, device: torch.device | str):
+    """The numeric context every update of this config runs in (bf16 autocast or a no-op)."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+
 def cql_update(agent: CQLAgent, batch: Batch, config: CQLConfig, step: int) -> dict[str, torch.Tensor]:
     """One CQL-SAC update; every loss uses the networks as they were before this update (as CORL does).
     Returns detached metric tensors; nothing here synchronises with the host."""
     alpha = agent.log_alpha.exp().detach()
 
+    # One actor pass per state set, shared by every sample drawn below.
+    policy_s = agent.actor.distribution_params(batch.observations)
+    with torch.no_grad():
+        policy_next = agent.actor.distribution_params(batch.next_observations)
+
     # Actor: behaviour cloning during warm-up, then the SAC objective against the current critics.
-    action, log_prob = agent.actor(batch.observations)
+    action, log_prob = sample_tanh_gaussian(*policy_s)
     if step < config.bc_steps:
-        policy_loss = (alpha * log_prob - agent.actor.log_prob(batch.observations, batch.actions)).mean()
+        policy_loss = (alpha * log_prob - action_log_prob(batch.actions, *policy_s)).mean()
     else:
         q_pi = agent.critic(batch.observations, action).min(dim=0).values
         policy_loss = (alpha * log_prob - q_pi).mean()
 
     # Critics: Bellman error plus the conservative gap, weighted by α_cql (and α′ in the Lagrange variant).
-    target = cql_target(agent, batch, config, alpha)
-    sampled_actions, sampled_log_density = sample_cql_actions(agent, batch, config.n_actions)
+    target = cql_target(agent, batch, config, alpha, policy_next)
+    sampled_actions, sampled_log_density = sample_cql_actions(agent, batch, config.n_actions, policy_s, policy_next)
     bellman_loss, gap, diagnostics = cql_critic_loss(agent, batch, config, target, sampled_actions,
                                                      sampled_log_density)
     if config.lagrange:

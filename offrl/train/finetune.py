@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from offrl.algos.cql import CQL_METRICS, cql_update
+from offrl.algos.cql import CQL_METRICS, autocast_for, cql_update
 from offrl.data.buffer import ReplayBuffer
 from offrl.data.dataset import MixedSampler, load_dataset
 from offrl.data.registry import episode_ends
@@ -192,7 +192,8 @@ def finetune(from_run: Path, run: FinetuneRun, out_dir: Path, resume: bool = Fal
         obs = next_obs
         step += 1
         for _ in range(run.utd):
-            metrics = cql_update(agent, sampler.sample(config.batch_size), config, config.bc_steps + updates)
+            with autocast_for(config, device):
+                metrics = cql_update(agent, sampler.sample(config.batch_size), config, config.bc_steps + updates)
             updates += 1
         progress.update(1)
         if terminated or truncated or step == run.online_steps:

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from offrl import __version__
-from offrl.algos.cql import CQL_METRICS, CQLAgent, CQLConfig, cql_update
+from offrl.algos.cql import CQL_METRICS, CQLAgent, CQLConfig, autocast_for, cql_update
 from offrl.config import config_from_dict, config_hash
 from offrl.data.buffer import ReplayBuffer
 from offrl.data.dataset import ObservationNormalizer, load_dataset
@@ -203,7 +203,8 @@ def train_cql(run: OfflineRun, config: CQLConfig, out_dir: Path, resume: bool = 
                     desc=f"CQL {run.dataset_id}", dynamic_ncols=True)
     last_eval = float("nan")
     while step < run.steps:
-        metrics = cql_update(agent, buffer.sample(config.batch_size), config, step)
+        with autocast_for(config, device):
+            metrics = cql_update(agent, buffer.sample(config.batch_size), config, step)
         step += 1
         window_updates += 1
         progress.update(1)

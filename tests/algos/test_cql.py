@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from offrl.algos.cql import CQLAgent, CQLConfig, cql_critic_loss, cql_update, sample_cql_actions
+from offrl.algos.cql import CQLAgent, CQLConfig, autocast_for, cql_critic_loss, cql_update, sample_cql_actions
 from offrl.data.buffer import Batch
 
 
@@ -138,3 +138,18 @@ def test_update_metrics_are_the_corl_diagnostics():
     metrics = cql_update(agent, _batch(dtype=torch.float32), _config(), 0)
     for key in ("q_data", "q_random", "q_pi_s", "q_pi_next_s", "cql_gap", "alpha", "alpha_prime", "entropy"):
         assert key in metrics and torch.isfinite(metrics[key])
+
+
+def test_bf16_autocast_agrees_with_fp32_within_bf16_tolerance():
+    torch.manual_seed(6)
+    config = _config(actor_hidden=(64, 64), critic_hidden=(64, 64), n_actions=4, precision="bf16")
+    agent = CQLAgent(3, 2, config)
+    batch = _batch(n=64, dtype=torch.float32)
+    actions, log_density = sample_cql_actions(agent, batch, config.n_actions)
+    target = torch.randn(64)
+    bellman, gap, _ = cql_critic_loss(agent, batch, config, target, actions, log_density)
+    with autocast_for(config, "cpu"):
+        bellman_bf16, gap_bf16, diag = cql_critic_loss(agent, batch, config, target, actions, log_density)
+    assert diag["q_data"].dtype == torch.float32 and gap_bf16.dtype == torch.float32  # output layers stay fp32
+    torch.testing.assert_close(bellman_bf16, bellman, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(gap_bf16, gap, rtol=2e-2, atol=2e-2)

@@ -1,9 +1,10 @@
 import json
 
+from tests_support import make_arrays
+
 from offrl.cli import main
 from offrl.data.registry import data_path, register_dataset
 from offrl.evaluation.leaderboard import append_row
-from tests_support import make_arrays
 
 
 def test_datasets_list_info_and_verify_print_readable_tables(capsys):

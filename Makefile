@@ -49,7 +49,7 @@ datasets: install
 	$(BIN)/offrl datasets list
 
 train-cql: install
-	$(BIN)/offrl train-cql --dataset $(DATASET) --config $(CONFIG) --steps $(CQL_STEPS) --seed $(SEED) \
+	$(BIN)/offrl train-cql --dataset $(DATASET) --config $(CONFIG) --steps $(CQL_STEPS) --seed $(SEED) --eval-every 1000 \
 		--collect-missing --out runs/cql/$(subst /,-,$(DATASET))-$(CONFIG)-seed$(SEED)-$$(date +%Y%m%d-%H%M%S)
 
 # `make finetune`: a short fine-tune of the newest `make train-cql` run (override FROM=RUN_DIR)

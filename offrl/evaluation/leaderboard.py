@@ -129,7 +129,8 @@ def write_summary(summary: pd.DataFrame, csv_path: Path, markdown_path: Path) ->
 
 def plot_leaderboard(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Per dataset: learning curves (normalized return vs. step, one line per run, from each run's
-    evaluations.csv) and Q-bias curves (from each run's q_bias_curve.csv)."""
+    evaluations.csv) and Q-bias curves (from each run's q_bias_curve.csv). Runs whose directories are not
+    on this machine are skipped; a dataset with none leaves its existing plot alone."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,6 +160,9 @@ def plot_leaderboard(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         for ax in (curve_ax, bias_ax):
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
+        if not curve_ax.lines and not bias_ax.get_legend_handles_labels()[0]:
+            plt.close(fig)  # the runs' directories are not on this machine: keep any plot already made
+            continue
         fig.tight_layout()
         path = out_dir / f"leaderboard_{safe}.png"
         out_dir.mkdir(parents=True, exist_ok=True)

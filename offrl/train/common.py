@@ -14,9 +14,20 @@ import torch
 from offrl.errors import OfflineRLError
 from offrl.fileio import atomic_write_bytes
 
-__all__ = ["load_checkpoint", "rng_state", "set_rng_state", "MetricsLog"]
+__all__ = ["load_checkpoint", "rng_state", "set_rng_state", "MetricsLog", "run_checkpoint_path"]
 
 CHECKPOINT_FORMAT = "offrl-checkpoint"
+
+
+def run_checkpoint_path(out_dir: Path, checkpoint_name: str, resume: bool) -> Path:
+    """Where a run keeps its checkpoint; refuses to start over an existing run, or to resume a missing one."""
+    out_dir = Path(out_dir)
+    checkpoint_path = out_dir / checkpoint_name
+    if not resume and (checkpoint_path.exists() or (out_dir.is_dir() and any(out_dir.iterdir()))):
+        raise OfflineRLError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and not checkpoint_path.exists():
+        raise OfflineRLError(f"--resume: no checkpoint at {checkpoint_path}")
+    return checkpoint_path
 
 
 def load_checkpoint(path: Path, kind: str) -> dict:

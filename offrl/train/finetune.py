@@ -31,7 +31,7 @@ from offrl.errors import OfflineRLError
 from offrl.evaluation.leaderboard import append_row
 from offrl.evaluation.scores import reference_scores_from_card
 from offrl.fileio import atomic_torch_save, atomic_write_bytes, git_commit
-from offrl.train.common import MetricsLog, load_checkpoint, rng_state, set_rng_state
+from offrl.train.common import MetricsLog, load_checkpoint, rng_state, run_checkpoint_path, set_rng_state
 from offrl.train.offline import evaluate_policy_report, leaderboard_row, restore_run
 
 __all__ = ["FinetuneRun", "finetune", "returns_to_go", "unlearning_dip", "online_auc"]
@@ -106,11 +106,7 @@ def finetune(from_run: Path, run: FinetuneRun, out_dir: Path, resume: bool = Fal
     trained = restore_run(from_run, run.device)
     info, agent, normalizer = trained.info, trained.agent, trained.normalizer
     out_dir = Path(out_dir)
-    checkpoint_path = out_dir / CHECKPOINT_NAME
-    if not resume and out_dir.exists() and any(out_dir.iterdir()):
-        raise OfflineRLError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and not checkpoint_path.exists():
-        raise OfflineRLError(f"--resume: no checkpoint at {checkpoint_path}")
+    checkpoint_path = run_checkpoint_path(out_dir, CHECKPOINT_NAME, resume)
     env_id = info["env_id"]
     env = make_env(env_id)
     spec = env_spec(env)

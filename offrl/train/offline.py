@@ -31,7 +31,7 @@ from offrl.evaluation.q_bias import dropped_tail, q_bias, q_estimates
 from offrl.evaluation.rollout import rollout_episodes
 from offrl.evaluation.scores import normalized_return, reference_scores_from_card
 from offrl.fileio import atomic_torch_save, atomic_write_bytes, git_commit
-from offrl.train.common import MetricsLog, load_checkpoint, rng_state, set_rng_state
+from offrl.train.common import MetricsLog, load_checkpoint, rng_state, run_checkpoint_path, set_rng_state
 
 __all__ = ["OfflineRun", "TrainedPolicy", "TrainedRun", "train_cql", "evaluate_run", "evaluate_policy_report",
            "restore_run", "load_run", "reward_scale_for", "leaderboard_row", "dataset_diagnostics"]
@@ -138,11 +138,7 @@ def train_cql(run: OfflineRun, config: CQLConfig, out_dir: Path, resume: bool = 
     run.validate()
     config.validate()
     out_dir = Path(out_dir)
-    checkpoint_path = out_dir / CHECKPOINT_NAME
-    if not resume and out_dir.exists() and any(out_dir.iterdir()):
-        raise OfflineRLError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and not checkpoint_path.exists():
-        raise OfflineRLError(f"--resume: no checkpoint at {checkpoint_path}")
+    checkpoint_path = run_checkpoint_path(out_dir, CHECKPOINT_NAME, resume)
     device = torch.device(run.device)
     parse_dataset_id(run.dataset_id)
     dataset = load_dataset(run.dataset_id, device)

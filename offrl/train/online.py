@@ -23,7 +23,7 @@ from offrl.envs import env_spec, make_env, seed_everything
 from offrl.errors import OfflineRLError
 from offrl.evaluation.rollout import evaluate_policy
 from offrl.fileio import atomic_torch_save, atomic_write_bytes, git_commit
-from offrl.train.common import MetricsLog, load_checkpoint, rng_state, set_rng_state
+from offrl.train.common import MetricsLog, load_checkpoint, rng_state, run_checkpoint_path, set_rng_state
 
 __all__ = ["PretrainConfig", "pretrain", "CHECKPOINT_NAME"]
 
@@ -84,11 +84,7 @@ def pretrain(config: PretrainConfig, out_dir: Path, resume: bool = False, show_p
     snapshots/actor_<step>.pt at each evaluation, and checkpoint.pt (with the replay buffer)."""
     config.validate()
     out_dir = Path(out_dir)
-    checkpoint_path = out_dir / CHECKPOINT_NAME
-    if not resume and checkpoint_path.exists():
-        raise OfflineRLError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and not checkpoint_path.exists():
-        raise OfflineRLError(f"--resume: no checkpoint at {checkpoint_path}")
+    checkpoint_path = run_checkpoint_path(out_dir, CHECKPOINT_NAME, resume)
 
     device = torch.device(config.device)
     env = make_env(config.env_id)

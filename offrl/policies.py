@@ -138,8 +138,9 @@ def ship_policies(run_dir: Path, dest_root: Path | None = None, episodes: int = 
             "eval_seed": CARD_EVAL_SEED, "random_policy_return_mean": random_result.mean,
             "obs_dim": run["obs_dim"], "act_dim": run["act_dim"], "hidden": run["config"]["sac"]["hidden"],
             "weights_file": weights.name, "sha256": sha,
-            "command": run.get("command", f"offrl pretrain --env {env_id} --steps {run['config']['steps']} "
-                                         f"--seed {seed}"),
+            "command": " && ".join([run.get("command", f"offrl pretrain --env {env_id} --steps "
+                                                       f"{run['config']['steps']} --seed {seed}"),
+                                    *run.get("resumed_with", [])]),
             "ship_command": command or "offrl " + shlex.join(sys.argv[1:]),
         }
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt", "sac-online")

@@ -108,6 +108,16 @@ def pretrain(config: PretrainConfig, out_dir: Path, resume: bool = False, show_p
         set_rng_state(state["rng"])
         _set_env_rng_state(env, state["env_rng"])
         obs, _ = env.reset()
+        # A resumed run may train longer than first planned: the record says so, and how.
+        run_info = json.loads((out_dir / "config.json").read_text())
+        first = run_info["config"]
+        run_info.setdefault("command", f"offrl pretrain --env {first['env_id']} --steps {first['steps']} "
+                                       f"--seed {first['seed']}")
+        run_info["config"]["steps"] = config.steps
+        run_info["resumed_with"] = [*run_info.get("resumed_with", []),
+                                    command or f"offrl pretrain --env {config.env_id} --steps {config.steps} "
+                                               f"--seed {config.seed} --resume"]
+        atomic_write_bytes(out_dir / "config.json", json.dumps(run_info, indent=2).encode())
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "snapshots").mkdir(exist_ok=True)

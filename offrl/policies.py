@@ -86,11 +86,13 @@ def load_policy(path_or_env: str | Path, tier: str | None = None, device: str | 
 
 
 def _medium_target(expert_return: float, random_return: float) -> tuple[float, str]:
+    when = ("; D4RL early-stops SAC when it first gets there, so only snapshots up to the first that reaches the "
+            "target are candidates")
     if expert_return > 0:
-        return expert_return / 3.0, "evaluated return nearest one third of the expert's (D4RL medium)"
+        return expert_return / 3.0, "evaluated return nearest one third of the expert's (D4RL medium)" + when
     # One third of a negative return lies above the expert; use one third of the way up from random.
     return random_return + (expert_return - random_return) / 3.0, \
-        "evaluated return nearest one third of the way from the random policy's return to the expert's"
+        "evaluated return nearest one third of the way from the random policy's return to the expert's" + when
 
 
 def ship_policies(run_dir: Path, dest_root: Path | None = None, episodes: int = 20,
@@ -115,7 +117,9 @@ def ship_policies(run_dir: Path, dest_root: Path | None = None, episodes: int = 
                                     CARD_EVAL_SEED)
     expert_row = evals.loc[evals["return_mean"].idxmax()]
     target, rule = _medium_target(float(expert_row["return_mean"]), random_result.mean)
-    medium_row = evals.loc[(evals["return_mean"] - target).abs().idxmin()]
+    reached = evals.index[evals["return_mean"] >= target]
+    early = evals.loc[: reached[0]] if len(reached) else evals
+    medium_row = early.loc[(early["return_mean"] - target).abs().idxmin()]
 
     cards = {}
     for tier, row in (("expert", expert_row), ("medium", medium_row)):
@@ -130,6 +134,7 @@ def ship_policies(run_dir: Path, dest_root: Path | None = None, episodes: int = 
         cards[tier] = {
             "env_id": env_id, "env_version": env_id.rsplit("-v", 1)[-1], "tier": tier, **versions(),
             "torch": torch.__version__, "offrl_version": __version__, "git_commit": run.get("git_commit", "unknown"),
+            "shipped_with_git_commit": git_commit(),
             "algorithm": "SAC", "seed": seed, "training_steps": step, "run_steps": int(run["config"]["steps"]),
             "selection": "best evaluated snapshot (10 deterministic episodes)" if tier == "expert" else rule,
             "selection_return_10ep": float(row["return_mean"]),

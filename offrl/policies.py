@@ -20,7 +20,7 @@ from offrl import __version__
 from offrl.envs import versions
 from offrl.errors import OfflineRLError
 from offrl.evaluation.rollout import evaluate_policy
-from offrl.fileio import atomic_torch_save, atomic_write_bytes, sha256_file
+from offrl.fileio import atomic_torch_save, atomic_write_bytes, git_commit, sha256_file
 from offrl.nets import TanhGaussianActor
 
 __all__ = ["POLICY_ROOT", "ShippedPolicy", "policy_root", "policy_path", "load_policy", "save_policy",

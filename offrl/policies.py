@@ -19,7 +19,7 @@ import torch
 from offrl import __version__
 from offrl.envs import versions
 from offrl.errors import OfflineRLError
-from offrl.evaluation.rollout import evaluate_policy
+from offrl.evaluation.rollout import evaluate_policy, uniform_random_policy
 from offrl.fileio import atomic_torch_save, atomic_write_bytes, git_commit, sha256_file
 from offrl.nets import TanhGaussianActor
 
@@ -113,7 +113,7 @@ def ship_policies(run_dir: Path, dest_root: Path | None = None, episodes: int = 
     evals = pd.read_csv(evals_path)
     if evals.empty:
         raise OfflineRLError(f"{evals_path}: no evaluations yet")
-    random_result = evaluate_policy(lambda o: torch.rand(o.shape[0], run["act_dim"]) * 2 - 1, env_id, episodes,
+    random_result = evaluate_policy(uniform_random_policy(run["act_dim"], CARD_EVAL_SEED), env_id, episodes,
                                     CARD_EVAL_SEED)
     expert_row = evals.loc[evals["return_mean"].idxmax()]
     target, rule = _medium_target(float(expert_row["return_mean"]), random_result.mean)

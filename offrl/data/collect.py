@@ -32,7 +32,7 @@ from offrl.data.registry import (
 )
 from offrl.envs import env_spec, make_env, versions
 from offrl.errors import OfflineRLError
-from offrl.evaluation.rollout import evaluate_policy
+from offrl.evaluation.rollout import evaluate_policy, uniform_random_policy
 from offrl.fileio import sha256_file
 from offrl.nets import TanhGaussianActor, tanh_gaussian_log_prob
 from offrl.policies import CARD_EVAL_SEED, load_policy, policy_path
@@ -187,8 +187,9 @@ def _rollout_transitions(env_id: str, actor: TanhGaussianActor | None, transitio
 
 def reference_scores(env_id: str) -> dict:
     """Random = uniform policy's mean return; expert = the shipped expert's card (both >= 20 episodes)."""
-    random_result = evaluate_policy(lambda o: torch.rand(o.shape[0], make_env(env_id).action_space.shape[0]) * 2 - 1,
-                                    env_id, REFERENCE_EPISODES, CARD_EVAL_SEED)
+    act_dim = env_spec(make_env(env_id)).act_dim
+    random_result = evaluate_policy(uniform_random_policy(act_dim, CARD_EVAL_SEED), env_id, REFERENCE_EPISODES,
+                                    CARD_EVAL_SEED)
     scores: dict = {"random": {"return_mean": random_result.mean, "episodes": REFERENCE_EPISODES,
                                "source": "uniform random policy in [-1, 1], offrl"}}
     expert_file = policy_path(env_id, "expert")

@@ -10,7 +10,7 @@ import torch
 
 from offrl.envs import make_env
 
-__all__ = ["Episode", "RolloutResult", "rollout_episodes", "evaluate_policy"]
+__all__ = ["Episode", "RolloutResult", "rollout_episodes", "evaluate_policy", "uniform_random_policy"]
 
 
 @dataclass
@@ -75,6 +75,13 @@ def rollout_episodes(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str
     return [Episode(rewards=np.asarray(rewards[i]), terminated=terminated[i],
                     observations=np.stack(observations[i]) if record else None,
                     actions=np.stack(actions_taken[i]) if record else None) for i in range(episodes)]
+
+
+def uniform_random_policy(act_dim: int, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Uniform actions in [-1, 1] from a generator of its own: the random reference score is repeatable
+    and does not disturb the global RNG."""
+    generator = torch.Generator().manual_seed(seed)
+    return lambda obs: torch.rand(obs.shape[0], act_dim, generator=generator) * 2 - 1
 
 
 def evaluate_policy(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, episodes: int, seed: int,

@@ -29,6 +29,9 @@ __all__ = ["POLICY_ROOT", "ShippedPolicy", "policy_root", "policy_path", "load_p
 POLICY_ROOT = Path(__file__).resolve().parent.parent / "datasets" / "policies"
 POLICY_FORMAT = "offrl-policy"
 CARD_EVAL_SEED = 2_000_000  # card returns use start states no training evaluation saw
+# Expert returns SAC reaches in about 300k steps (SAC paper, CleanRL and CORL curves): what a shipped expert
+# is held to. A card whose expert falls short says so.
+EXPERT_TARGETS = {"HalfCheetah-v5": 6000.0, "Hopper-v5": 2500.0, "Walker2d-v5": 3000.0, "Pendulum-v1": -200.0}
 
 
 @dataclass
@@ -148,6 +151,15 @@ def ship_policies(run_dir: Path, dest_root: Path | None = None, episodes: int = 
                                     *run.get("resumed_with", [])]),
             "ship_command": command or "offrl " + shlex.join(sys.argv[1:]),
         }
+    target_return = EXPERT_TARGETS.get(env_id)
+    if target_return is not None:
+        expert = cards["expert"]
+        expert["target_return"] = target_return
+        expert["meets_target"] = expert["return_mean"] >= target_return
+        if not expert["meets_target"]:
+            expert["shortfall"] = (f"expert return {expert['return_mean']:.0f} is below the {target_return:.0f} target "
+                                   f"after {expert['run_steps']} SAC steps; resume the pretrain run with a larger "
+                                   "--steps to train longer")
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt", "sac-online")
     medium_step = cards["medium"]["training_steps"]
     if checkpoint["step"] >= medium_step:

@@ -175,6 +175,8 @@ def finetune(from_run: Path, run: FinetuneRun, out_dir: Path, resume: bool = Fal
     episode: dict[str, list] = {k: [] for k in ("observations", "actions", "rewards", "next_observations",
                                                 "terminals", "timeouts")}
     metrics: dict = dict.fromkeys(CQL_METRICS, torch.tensor(float("nan")))
+    # The unlearning dip is read from the first 10% of online steps: evaluate there too, at 5% and 10%.
+    dip_steps = {max(1, run.online_steps * i // 20) for i in (1, 2)}
     start, start_updates = time.perf_counter(), updates
     progress = tqdm(total=run.online_steps, initial=step, disable=not show_progress, unit="step",
                     desc=f"fine-tune {info['dataset_id']}", dynamic_ncols=True)
@@ -201,7 +203,7 @@ def finetune(from_run: Path, run: FinetuneRun, out_dir: Path, resume: bool = Fal
                 raise OfflineRLError(f"fine-tuning diverged at online step {step}: non-finite metrics; the last good "
                                      f"checkpoint is kept at {checkpoint_path}")
             metrics_log.write({"step": step, **values, "online_size": len(online)})
-        if step % run.eval_every == 0 or step == run.online_steps:
+        if step % run.eval_every == 0 or step == run.online_steps or step in dip_steps:
             result = evaluate(step)
             result.pop("_curve")
             curve.append((step, result["normalized_return"]))

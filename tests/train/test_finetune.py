@@ -81,7 +81,7 @@ def test_finetune_reports_before_during_after_and_writes_an_online_row(offline_r
     report = finetune(offline_run, _finetune_run(400, calibrated=True), tmp_path / "ft", leaderboard=leaderboard,
                       show_progress=False)
     evaluations = pd.read_csv(tmp_path / "ft" / "evaluations.csv")
-    assert evaluations["step"].tolist() == [0, 200, 400]
+    assert evaluations["step"].tolist() == [0, 20, 40, 200, 400]  # 5% and 10% too, for the dip
     assert "q_bias_normalized_mean" in evaluations
     assert {"unlearning_dip", "online_auc", "before_normalized_return"} <= set(report)
     metrics = pd.read_csv(tmp_path / "ft" / "metrics.csv")

@@ -96,7 +96,8 @@ def matmul_peak(dtype: torch.dtype, size: int = 4096, repeats: int = 3) -> float
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def run_bench(out: Path, seconds: float = 20.0, include: tuple[str, ...] = ("matmul", "updates", "data"),
+def run_bench(out: Path, seconds: float = 20.0,
+              include: tuple[str, ...] = ("matmul", "updates", "critics", "data"),
               command: str | None = None) -> pd.DataFrame:
     torch.manual_seed(0)
     threads = torch.get_num_threads()
@@ -144,6 +145,8 @@ def run_bench(out: Path, seconds: float = 20.0, include: tuple[str, ...] = ("mat
                     sample_rate, _ = _time_updates(lambda _: buffer.sample(256).observations.sum(), 2.0)
                     rows.append({"benchmark": "batch sampling / CQL update d3rlpy 2x256", "impl": "offrl",
                                  "precision": "fp32", "value": ups / sample_rate, "unit": "fraction"})
+    if "critics" in include:
+        rows += _critic_layout_rows(seconds)
     if "data" in include:
         rows += _data_rows()
     frame = pd.DataFrame(rows)
@@ -151,6 +154,38 @@ def run_bench(out: Path, seconds: float = 20.0, include: tuple[str, ...] = ("mat
         frame[key] = value
     _merge_into(out, frame)
     return frame
+
+
+def _critic_layout_rows(seconds: float) -> list[dict]:
+    """Why TwinCritic is two plain MLPs: forward + backward of both critics over CQL's (3n + 1)·B grid,
+    as two GEMM chains vs. one bmm-stacked ensemble."""
+    from offrl.nets import TwinCritic
+
+    rows_in = torch.randn(31 * 256, OBS_DIM + ACT_DIM)
+    plain = TwinCritic(OBS_DIM, ACT_DIM, (256, 256))
+    weights = [torch.nn.Parameter(torch.stack([getattr(plain, q)[i].weight.T.detach() for q in ("q1", "q2")]))
+               for i in (0, 2, 4)]
+    biases = [torch.nn.Parameter(torch.stack([getattr(plain, q)[i].bias.detach() for q in ("q1", "q2")]))
+              for i in (0, 2, 4)]
+
+    def plain_step(_):
+        out = plain(rows_in[:, :OBS_DIM], rows_in[:, OBS_DIM:])
+        out.sum().backward()
+
+    def stacked_step(_):
+        h = rows_in.expand(2, *rows_in.shape)
+        for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+            h = torch.baddbmm(b.unsqueeze(1), h, w)
+            if i < 2:
+                h = torch.relu(h)
+        h.sum().backward()
+
+    out = []
+    for name, step in (("two plain MLPs (offrl TwinCritic)", plain_step), ("bmm-stacked ensemble", stacked_step)):
+        rate, _ = _time_updates(step, seconds)
+        out.append({"benchmark": f"critics fwd+bwd over 31x256 rows 2x256: {name}", "impl": "offrl",
+                    "precision": "fp32", "value": rate, "unit": "calls/s"})
+    return out
 
 
 def _data_rows() -> list[dict]:
@@ -204,11 +239,12 @@ def _data_rows() -> list[dict]:
 
 
 def _merge_into(path: Path, frame: pd.DataFrame) -> None:
-    """Replace this implementation's earlier rows in bench.csv, keep other implementations' (d3rlpy, GPU)."""
+    """Replace the rows this run measured again; keep the others (d3rlpy's, GPU rows, other benchmarks)."""
     path = Path(path)
     if path.is_file():
         old = pd.read_csv(path)
-        keep = ~(old["impl"].isin(frame["impl"].unique()) & (old["device"] == "cpu"))
+        key = lambda f: f["impl"].astype(str) + "|" + f["benchmark"] + "|" + f["precision"].fillna("").astype(str)  # noqa: E731
+        keep = ~key(old).isin(set(key(frame)))  # a rerun replaces its own rows, keeps everything else
         frame = pd.concat([old[keep], frame], ignore_index=True)
     frame = with_d3rlpy_ratios(frame)
     atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.4g").encode())

@@ -282,7 +282,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from offrl.bench import run_bench
 
-    include = tuple(args.only.split(",")) if args.only else ("matmul", "updates", "data")
+    include = tuple(args.only.split(",")) if args.only else ("matmul", "updates", "critics", "data")
     frame = run_bench(Path(args.out), seconds=args.seconds, include=include, command=_command_line())
     columns = [c for c in ("benchmark", "precision", "value", "unit", "gflops", "peak_fraction") if c in frame]
     print(frame[columns].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure update, sampling, collection and loading throughput")
     p.add_argument("--out", default="evaluation/bench.csv")
     p.add_argument("--seconds", type=float, default=20.0, help="timing window per update benchmark")
-    p.add_argument("--only", default=None, help="comma list of: matmul, updates, data")
+    p.add_argument("--only", default=None, help="comma list of: matmul, updates, critics, data")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("datasets", help="list, inspect, verify, import and export datasets")

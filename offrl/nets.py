@@ -45,8 +45,9 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, orthogonal_init: bool 
 class TwinCritic(nn.Module):
     """Two independent Q-networks evaluated in one call: `critic(obs, act) -> (2, *batch)`.
 
-    Two plain MLPs rather than a bmm-stacked ensemble: on the 2-core Zen 4 CPU this project targets,
-    two plain GEMM chains were measured faster than batched matmuls (see evaluation/bench.csv).
+    Two plain MLPs, as the design card chose after measuring them faster than a bmm-stacked ensemble on a
+    Zen 4 CPU. On the Intel Xeon (AMX) this project runs on now, `offrl bench --only critics` measures the
+    stacked ensemble faster (evaluation/bench.csv, "critics fwd+bwd" rows): a candidate for the speed work.
     Leading batch dimensions are free, so CQL can push (n_samples, batch) action grids through at once.
     """
 

@@ -103,8 +103,7 @@ def episode_returns(rewards: np.ndarray, terminals: np.ndarray, timeouts: np.nda
     ends = episode_ends(terminals, timeouts)
     if len(ends) == 0:
         return np.zeros(0)
-    sums = np.add.reduceat(rewards.astype(np.float64), np.concatenate([[0], ends[:-1] + 1]))
-    return sums
+    return np.add.reduceat(rewards.astype(np.float64), np.concatenate([[0], ends[:-1] + 1]))
 
 
 def return_stats(returns: np.ndarray) -> dict:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -163,14 +164,12 @@ def finetune(from_run: Path, run: FinetuneRun, out_dir: Path, resume: bool = Fal
     def evaluate(at_step: int) -> dict:
         result = evaluate_policy_report(policy, env_id, run.eval_episodes, seed, reference, config.gamma, device,
                                         True)
-        curve_data = result.pop("_curve")
+        result.pop("_curve")  # per-timestep Q-bias curves are kept for offline runs only
         eval_log.write({"step": at_step, "offline_steps": trained.state["step"], **result})
-        return {**result, "_curve": curve_data}
+        return result
 
     if not resume:
-        before = evaluate(0)
-        before.pop("_curve")
-        curve.append((0, before["normalized_return"]))
+        curve.append((0, evaluate(0)["normalized_return"]))
 
     episode: dict[str, list] = {k: [] for k in ("observations", "actions", "rewards", "next_observations",
                                                 "terminals", "timeouts")}
@@ -205,7 +204,6 @@ def finetune(from_run: Path, run: FinetuneRun, out_dir: Path, resume: bool = Fal
             metrics_log.write({"step": step, **values, "online_size": len(online)})
         if step % run.eval_every == 0 or step == run.online_steps or step in dip_steps:
             result = evaluate(step)
-            result.pop("_curve")
             curve.append((step, result["normalized_return"]))
             progress.set_postfix(norm=f"{result['normalized_return']:.1f}")
         if terminated or truncated:
@@ -221,12 +219,8 @@ def finetune(from_run: Path, run: FinetuneRun, out_dir: Path, resume: bool = Fal
                                    "elapsed": elapsed_before + time.perf_counter() - start}, checkpoint_path)
             obs, _ = env.reset()
     progress.close()
-    final = evaluate(step) if curve[-1][0] != step else None
-    if final is not None:
-        final.pop("_curve")
-        curve.append((step, final["normalized_return"]))
-    last = _read_last(out_dir / "evaluations.csv")
-    first = _read_first(out_dir / "evaluations.csv")
+    evaluations = pd.read_csv(out_dir / "evaluations.csv")
+    first, last = evaluations.iloc[0].to_dict(), evaluations.iloc[-1].to_dict()
     report = {"run_id": f"{info['run_id']}-ft-{'calql' if run.calibrated else 'cql'}-{run.offline_ratio}",
               "run_dir": str(out_dir), "dataset_id": info["dataset_id"], "steps": trained.state["step"],
               "online_steps": step, "before_normalized_return": first["normalized_return"],
@@ -263,15 +257,3 @@ def _add_episode(buffer: ReplayBuffer, episode: dict[str, list], normalizer, rew
                       "next_observations": normalizer(as_tensor(episode["next_observations"])),
                       "terminals": as_tensor(terminals), "timeouts": as_tensor(timeouts),
                       "mc_returns": as_tensor(returns_to_go(rewards, terminals, timeouts, gamma))})
-
-
-def _read_last(path: Path) -> dict:
-    import pandas as pd
-
-    return pd.read_csv(path).iloc[-1].to_dict()
-
-
-def _read_first(path: Path) -> dict:
-    import pandas as pd
-
-    return pd.read_csv(path).iloc[0].to_dict()

@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -92,7 +93,7 @@ def evaluate_policy_report(policy: TrainedPolicy, env_id: str, episodes: int, se
                            device, with_q_bias: bool) -> dict:
     """Normalized return over `episodes` deterministic episodes; with Q bias, the same rollouts continue
     past the time limit (see offrl.evaluation.q_bias) and only the in-limit rewards count as the return."""
-    time_limit = env_spec(make_env(env_id)).max_episode_steps
+    time_limit = gym.spec(env_id).max_episode_steps  # read from the registry: no env built per evaluation
     extended = time_limit + dropped_tail(gamma, Q_BIAS_TAIL_TOLERANCE) if with_q_bias and time_limit else None
     result = rollout_episodes(policy.act, env_id, episodes, EVAL_SEED + seed, device, record=with_q_bias,
                               max_episode_steps=extended)

@@ -157,8 +157,8 @@ def run_bench(out: Path, seconds: float = 20.0,
 
 
 def _critic_layout_rows(seconds: float) -> list[dict]:
-    """Why TwinCritic is two plain MLPs: forward + backward of both critics over CQL's (3n + 1)·B grid,
-    as two GEMM chains vs. one bmm-stacked ensemble."""
+    """Critic layouts in isolation: forward + backward of both critics over CQL's (3n + 1)·B grid, as two
+    GEMM chains vs. one bmm-stacked ensemble (see TwinCritic for why the update keeps the plain pair)."""
     from offrl.nets import TwinCritic
 
     rows_in = torch.randn(31 * 256, OBS_DIM + ACT_DIM)

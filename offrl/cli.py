@@ -23,9 +23,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _set_threads(threads: int | None) -> None:
+def _configure_runtime(threads: int | None) -> None:
     import torch
 
+    from offrl.runtime import keep_freed_memory_mapped
+
+    keep_freed_memory_mapped()
     if threads:
         torch.set_num_threads(threads)
 
@@ -183,6 +186,8 @@ def cmd_train_cql(args: argparse.Namespace) -> int:
         own = f"{parsed.env}-{parsed.tier}"
         config_name = own if shipped_config_path("cql", own).is_file() else "corl"
     config, config_name = load_config(CQLConfig, "cql", config_name)
+    if args.calibrated:
+        config.calibrated = True
     if args.collect_missing:
         _ensure_dataset(args.dataset, args.collect_transitions, show_progress=not args.quiet)
     run = OfflineRun(dataset_id=args.dataset, steps=args.steps, seed=args.seed, device=args.device,
@@ -193,7 +198,7 @@ def cmd_train_cql(args: argparse.Namespace) -> int:
     if args.final_eval_episodes is not None:
         run.final_eval_episodes = args.final_eval_episodes
     out = Path(args.out) if args.out else Path("runs") / "cql" / f"{parsed.env}-{parsed.tier}-v{parsed.version}-" \
-        f"{config_name}-seed{args.seed}"
+        f"{config_name}{'-calql' if config.calibrated else ''}-seed{args.seed}"
     leaderboard = Path(args.leaderboard) if args.leaderboard else DEFAULT_LEADERBOARD
     report = train_cql(run, config, out, resume=args.resume, leaderboard=leaderboard,
                        show_progress=not args.quiet, command=_command_line())
@@ -259,7 +264,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             setattr(run, name, getattr(args, name))
     source = Path(args.from_run)
-    tag = f"{'calql' if args.calibrated else 'cql'}-ratio{ratio}-utd{args.utd}-{args.online_steps}"
+    calibration = "" if args.calibrated is None else "-calql" if args.calibrated else "-uncalibrated"
+    tag = f"ratio{ratio}-utd{args.utd}-{args.online_steps}{calibration}"
     out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / f"finetune-{tag}"
     leaderboard = Path(args.leaderboard) if args.leaderboard else DEFAULT_LEADERBOARD
     report = finetune(source, run, out, resume=args.resume, leaderboard=leaderboard, show_progress=not args.quiet,
@@ -337,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default=None, help="shipped config name (fast, corl, halfcheetah-medium, ...) or a "
                                                   "YAML path; default: the dataset's own config, else corl")
+    p.add_argument("--calibrated", action="store_true",
+                   help="Cal-QL (Nakamoto et al. 2023): floor policy-action Q-values in the conservative term at the "
+                        "Monte-Carlo return-to-go")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=None, help="run directory (default runs/cql/<dataset>-<config>-seed<seed>)")
     p.add_argument("--resume", action="store_true")
@@ -357,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--online-steps", type=_positive_int, required=True)
     p.add_argument("--offline-ratio", default="0.5", help="fraction of each batch from the dataset, or proportional")
     p.add_argument("--utd", type=_positive_int, default=1, help="updates per env step")
-    p.add_argument("--calibrated", action="store_true", help="Cal-QL: calibrate the conservative term")
+    p.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=None,
+                   help="Cal-QL: calibrate the conservative term (default: as the offline run was trained)")
     p.add_argument("--cql-alpha-online", type=float, default=None, help="α_cql once the online phase starts")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="cpu")
@@ -417,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     threads = args.threads or (int(os.environ["OFFRL_THREADS"]) if os.environ.get("OFFRL_THREADS") else None)
-    _set_threads(threads)
+    _configure_runtime(threads)
     try:
         return args.func(args)
     except OfflineRLError as exc:

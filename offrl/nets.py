@@ -43,22 +43,31 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, orthogonal_init: bool 
 
 
 class TwinCritic(nn.Module):
-    """Two independent Q-networks evaluated in one call: `critic(obs, act) -> (2, *batch)`.
+    """Two independent Q-networks evaluated in one call: `critic(obs, act) -> (2, *act.shape[:-1])`.
 
-    Two plain MLPs, as the design card chose after measuring them faster than a bmm-stacked ensemble on a
-    Zen 4 CPU. On the Intel Xeon (AMX) this project runs on now, `offrl bench --only critics` measures the
-    stacked ensemble faster (evaluation/bench.csv, "critics fwd+bwd" rows): a candidate for the speed work.
-    Leading batch dimensions are free, so CQL can push (n_samples, batch) action grids through at once.
+    `obs` broadcasts against the leading dimensions of `act`, so CQL pushes its (3n + 1, B) action grid
+    through with observations of shape (B, obs_dim). The first layer is applied as W_s·s + W_a·a: the
+    observation half runs once per state instead of once per grid row (the grid repeats each s 31 times),
+    and no (3n + 1, B, obs + act) concatenation is built. The parameters are those of two plain MLPs
+    (`q1`, `q2`). Critic fwd+bwd alone is faster as a bmm-stacked ensemble on the Xeon this runs on
+    (`offrl bench --only critics`), but a stacked TwinCritic measured slower inside the whole CQL update
+    (16.8 vs 19.8 updates/s, fp32, 2 threads, 2x256; a throwaway prototype, not kept), so the plain pair stays.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), orthogonal_init: bool = False):
         super().__init__()
+        self.obs_dim = obs_dim
         self.q1 = mlp(obs_dim + act_dim, hidden, 1, orthogonal_init)
         self.q2 = mlp(obs_dim + act_dim, hidden, 1, orthogonal_init)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        obs_act = torch.cat([obs, act], dim=-1)
-        return torch.stack([self.q1(obs_act).squeeze(-1), self.q2(obs_act).squeeze(-1)])
+        return torch.stack([self._q(self.q1, obs, act), self._q(self.q2, obs, act)])
+
+    def _q(self, net: nn.Sequential, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        first = net[0]
+        obs_part = F.linear(obs, first.weight[:, :self.obs_dim], first.bias)
+        hidden = F.linear(act, first.weight[:, self.obs_dim:]) + obs_part
+        return net[1:](hidden).squeeze(-1)
 
 
 def tanh_gaussian_log_prob(pre_tanh: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:

@@ -66,3 +66,15 @@ def test_twin_critic_evaluates_both_heads_in_one_call_over_leading_dims():
     flat = torch.cat([obs, act], -1)
     torch.testing.assert_close(q[1], critic.q2(flat).squeeze(-1))
     assert not math.isclose(q[0].sum().item(), q[1].sum().item())
+
+
+def test_twin_critic_broadcasts_states_over_an_action_grid_like_repeating_them():
+    critic = TwinCritic(3, 2, (8, 8)).double()
+    obs, grid = torch.randn(5, 3, dtype=torch.float64), torch.randn(4, 5, 2, dtype=torch.float64)
+    broadcast = critic(obs, grid)
+    repeated = torch.stack([head(torch.cat([obs.expand(4, 5, 3), grid], -1)).squeeze(-1)
+                            for head in (critic.q1, critic.q2)])
+    torch.testing.assert_close(broadcast, repeated)
+    weights = [critic.q1[0].weight, critic.q2[0].weight]
+    torch.testing.assert_close(torch.autograd.grad(broadcast.sum(), weights),
+                               torch.autograd.grad(repeated.sum(), weights))

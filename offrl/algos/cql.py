@@ -132,8 +132,7 @@ def cql_target(agent: CQLAgent, batch: Batch, config: CQLConfig, alpha: torch.Te
     mean_next, log_std_next = policy_next or agent.actor.distribution_params(batch.next_observations)
     if config.max_target_backup:
         next_actions, next_log_prob = sample_tanh_gaussian(mean_next, log_std_next, config.n_actions)
-        next_obs = batch.next_observations.expand(config.n_actions, *batch.next_observations.shape)
-        q_next = agent.critic_target(next_obs, next_actions).min(dim=0).values  # (n, B)
+        q_next = agent.critic_target(batch.next_observations, next_actions).min(dim=0).values  # (n, B)
         q_next, best = q_next.max(dim=0)
         next_log_prob = next_log_prob.gather(0, best.unsqueeze(0)).squeeze(0)
     else:
@@ -154,8 +153,7 @@ def cql_critic_loss(agent: CQLAgent, batch: Batch, config: CQLConfig, target: to
     """
     n = config.n_actions
     grid_actions = torch.cat([batch.actions.unsqueeze(0), sampled_actions])  # (3n + 1, B, A)
-    grid_obs = batch.observations.expand(grid_actions.shape[0], *batch.observations.shape)
-    q_grid = agent.critic(grid_obs, grid_actions)  # (2, 3n + 1, B)
+    q_grid = agent.critic(batch.observations, grid_actions)  # (2, 3n + 1, B); s broadcasts over the grid
     q_data, q_sampled = q_grid[:, 0], q_grid[:, 1:]
 
     bellman_loss = F.mse_loss(q_data, target.expand_as(q_data), reduction="none").mean(dim=1).sum()

@@ -10,11 +10,12 @@ import numpy as np
 import torch
 
 from offrl.data.buffer import Batch, ReplayBuffer
-from offrl.data.hdf5 import read_transitions
+from offrl.data.hdf5 import episode_ends, read_transitions
 from offrl.data.registry import data_path, verify_dataset
 from offrl.errors import OfflineRLError
 
-__all__ = ["OfflineDataset", "load_dataset", "buffer_from_dataset", "MixedSampler", "ObservationNormalizer"]
+__all__ = ["OfflineDataset", "load_dataset", "buffer_from_dataset", "MixedSampler", "ObservationNormalizer",
+           "returns_to_go"]
 
 
 @dataclass
@@ -160,3 +161,17 @@ class ObservationNormalizer:
     @classmethod
     def load(cls, path: Path, device: torch.device | str = "cpu") -> ObservationNormalizer:
         return cls.from_dict(json.loads(Path(path).read_text()), device)
+
+
+def returns_to_go(rewards: np.ndarray, terminals: np.ndarray, timeouts: np.ndarray, gamma: float) -> np.ndarray:
+    """Discounted Monte-Carlo return-to-go of every row, within its own episode (no bootstrapping past
+    a termination or a cut, as Cal-QL computes V_ref for locomotion)."""
+    out = np.zeros(len(rewards), dtype=np.float64)
+    ends = set(episode_ends(terminals, timeouts).tolist())
+    running = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        if t in ends:
+            running = 0.0
+        running = float(rewards[t]) + gamma * running
+        out[t] = running
+    return out

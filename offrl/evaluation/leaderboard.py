@@ -23,8 +23,10 @@ COLUMNS = [
     "config_hash", "seed", "steps", "final_normalized_return", "best_normalized_return", "mean_return",
     "reference", "q_bias_mean", "q_bias_normalized_mean", "q_bias_normalized_std", "wall_time_s", "updates_per_s",
     "device", "offrl_version", "git_commit", "date", "run_dir",
+    "before_normalized_return", "before_q_bias_normalized_mean", "unlearning_dip", "online_auc",  # phase=online only
 ]
 GROUP = ["dataset_id", "algorithm", "config_name", "phase"]
+ONLINE_COLUMNS = ("before_normalized_return", "before_q_bias_normalized_mean", "unlearning_dip", "online_auc")
 
 
 def _check_lines(path: Path, text: str) -> None:
@@ -109,19 +111,23 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
                      "iqm_ci_low": low, "iqm_ci_high": high,
                      "best_mean": group["best_normalized_return"].to_numpy(dtype=float).mean(),
                      "q_bias_normalized_mean": group["q_bias_normalized_mean"].to_numpy(dtype=float).mean(),
-                     "updates_per_s": group["updates_per_s"].to_numpy(dtype=float).mean()})
+                     "updates_per_s": group["updates_per_s"].to_numpy(dtype=float).mean(),
+                     **{f"{name}_mean": group[name].to_numpy(dtype=float).mean() for name in ONLINE_COLUMNS}})
     return pd.DataFrame(rows)
 
 
 def write_summary(summary: pd.DataFrame, csv_path: Path, markdown_path: Path) -> str:
     atomic_write_bytes(Path(csv_path), summary.to_csv(index=False, float_format="%.4g").encode())
     lines = ["| dataset | algorithm | config | phase | seeds | steps | final (mean ± std) | IQM [95% CI] | best | "
-             "Q bias (norm.) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "Q bias (norm.) | before fine-tuning | dip (first 10%) | online AUC |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary.itertuples():
         ci = "" if np.isnan(r.iqm_ci_low) else f" [{r.iqm_ci_low:.1f}, {r.iqm_ci_high:.1f}]"
+        online = ("| | | |" if r.phase != "online" else
+                  f"| {r.before_normalized_return_mean:.1f} | {r.unlearning_dip_mean:+.1f} | {r.online_auc_mean:.1f} |")
         lines.append(f"| {r.dataset_id} | {r.algorithm} | {r.config_name} | {r.phase} | {r.seeds} | {r.steps} | "
                      f"{r.final_mean:.1f} ± {r.final_std:.1f} | {r.final_iqm:.1f}{ci} | {r.best_mean:.1f} | "
-                     f"{r.q_bias_normalized_mean:.3f} |")
+                     f"{r.q_bias_normalized_mean:.3f} {online}")
     text = "\n".join(lines) + "\n"
     atomic_write_bytes(Path(markdown_path), text.encode())
     return text

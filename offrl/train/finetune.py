@@ -25,8 +25,7 @@ from tqdm import tqdm
 
 from offrl.algos.cql import CQL_METRICS, autocast_for, cql_update
 from offrl.data.buffer import ReplayBuffer
-from offrl.data.dataset import MixedSampler, load_dataset
-from offrl.data.registry import episode_ends
+from offrl.data.dataset import MixedSampler, load_dataset, returns_to_go
 from offrl.envs import env_spec, make_env, seed_everything
 from offrl.errors import OfflineRLError
 from offrl.evaluation.leaderboard import append_row
@@ -35,7 +34,7 @@ from offrl.fileio import atomic_torch_save, atomic_write_bytes, git_commit
 from offrl.train.common import MetricsLog, load_checkpoint, rng_state, run_checkpoint_path, set_rng_state
 from offrl.train.offline import evaluate_policy_report, leaderboard_row, restore_run
 
-__all__ = ["FinetuneRun", "finetune", "returns_to_go", "unlearning_dip", "online_auc"]
+__all__ = ["FinetuneRun", "finetune", "unlearning_dip", "online_auc"]
 
 CHECKPOINT_NAME = "finetune_checkpoint.pt"
 
@@ -45,7 +44,7 @@ class FinetuneRun:
     online_steps: int
     offline_ratio: float | str = 0.5
     utd: int = 1
-    calibrated: bool = False
+    calibrated: bool | None = None  # None: as the offline run was trained (CQL or Cal-QL)
     cql_alpha_online: float | None = None  # None: keep the offline α_cql
     seed: int | None = None  # None: the offline run's seed
     eval_every: int = 5_000
@@ -68,20 +67,6 @@ class FinetuneRun:
         for name in ("eval_every", "eval_episodes", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise OfflineRLError(f"{name} must be >= 1, found {getattr(self, name)}")
-
-
-def returns_to_go(rewards: np.ndarray, terminals: np.ndarray, timeouts: np.ndarray, gamma: float) -> np.ndarray:
-    """Discounted Monte-Carlo return-to-go of every row, within its own episode (no bootstrapping past
-    a termination or a cut, as Cal-QL computes V_ref for locomotion)."""
-    out = np.zeros(len(rewards), dtype=np.float64)
-    ends = set(episode_ends(terminals, timeouts).tolist())
-    running = 0.0
-    for t in range(len(rewards) - 1, -1, -1):
-        if t in ends:
-            running = 0.0
-        running = float(rewards[t]) + gamma * running
-        out[t] = running
-    return out
 
 
 def unlearning_dip(curve: list[tuple[int, float]], online_steps: int) -> float:
@@ -114,7 +99,8 @@ def finetune(from_run: Path, run: FinetuneRun, out_dir: Path, resume: bool = Fal
     if (spec.obs_dim, spec.act_dim) != (info["obs_dim"], info["act_dim"]):
         raise OfflineRLError(f"{from_run}: the checkpoint has obs/act dims {info['obs_dim']}/{info['act_dim']}, env "
                              f"{env_id} has {spec.obs_dim}/{spec.act_dim}")
-    config = dataclasses.replace(trained.config, calibrated=run.calibrated)
+    calibrated = trained.config.calibrated if run.calibrated is None else run.calibrated
+    config = dataclasses.replace(trained.config, calibrated=calibrated)
     if run.cql_alpha_online is not None:
         config = dataclasses.replace(config, cql_alpha=run.cql_alpha_online)
     reference = reference_scores_from_card(trained.card)
@@ -221,7 +207,7 @@ def finetune(from_run: Path, run: FinetuneRun, out_dir: Path, resume: bool = Fal
     progress.close()
     evaluations = pd.read_csv(out_dir / "evaluations.csv")
     first, last = evaluations.iloc[0].to_dict(), evaluations.iloc[-1].to_dict()
-    report = {"run_id": f"{info['run_id']}-ft-{'calql' if run.calibrated else 'cql'}-{run.offline_ratio}",
+    report = {"run_id": f"{info['run_id']}-ft-{'calql' if calibrated else 'cql'}-{run.offline_ratio}",
               "run_dir": str(out_dir), "dataset_id": info["dataset_id"], "steps": trained.state["step"],
               "online_steps": step, "before_normalized_return": first["normalized_return"],
               "before_q_bias_normalized_mean": first.get("q_bias_normalized_mean"),
@@ -233,11 +219,11 @@ def finetune(from_run: Path, run: FinetuneRun, out_dir: Path, resume: bool = Fal
               "unlearning_dip": unlearning_dip(curve, run.online_steps), "online_auc": online_auc(curve),
               "wall_time_s": elapsed_before + time.perf_counter() - start,
               "updates_per_s": (updates - start_updates) / max(time.perf_counter() - start, 1e-9),
-              "calibrated": run.calibrated, "offline_ratio": run.offline_ratio, "eval_episodes": run.eval_episodes}
+              "calibrated": calibrated, "offline_ratio": run.offline_ratio, "eval_episodes": run.eval_episodes}
     atomic_write_bytes(out_dir / "final.json", json.dumps(report, indent=2).encode())
     if leaderboard is not None:
         row_info = {**info, "run_id": report["run_id"],
-                    "algorithm": "Cal-QL" if run.calibrated else "CQL-SAC"}
+                    "algorithm": "Cal-QL" if calibrated else "CQL-SAC"}
         append_row(leaderboard, leaderboard_row(row_info, report, None, phase="online", online_steps=step))
     return report
 

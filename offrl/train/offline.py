@@ -23,11 +23,11 @@ from offrl import __version__
 from offrl.algos.cql import CQL_METRICS, CQLAgent, CQLConfig, autocast_for, cql_update
 from offrl.config import config_from_dict, config_hash
 from offrl.data.buffer import ReplayBuffer
-from offrl.data.dataset import ObservationNormalizer, load_dataset
+from offrl.data.dataset import ObservationNormalizer, load_dataset, returns_to_go
 from offrl.data.registry import episode_returns, parse_dataset_id
 from offrl.envs import env_spec, make_env, seed_everything
 from offrl.errors import OfflineRLError
-from offrl.evaluation.leaderboard import append_row
+from offrl.evaluation.leaderboard import ONLINE_COLUMNS, append_row
 from offrl.evaluation.q_bias import dropped_tail, q_bias, q_estimates
 from offrl.evaluation.rollout import rollout_episodes
 from offrl.evaluation.scores import normalized_return, reference_scores_from_card
@@ -154,10 +154,15 @@ def train_cql(run: OfflineRun, config: CQLConfig, out_dir: Path, resume: bool = 
     normalizer = (ObservationNormalizer.from_observations(t["observations"]) if config.normalize_observations
                   else ObservationNormalizer.identity(dataset.obs_dim, device))
     reward_scale = reward_scale_for(t["rewards"], t["terminals"], t["timeouts"]) if config.normalize_reward else 1.0
-    buffer = ReplayBuffer(dataset.obs_dim, dataset.act_dim, len(dataset), device)
-    buffer.add_batch({"observations": normalizer(t["observations"]), "actions": t["actions"],
-                      "rewards": t["rewards"] * reward_scale, "next_observations": normalizer(t["next_observations"]),
-                      "terminals": t["terminals"], "timeouts": t["timeouts"]})
+    buffer = ReplayBuffer(dataset.obs_dim, dataset.act_dim, len(dataset), device, with_mc_returns=config.calibrated)
+    transitions = {"observations": normalizer(t["observations"]), "actions": t["actions"],
+                   "rewards": t["rewards"] * reward_scale, "next_observations": normalizer(t["next_observations"]),
+                   "terminals": t["terminals"], "timeouts": t["timeouts"]}
+    if config.calibrated:  # Cal-QL's V_ref(s): the discounted return-to-go of the trajectory s came from
+        transitions["mc_returns"] = torch.as_tensor(
+            returns_to_go(t["rewards"].cpu().numpy() * reward_scale, t["terminals"].cpu().numpy() > 0,
+                          t["timeouts"].cpu().numpy() > 0, config.gamma), dtype=torch.float32, device=device)
+    buffer.add_batch(transitions)
 
     seed_everything(run.seed)
     agent = CQLAgent(dataset.obs_dim, dataset.act_dim, config).to(device)
@@ -180,7 +185,8 @@ def train_cql(run: OfflineRun, config: CQLConfig, out_dir: Path, resume: bool = 
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         run_id = f"{parse_dataset_id(run.dataset_id).env}-{run.config_name}-s{run.seed}-{uuid.uuid4().hex[:6]}"
-        info = {"kind": "cql-offline", "run_id": run_id, "algorithm": "CQL-SAC", "dataset_id": run.dataset_id,
+        info = {"kind": "cql-offline", "run_id": run_id, "algorithm": "Cal-QL" if config.calibrated else "CQL-SAC",
+                "dataset_id": run.dataset_id,
                 "dataset_version": card["version"], "dataset_sha256": card["sha256"], "env_id": env_id,
                 "config_name": run.config_name, "config_hash": name_hash, "config": dataclasses.asdict(config),
                 "run": dataclasses.asdict(run), "seed": run.seed, "reward_scale": reward_scale,
@@ -267,7 +273,8 @@ def leaderboard_row(info: dict, report: dict, run: OfflineRun | None, phase: str
             "q_bias_normalized_std": report.get("q_bias_normalized_std"), "wall_time_s": report.get("wall_time_s"),
             "updates_per_s": report.get("updates_per_s"), "device": (run.device if run else info["run"]["device"]),
             "offrl_version": __version__, "git_commit": info.get("git_commit"),
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "run_dir": report["run_dir"]}
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "run_dir": report["run_dir"],
+            **{name: report.get(name) for name in ONLINE_COLUMNS}}
 
 
 def _write_curve(path: Path, curve: dict) -> None:

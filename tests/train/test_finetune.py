@@ -1,6 +1,5 @@
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -10,16 +9,8 @@ from offrl.data.buffer import Batch
 from offrl.data.collect import rollout_transitions
 from offrl.data.registry import data_path, register_dataset
 from offrl.errors import OfflineRLError
-from offrl.train.finetune import FinetuneRun, finetune, online_auc, returns_to_go, unlearning_dip
+from offrl.train.finetune import FinetuneRun, finetune, online_auc, unlearning_dip
 from offrl.train.offline import OfflineRun, train_cql
-
-
-def test_returns_to_go_restart_at_terminals_and_truncations():
-    rewards = np.array([1.0, 1.0, 1.0, 2.0, 2.0, 3.0])
-    terminals = np.array([0, 0, 1, 0, 0, 0], dtype=bool)
-    timeouts = np.array([0, 0, 0, 0, 1, 1], dtype=bool)
-    np.testing.assert_allclose(returns_to_go(rewards, terminals, timeouts, 0.5),
-                               [1.75, 1.5, 1.0, 3.0, 2.0, 3.0])
 
 
 def test_dip_and_area_on_a_known_curve():
@@ -113,3 +104,24 @@ def test_bad_sources_are_refused_and_nothing_is_written(offline_run, tmp_path):
     with pytest.raises(OfflineRLError, match="sha256 mismatch"):
         finetune(offline_run, _finetune_run(10), tmp_path / "c", show_progress=False)
     assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_cal_ql_pretrains_calibrated_offline_and_fine_tuning_keeps_it(tmp_path):
+    arrays, _ = rollout_transitions("Pendulum-v1", None, 600, seed=0, num_envs=2)
+    register_dataset("pendulum/random-v0", arrays, {"env_id": "Pendulum-v1", "reference_scores": {
+        "random": {"return_mean": -1200.0}, "expert": {"return_mean": -150.0}}})
+    config = CQLConfig(actor_hidden=(16,), critic_hidden=(16,), n_actions=2, batch_size=32, calibrated=True)
+    run = OfflineRun(dataset_id="pendulum/random-v0", steps=20, eval_every=100, eval_episodes=1,
+                     final_eval_episodes=1, log_every=10, checkpoint_every=10)
+    train_cql(run, config, tmp_path / "offline", show_progress=False)
+    assert json.loads((tmp_path / "offline" / "run.json").read_text())["algorithm"] == "Cal-QL"
+    below = pd.read_csv(tmp_path / "offline" / "metrics.csv")["calql_below_bound"]
+    assert below.between(0, 1).all()
+
+    inherited = finetune(tmp_path / "offline", _finetune_run(200, calibrated=None), tmp_path / "ft",
+                         show_progress=False)
+    switched_off = finetune(tmp_path / "offline", _finetune_run(200, calibrated=False), tmp_path / "ft-off",
+                            show_progress=False)
+    assert inherited["calibrated"] is True and switched_off["calibrated"] is False
+    assert "calql_below_bound" in pd.read_csv(tmp_path / "ft" / "metrics.csv")
+    assert "calql_below_bound" not in pd.read_csv(tmp_path / "ft-off" / "metrics.csv")

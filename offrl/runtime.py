@@ -1,0 +1,32 @@
+"""Process-wide CPU settings the training commands run with."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+__all__ = ["keep_freed_memory_mapped"]
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def keep_freed_memory_mapped() -> bool:
+    """Let glibc's malloc keep large freed blocks instead of returning them to the OS.
+
+    A CQL update allocates and frees the same multi-MB activation tensors every step. With glibc's defaults
+    they are mmap'd and unmapped (or trimmed off the heap) each time, so every update page-faults its
+    memory in afresh. Keeping them mapped measured +10-15% fp32 and +30% bf16 CQL updates/s on the 2-core
+    Xeon (`offrl bench`); Intel's PyTorch CPU tuning guide makes the same point with jemalloc/tcmalloc.
+    Returns False (and changes nothing) where the C library is not glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)
+                and mallopt(_M_TOP_PAD, 64 << 20))

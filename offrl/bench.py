@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from offrl.algos.cql import CQLAgent, CQLConfig, cql_update
+from offrl.algos.cql import CQLAgent, CQLConfig, compiled_cql_losses, cql_losses, cql_update
 from offrl.algos.sac import SACAgent, SACConfig, sac_update
 from offrl.data.buffer import ReplayBuffer
 from offrl.fileio import atomic_write_bytes, git_commit
@@ -38,36 +38,58 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _mlp_flops(rows: int, dims: list[int]) -> float:
-    return float(sum(2 * rows * a * b for a, b in zip(dims[:-1], dims[1:], strict=True)))
+def _linear_flops(rows: int, d_in: int, d_out: int) -> float:
+    return 2.0 * rows * d_in * d_out
+
+
+def _forward_flops(rows: int, dims: list[int]) -> float:
+    return sum(_linear_flops(rows, a, b) for a, b in zip(dims[:-1], dims[1:], strict=False))
+
+
+def _critic_forward_flops(state_rows: int, action_rows: int, obs_dim: int, act_dim: int,
+                          hidden: tuple[int, ...]) -> float:
+    """One Q-network: the first layer's observation half runs per state, the rest per (state, action) row."""
+    return (_linear_flops(state_rows, obs_dim, hidden[0]) + _linear_flops(action_rows, act_dim, hidden[0])
+            + _forward_flops(action_rows, [*hidden, 1]))
+
+
+def _critic_to_action_gradient_flops(rows: int, act_dim: int, hidden: tuple[int, ...]) -> float:
+    """Backward through one Q-network to its action input only (the actor's loss; critic weights frozen)."""
+    return _forward_flops(rows, [*hidden, 1]) + _linear_flops(rows, hidden[0], act_dim)
+
+
+def _trained_forward_backward_flops(rows: int, dims: list[int]) -> float:
+    """Forward, weight gradients, and input gradients past the first layer (its input needs none)."""
+    return 2 * _forward_flops(rows, dims) + _forward_flops(rows, dims[1:])
 
 
 def sac_update_flops(batch: int, hidden: tuple[int, ...], obs_dim: int = OBS_DIM, act_dim: int = ACT_DIM) -> float:
-    """Matmul FLOPs of one `sac_update` as written (backward ≈ 2× forward, input-only backward ≈ 1×)."""
-    critic = _mlp_flops(batch, [obs_dim + act_dim, *hidden, 1])
-    actor = _mlp_flops(batch, [obs_dim, *hidden, 2 * act_dim])
-    target = actor + 2 * critic  # π(s′), two target critics, no grad
-    critic_step = 2 * critic * 3
-    actor_step = actor * 3 + 2 * critic * 2  # actor fwd+bwd, critics fwd + input-gradient backward
+    """Matmul FLOPs of one `sac_update` as written (tests/test_bench.py checks them against torch's counter)."""
+    actor = [obs_dim, *hidden, 2 * act_dim]
+    critic = _critic_forward_flops(batch, batch, obs_dim, act_dim, hidden)
+    target = _forward_flops(batch, actor) + 2 * critic  # π(s′), both target critics, no grad
+    critic_step = 2 * (2 * critic + _forward_flops(batch, [*hidden, 1]))
+    actor_step = (_trained_forward_backward_flops(batch, actor)
+                  + 2 * (critic + _critic_to_action_gradient_flops(batch, act_dim, hidden)))
     return target + critic_step + actor_step
 
 
 def cql_update_flops(batch: int, critic_hidden: tuple[int, ...], actor_hidden: tuple[int, ...], n_actions: int,
                      obs_dim: int = OBS_DIM, act_dim: int = ACT_DIM) -> float:
-    """Matmul FLOPs of one `cql_update` as written."""
-    critic_row = _mlp_flops(1, [obs_dim + act_dim, *critic_hidden, 1])
-    actor_row = _mlp_flops(1, [obs_dim, *actor_hidden, 2 * act_dim])
+    """Matmul FLOPs of one `cql_update` as written (tests/test_bench.py checks them against torch's counter)."""
     grid_rows = (3 * n_actions + 1) * batch
-    return (2 * critic_row * grid_rows * 3  # both critics over the action grid, fwd + bwd
-            + 2 * critic_row * batch * 2  # policy loss: critics fwd + input-gradient backward
-            + actor_row * batch * 3  # actor fwd + bwd on s
-            + actor_row * batch * 3  # π(·|s) and π(·|s′) samples, π(s′) target sample (no grad)
-            + 2 * critic_row * batch)  # target critics
+    actor = [obs_dim, *actor_hidden, 2 * act_dim]
+    per_state = _critic_forward_flops(batch, batch, obs_dim, act_dim, critic_hidden)
+    return (_trained_forward_backward_flops(batch, actor) + _forward_flops(batch, actor)  # π(·|s), π(·|s′)
+            + 2 * per_state  # target critics
+            + 2 * (per_state + _critic_to_action_gradient_flops(batch, act_dim, critic_hidden))  # actor's loss
+            + 2 * (2 * _critic_forward_flops(batch, grid_rows, obs_dim, act_dim, critic_hidden)  # the action grid:
+                   + _forward_flops(grid_rows, [*critic_hidden, 1])))  # fwd, weight grads, input grads
 
 
-def _filled_buffer(rows: int = 100_000) -> ReplayBuffer:
+def _filled_buffer(rows: int = 100_000, device: torch.device | str = "cpu") -> ReplayBuffer:
     g = torch.Generator().manual_seed(0)
-    buffer = ReplayBuffer(OBS_DIM, ACT_DIM, rows)
+    buffer = ReplayBuffer(OBS_DIM, ACT_DIM, rows, device)
     buffer.add_batch({"observations": torch.randn(rows, OBS_DIM, generator=g),
                       "actions": torch.rand(rows, ACT_DIM, generator=g) * 2 - 1,
                       "rewards": torch.randn(rows, generator=g),
@@ -76,74 +98,97 @@ def _filled_buffer(rows: int = 100_000) -> ReplayBuffer:
     return buffer
 
 
-def _time_updates(update, seconds: float, warmup: int = 5) -> tuple[float, int]:
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+CPU = torch.device("cpu")
+
+
+def _time_updates(update, seconds: float, warmup: int = 5, device: torch.device = CPU) -> tuple[float, int]:
     for i in range(warmup):
         update(i)
+    _synchronize(device)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds or count < 3:
         update(warmup + count)
         count += 1
+    _synchronize(device)  # queued GPU work counts too
     return count / (time.perf_counter() - start), count
 
 
-def matmul_peak(dtype: torch.dtype, size: int = 4096, repeats: int = 3) -> float:
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
+def matmul_peak(dtype: torch.dtype, size: int = 4096, repeats: int = 3,
+                device: torch.device = CPU) -> float:
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    repeats = repeats if device.type == "cpu" else 50 * repeats
     a @ b
+    _synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    _synchronize(device)
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+DEFAULT_SIZES = {"d3rlpy 2x256": (256, 256), "CORL 3x256": (256, 256, 256)}
 
 
 def run_bench(out: Path, seconds: float = 20.0,
               include: tuple[str, ...] = ("matmul", "updates", "critics", "data"),
-              command: str | None = None) -> pd.DataFrame:
+              command: str | None = None, device: str = "cpu", compile_update: bool = False,
+              sizes: dict[str, tuple[int, ...]] | None = None) -> pd.DataFrame:
+    """Measure and merge the rows into `out`. `compile_update` times CQL with `compiled_cql_losses`
+    (CUDA graphs on CUDA); the rows say so in their benchmark name."""
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads, "device": "cpu",
+    device_ = torch.device(device)
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+               "device": torch.cuda.get_device_name(device_) if device_.type == "cuda" else "cpu",
                "torch": torch.__version__, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                "git_commit": git_commit(), "command": command or "offrl bench"}
     rows: list[dict] = []
     peak = {}
     if "matmul" in include or "updates" in include:
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            peak[name] = matmul_peak(dtype)
+            peak[name] = matmul_peak(dtype, device=device_)
             rows.append({"benchmark": "matmul 4096^2", "impl": "offrl", "precision": name,
                          "value": peak[name], "unit": "GFLOP/s"})
     if "updates" in include:
-        buffer = _filled_buffer()
-        sizes = {"d3rlpy 2x256": (256, 256), "CORL 3x256": (256, 256, 256)}
-        for size_name, hidden in sizes.items():
+        buffer = _filled_buffer(device=device_)
+        losses = compiled_cql_losses(device_) if compile_update else cql_losses
+        suffix = " (compiled)" if compile_update else ""
+        for size_name, hidden in (sizes or DEFAULT_SIZES).items():
             for precision in ("fp32", "bf16"):
-                autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+                autocast = torch.autocast(device_.type, dtype=torch.bfloat16, enabled=precision == "bf16")
                 sac_config = SACConfig(hidden=hidden)
-                sac_agent = SACAgent(OBS_DIM, ACT_DIM, sac_config)
+                sac_agent = SACAgent(OBS_DIM, ACT_DIM, sac_config).to(device_)
 
                 def sac_step(_, agent=sac_agent, config=sac_config, autocast=autocast):
                     with autocast:
                         sac_update(agent, buffer.sample(256), config)
 
-                ups, _ = _time_updates(sac_step, seconds)
-                flops = sac_update_flops(256, hidden)
-                rows.append({"benchmark": f"SAC update {size_name}", "impl": "offrl", "precision": precision,
-                             "value": ups, "unit": "updates/s", "gflop_per_update": flops / 1e9,
-                             "gflops": ups * flops / 1e9, "peak_fraction": ups * flops / 1e9 / peak[precision]})
+                def rates_row(benchmark: str, ups: float, flops: float, precision: str = precision) -> dict:
+                    return {"benchmark": benchmark, "impl": "offrl", "precision": precision, "value": ups,
+                            "unit": "updates/s", "gflop_per_update": flops / 1e9, "gflops": ups * flops / 1e9,
+                            "peak_fraction": ups * flops / 1e9 / peak[precision]}
+
+                ups, _ = _time_updates(sac_step, seconds, device=device_)
+                rows.append(rates_row(f"SAC update {size_name}", ups, sac_update_flops(256, hidden)))
                 cql_config = CQLConfig(actor_hidden=hidden, critic_hidden=hidden)
-                cql_agent = CQLAgent(OBS_DIM, ACT_DIM, cql_config)
+                cql_agent = CQLAgent(OBS_DIM, ACT_DIM, cql_config).to(device_)
 
                 def cql_step(step, agent=cql_agent, config=cql_config, autocast=autocast):
                     with autocast:
-                        cql_update(agent, buffer.sample(256), config, step)
+                        cql_update(agent, buffer.sample(256), config, step, losses)
 
-                ups, _ = _time_updates(cql_step, seconds)
+                ups, _ = _time_updates(cql_step, seconds, device=device_)
                 flops = cql_update_flops(256, hidden, hidden, 10)
-                rows.append({"benchmark": f"CQL update {size_name}", "impl": "offrl", "precision": precision,
-                             "value": ups, "unit": "updates/s", "gflop_per_update": flops / 1e9,
-                             "gflops": ups * flops / 1e9, "peak_fraction": ups * flops / 1e9 / peak[precision]})
-                if size_name.startswith("d3rlpy") and precision == "fp32":
-                    sample_rate, _ = _time_updates(lambda _: buffer.sample(256).observations.sum(), 2.0)
-                    rows.append({"benchmark": "batch sampling / CQL update d3rlpy 2x256", "impl": "offrl",
+                rows.append(rates_row(f"CQL update {size_name}{suffix}", ups, flops))
+                if size_name == next(iter(sizes or DEFAULT_SIZES)) and precision == "fp32" and not compile_update:
+                    sample_rate, _ = _time_updates(lambda _: buffer.sample(256).observations.sum(), 2.0,
+                                                   device=device_)
+                    rows.append({"benchmark": f"batch sampling / CQL update {size_name}", "impl": "offrl",
                                  "precision": "fp32", "value": ups / sample_rate, "unit": "fraction"})
     if "critics" in include:
         rows += _critic_layout_rows(seconds)
@@ -239,24 +284,29 @@ def _data_rows() -> list[dict]:
 
 
 def _merge_into(path: Path, frame: pd.DataFrame) -> None:
-    """Replace the rows this run measured again; keep the others (d3rlpy's, GPU rows, other benchmarks)."""
+    """Replace the rows this run measured again (same implementation, benchmark, precision and device);
+    keep the others (d3rlpy's, other devices', other benchmarks)."""
     path = Path(path)
     if path.is_file():
         old = pd.read_csv(path)
-        key = lambda f: f["impl"].astype(str) + "|" + f["benchmark"] + "|" + f["precision"].fillna("").astype(str)  # noqa: E731
-        keep = ~key(old).isin(set(key(frame)))  # a rerun replaces its own rows, keeps everything else
+        key = lambda f: (f["impl"].astype(str) + "|" + f["benchmark"] + "|"  # noqa: E731
+                         + f["precision"].fillna("").astype(str) + "|" + f["device"].astype(str))
+        keep = ~key(old).isin(set(key(frame)))
         frame = pd.concat([old[keep], frame], ignore_index=True)
     frame = with_d3rlpy_ratios(frame)
     atomic_write_bytes(path, frame.to_csv(index=False, float_format="%.4g").encode())
 
 
 def with_d3rlpy_ratios(frame: pd.DataFrame) -> pd.DataFrame:
-    """offrl updates/s over d3rlpy's fp32 updates/s for the same benchmark (bf16 rows too: d3rlpy has none)."""
+    """offrl updates/s over d3rlpy's fp32 updates/s for the same benchmark on the same device (bf16 rows too:
+    d3rlpy has none; compiled rows against d3rlpy's eager ones)."""
     frame = frame.copy()
-    d3rlpy_rows = frame[frame["impl"].astype(str).str.startswith("d3rlpy") & (frame["device"] == "cpu")]
-    reference = dict(zip(d3rlpy_rows["benchmark"], d3rlpy_rows["value"], strict=True))
+    d3rlpy_rows = frame[frame["impl"].astype(str).str.startswith("d3rlpy")]
+    reference = {(b, d): v for b, d, v in zip(d3rlpy_rows["benchmark"], d3rlpy_rows["device"], d3rlpy_rows["value"],
+                                               strict=True)}
     is_offrl = (frame["impl"] == "offrl") & (frame["unit"] == "updates/s")
-    frame["vs_d3rlpy_fp32"] = np.where(is_offrl, frame["value"] / frame["benchmark"].map(reference), np.nan)
+    base = frame["benchmark"].astype(str).str.removesuffix(" (compiled)")
+    d3rlpy_rate = pd.Series([reference.get((b, d), np.nan) for b, d in zip(base, frame["device"], strict=True)],
+                            index=frame.index, dtype=float)
+    frame["vs_d3rlpy_fp32"] = np.where(is_offrl, frame["value"] / d3rlpy_rate, np.nan)
     return frame
-
-

@@ -56,6 +56,11 @@ def cmd_ship_policies(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_compile_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the CQL losses (torch.compile; CUDA graphs on CUDA). Slower than eager on CPU")
+
+
 def _command_line() -> str | None:
     return "offrl " + shlex.join(sys.argv[1:]) if sys.argv[1:] else None
 
@@ -191,7 +196,7 @@ def cmd_train_cql(args: argparse.Namespace) -> int:
     if args.collect_missing:
         _ensure_dataset(args.dataset, args.collect_transitions, show_progress=not args.quiet)
     run = OfflineRun(dataset_id=args.dataset, steps=args.steps, seed=args.seed, device=args.device,
-                     config_name=config_name)
+                     config_name=config_name, compile=args.compile)
     for name in ("eval_every", "eval_episodes", "log_every", "checkpoint_every"):
         if getattr(args, name) is not None:
             setattr(run, name, getattr(args, name))
@@ -235,14 +240,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from offrl.evaluation.leaderboard import aggregate, plot_leaderboard, read_leaderboard, write_summary
+    from offrl.evaluation.leaderboard import (
+        aggregate,
+        plot_finetuning,
+        plot_leaderboard,
+        read_leaderboard,
+        write_summary,
+    )
 
     path = Path(args.leaderboard) if args.leaderboard else DEFAULT_LEADERBOARD
     frame = read_leaderboard(path)
     summary = aggregate(frame)
     out = path.parent
     print(write_summary(summary, out / "leaderboard_summary.csv", out / "leaderboard_summary.md"), end="")
-    for plot in plot_leaderboard(frame, out):
+    for plot in [*plot_leaderboard(frame, out), *plot_finetuning(frame, out)]:
         print(f"plot: {plot}")
     return 0
 
@@ -259,7 +270,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             raise OfflineRLError(f"--offline-ratio must be a number in [0, 1] or 'proportional', found {ratio!r}") \
                 from None
     run = FinetuneRun(online_steps=args.online_steps, offline_ratio=ratio, utd=args.utd, calibrated=args.calibrated,
-                      cql_alpha_online=args.cql_alpha_online, seed=args.seed, device=args.device)
+                      cql_alpha_online=args.cql_alpha_online, seed=args.seed, device=args.device,
+                      compile=args.compile)
     for name in ("eval_every", "eval_episodes", "log_every", "checkpoint_every"):
         if getattr(args, name) is not None:
             setattr(run, name, getattr(args, name))
@@ -287,9 +299,16 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from offrl.bench import run_bench
+    from offrl.errors import OfflineRLError
 
     include = tuple(args.only.split(",")) if args.only else ("matmul", "updates", "critics", "data")
-    frame = run_bench(Path(args.out), seconds=args.seconds, include=include, command=_command_line())
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise OfflineRLError(f"--device {args.device}: CUDA is not available on this machine")
+    frame = run_bench(Path(args.out), seconds=args.seconds, include=include, command=_command_line(),
+                      device=args.device, compile_update=args.compile)
     columns = [c for c in ("benchmark", "precision", "value", "unit", "gflops", "peak_fraction") if c in frame]
     print(frame[columns].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"written to {args.out}")
@@ -348,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Monte-Carlo return-to-go")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=None, help="run directory (default runs/cql/<dataset>-<config>-seed<seed>)")
+    _add_compile_flag(p)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--leaderboard", default=None, help=f"leaderboard CSV (default {DEFAULT_LEADERBOARD})")
     p.add_argument("--eval-every", type=_positive_int, default=None)
@@ -371,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cql-alpha-online", type=float, default=None, help="α_cql once the online phase starts")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="cpu")
+    _add_compile_flag(p)
     p.add_argument("--out", default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--leaderboard", default=None)
@@ -396,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="evaluation/bench.csv")
     p.add_argument("--seconds", type=float, default=20.0, help="timing window per update benchmark")
     p.add_argument("--only", default=None, help="comma list of: matmul, updates, critics, data")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (GPU rows are kept apart from CPU rows)")
+    _add_compile_flag(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("datasets", help="list, inspect, verify, import and export datasets")

@@ -22,8 +22,8 @@ from offrl.data.buffer import Batch
 from offrl.errors import OfflineRLError
 from offrl.nets import action_log_prob, sample_tanh_gaussian
 
-__all__ = ["CQLConfig", "CQLAgent", "CQL_METRICS", "sample_cql_actions", "cql_critic_loss", "cql_update",
-           "autocast_for"]
+__all__ = ["CQLConfig", "CQLAgent", "CQL_METRICS", "sample_cql_actions", "cql_critic_loss", "cql_losses",
+           "compiled_cql_losses", "cql_update", "autocast_for"]
 
 CQL_METRICS = ("critic_loss", "bellman_loss", "cql_loss", "actor_loss", "q_data", "q_random", "q_pi_s",
                "q_pi_next_s", "cql_gap", "alpha", "alpha_prime", "entropy")
@@ -180,9 +180,16 @@ def autocast_for(config: CQLConfig, device: torch.device | str):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
 
-def cql_update(agent: CQLAgent, batch: Batch, config: CQLConfig, step: int) -> dict[str, torch.Tensor]:
-    """One CQL-SAC update; every loss uses the networks as they were before this update (as CORL does).
-    Returns detached metric tensors; nothing here synchronises with the host."""
+def cql_losses(agent: CQLAgent, batch: Batch, config: CQLConfig, behaviour_cloning: bool
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Every loss of one CQL-SAC update, summed: actor, critics, temperature and (Lagrange) α′.
+
+    Each parameter group sees only the gradient of its own loss, because every path from one loss into
+    another group's parameters is detached: the actor's loss reads the critics through detached weights,
+    the critics read the policy through detached samples, α and α′ read detached log-probs and gaps. So one
+    backward pass over the sum trains all of them, and the whole function can be compiled as one graph.
+    All losses use the networks as they were before this update (as CORL does).
+    """
     alpha = agent.log_alpha.exp().detach()
 
     # One actor pass per state set, shared by every sample drawn below.
@@ -192,43 +199,63 @@ def cql_update(agent: CQLAgent, batch: Batch, config: CQLConfig, step: int) -> d
 
     # Actor: behaviour cloning during warm-up, then the SAC objective against the current critics.
     action, log_prob = sample_tanh_gaussian(*policy_s)
-    if step < config.bc_steps:
+    if behaviour_cloning:
         policy_loss = (alpha * log_prob - action_log_prob(batch.actions, *policy_s)).mean()
     else:
-        q_pi = agent.critic(batch.observations, action).min(dim=0).values
-        policy_loss = (alpha * log_prob - q_pi).mean()
+        frozen_critic = {name: p.detach() for name, p in agent.critic.named_parameters()}
+        q_pi = torch.func.functional_call(agent.critic, frozen_critic, (batch.observations, action))
+        policy_loss = (alpha * log_prob - q_pi.min(dim=0).values).mean()
 
     # Critics: Bellman error plus the conservative gap, weighted by α_cql (and α′ in the Lagrange variant).
     target = cql_target(agent, batch, config, alpha, policy_next)
     sampled_actions, sampled_log_density = sample_cql_actions(agent, batch, config.n_actions, policy_s, policy_next)
     bellman_loss, gap, diagnostics = cql_critic_loss(agent, batch, config, target, sampled_actions,
                                                      sampled_log_density)
+    total = policy_loss + bellman_loss
     if config.lagrange:
         alpha_prime = agent.log_alpha_prime.exp().clamp(0.0, 1e6)
         cql_loss = (alpha_prime.detach() * config.cql_alpha * (gap - config.target_action_gap)).sum()
         # α′ grows while the gap exceeds its target and shrinks below it (dual ascent on eq. 30).
-        alpha_prime_loss = -(alpha_prime * config.cql_alpha * (gap.detach() - config.target_action_gap)).mean()
+        total = total - (alpha_prime * config.cql_alpha * (gap.detach() - config.target_action_gap)).mean()
     else:
         alpha_prime = agent.log_alpha_prime.detach().exp()
         cql_loss = config.cql_alpha * gap.sum()
-    critic_loss = bellman_loss + cql_loss
-
-    agent.actor_optimizer.zero_grad(set_to_none=True)
-    policy_loss.backward(inputs=list(agent.actor.parameters()))
-    agent.critic_optimizer.zero_grad(set_to_none=True)
-    critic_loss.backward(inputs=list(agent.critic.parameters()))
-    agent.actor_optimizer.step()
-    agent.critic_optimizer.step()
+    total = total + cql_loss
     if config.autotune_alpha:
-        agent.alpha_optimizer.zero_grad(set_to_none=True)
-        temperature_loss(agent, log_prob).backward()
-        agent.alpha_optimizer.step()
-    if config.lagrange:
-        agent.alpha_prime_optimizer.zero_grad(set_to_none=True)
-        alpha_prime_loss.backward()
-        agent.alpha_prime_optimizer.step()
-    polyak_update(agent.critic_target, agent.critic, config.tau)
+        total = total + temperature_loss(agent, log_prob)
 
-    return {"critic_loss": critic_loss.detach(), "cql_loss": cql_loss.detach(), "actor_loss": policy_loss.detach(),
-            "cql_gap": gap.detach().mean(), "alpha": alpha, "alpha_prime": alpha_prime.detach(),
-            "entropy": -log_prob.detach().mean(), **{k: v.detach() for k, v in diagnostics.items()}}
+    return total, {"critic_loss": (bellman_loss + cql_loss).detach(), "cql_loss": cql_loss.detach(),
+                   "actor_loss": policy_loss.detach(), "cql_gap": gap.detach().mean(), "alpha": alpha,
+                   "alpha_prime": alpha_prime.detach(), "entropy": -log_prob.detach().mean(),
+                   **{k: v.detach() for k, v in diagnostics.items()}}
+
+
+def compiled_cql_losses(device: torch.device | str):
+    """`cql_losses` under torch.compile: forward and backward as compiled graphs, replayed as CUDA graphs on
+    CUDA (mode "reduce-overhead": one launch instead of hundreds of small kernels per update). On these
+    CPUs the compiled update measured 2.3x slower than eager (3.2 vs 7.3 updates/s, 1 thread, 2x256), so
+    CPU runs stay eager unless asked."""
+    on_cuda = torch.device(device).type == "cuda"
+    compiled = torch.compile(cql_losses, mode="reduce-overhead" if on_cuda else None)
+
+    def losses(agent: CQLAgent, batch: Batch, config: CQLConfig, behaviour_cloning: bool):
+        if on_cuda:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous update's outputs may be overwritten now
+        return compiled(agent, batch, config, behaviour_cloning)
+
+    return losses
+
+
+def cql_update(agent: CQLAgent, batch: Batch, config: CQLConfig, step: int, losses=cql_losses
+               ) -> dict[str, torch.Tensor]:
+    """One CQL-SAC update: the losses (`losses` may be a compiled `cql_losses`), one backward pass, every
+    optimiser, Polyak. Returns detached metric tensors; nothing here synchronises with the host."""
+    total, metrics = losses(agent, batch, config, step < config.bc_steps)
+    optimizers = agent.optimizers().values()
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    for optimizer in optimizers:
+        optimizer.step()  # a parameter without a gradient (α when not autotuned, α′ without Lagrange) is skipped
+    polyak_update(agent.critic_target, agent.critic, config.tau)
+    return metrics

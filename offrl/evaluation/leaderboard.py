@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from offrl.errors import OfflineRLError
 from offrl.fileio import atomic_write_bytes
 
 __all__ = ["COLUMNS", "DEFAULT_LEADERBOARD", "append_row", "read_leaderboard", "iqm", "bootstrap_ci", "aggregate",
-           "write_summary", "plot_leaderboard"]
+           "write_summary", "plot_leaderboard", "plot_finetuning"]
 
 DEFAULT_LEADERBOARD = Path("evaluation") / "leaderboard.csv"
 COLUMNS = [
@@ -134,7 +135,7 @@ def write_summary(summary: pd.DataFrame, csv_path: Path, markdown_path: Path) ->
 
 
 def plot_leaderboard(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Per dataset: learning curves (normalized return vs. step, one line per run, from each run's
+    """Per dataset, offline runs: learning curves (normalized return vs. update, one line per run, from each run's
     evaluations.csv) and Q-bias curves (from each run's q_bias_curve.csv). Runs whose directories are not
     on this machine are skipped; a dataset with none leaves its existing plot alone."""
     import matplotlib
@@ -144,7 +145,7 @@ def plot_leaderboard(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
 
     out_dir = Path(out_dir)
     written = []
-    for dataset_id, group in frame.groupby("dataset_id"):
+    for dataset_id, group in frame[frame["phase"] == "offline"].groupby("dataset_id"):
         safe = str(dataset_id).replace("/", "_")
         fig, (curve_ax, bias_ax) = plt.subplots(1, 2, figsize=(11, 4))
         for run in group.drop_duplicates("run_dir").itertuples():
@@ -153,13 +154,11 @@ def plot_leaderboard(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
             if (run_dir / "evaluations.csv").is_file():
                 evals = pd.read_csv(run_dir / "evaluations.csv")
                 if "normalized_return" in evals:
-                    # fine-tuning runs log online steps; put them after the offline updates they started from
-                    x = evals["step"] + (evals["offline_steps"] if "offline_steps" in evals else 0)
-                    curve_ax.plot(x, evals["normalized_return"], label=f"{label} {run.phase}")
+                    curve_ax.plot(evals["step"], evals["normalized_return"], label=label)
             if (run_dir / "q_bias_curve.csv").is_file():
                 bias = pd.read_csv(run_dir / "q_bias_curve.csv")
                 bias_ax.plot(bias["t"], bias["bias"], label=label)
-        curve_ax.set(title=f"{dataset_id}: normalized return", xlabel="offline updates (+ online env steps)",
+        curve_ax.set(title=f"{dataset_id}: normalized return", xlabel="offline updates",
                      ylabel="normalized return")
         bias_ax.axhline(0.0, color="grey", lw=0.8)
         bias_ax.set(title=f"{dataset_id}: Q bias along the episode", xlabel="episode step t", ylabel="Q̂ − G")
@@ -171,6 +170,69 @@ def plot_leaderboard(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
             continue
         fig.tight_layout()
         path = out_dir / f"leaderboard_{safe}.png"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _finetune_curves(run_dir: Path) -> tuple[pd.Series, pd.Series, int] | None:
+    """One fine-tuning run's normalized return from its offline start through the online phase (x: offline
+    updates, then offline updates + online steps) and its normalized Q bias over online steps."""
+    record, evaluations = run_dir / "finetune.json", run_dir / "evaluations.csv"
+    if not (record.is_file() and evaluations.is_file()):
+        return None
+    online = pd.read_csv(evaluations)
+    switch = int(online["offline_steps"].iloc[0])
+    offline_evaluations = Path(json.loads(record.read_text())["from_run"]) / "evaluations.csv"
+    offline = pd.read_csv(offline_evaluations) if offline_evaluations.is_file() else pd.DataFrame({"step": []})
+    offline = offline[offline["step"] < switch]  # the fine-tune's own step-0 evaluation marks the switch
+    steps = np.concatenate([offline["step"].to_numpy(), online["step"].to_numpy() + switch])
+    scores = np.concatenate([offline.get("normalized_return", pd.Series(dtype=float)).to_numpy(),
+                             online["normalized_return"].to_numpy()])
+    return (pd.Series(scores, index=steps), pd.Series(online["q_bias_normalized_mean"].to_numpy(),
+                                                      index=online["step"].to_numpy()), switch)
+
+
+def plot_finetuning(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Per dataset with phase=online rows: normalized return across the offline → online switch and the
+    normalized Q bias during fine-tuning, per algorithm the mean over seeds with a min-max band. Needs the
+    run directories (offline and fine-tune); datasets without them on this machine keep their plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    written = []
+    online = frame[frame["phase"] == "online"].drop_duplicates("run_dir", keep="last")
+    for dataset_id, group in online.groupby("dataset_id"):
+        fig, (return_ax, bias_ax) = plt.subplots(1, 2, figsize=(11, 4))
+        switches = set()
+        for algorithm, runs in group.groupby("algorithm"):
+            found = [c for c in (_finetune_curves(Path(str(d))) for d in runs["run_dir"]) if c is not None]
+            if not found:
+                continue
+            switches |= {switch for _, _, switch in found}
+            for ax, index in ((return_ax, 0), (bias_ax, 1)):
+                table = pd.concat([curves[index] for curves in found], axis=1).sort_index()
+                line, = ax.plot(table.index, table.mean(axis=1), marker=".", label=f"{algorithm} ({len(found)} seeds)")
+                ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=line.get_color(), alpha=0.2)
+        if not return_ax.lines:
+            plt.close(fig)
+            continue
+        for switch in switches:
+            return_ax.axvline(switch, color="grey", ls="--", lw=0.8)
+        bias_ax.axhline(0.0, color="grey", lw=0.8)
+        return_ax.set(title=f"{dataset_id}: offline → online (dashed: switch)", ylabel="normalized return",
+                      xlabel="offline updates, then + online env steps (UTD 1)")
+        bias_ax.set(title=f"{dataset_id}: Q bias while fine-tuning", xlabel="online env steps",
+                    ylabel="normalized Q bias: mean (Q̂ − G) / |mean G|")
+        for ax in (return_ax, bias_ax):
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"finetune_{str(dataset_id).replace('/', '_')}.png"
         out_dir.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100)
         plt.close(fig)

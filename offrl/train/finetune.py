@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from offrl.algos.cql import CQL_METRICS, autocast_for, cql_update
+from offrl.algos.cql import CQL_METRICS, autocast_for, compiled_cql_losses, cql_losses, cql_update
 from offrl.data.buffer import ReplayBuffer
 from offrl.data.dataset import MixedSampler, load_dataset, returns_to_go
 from offrl.envs import env_spec, make_env, seed_everything
@@ -52,6 +52,7 @@ class FinetuneRun:
     log_every: int = 1_000
     checkpoint_every: int = 5_000
     device: str = "cpu"
+    compile: bool = False  # cql_losses under torch.compile (CUDA graphs on CUDA); see compiled_cql_losses
 
     def validate(self) -> None:
         if self.online_steps < 1:
@@ -118,6 +119,7 @@ def finetune(from_run: Path, run: FinetuneRun, out_dir: Path, resume: bool = Fal
                        "mc_returns": torch.as_tensor(offline_rtg, dtype=torch.float32, device=device)})
     online = ReplayBuffer(dataset.obs_dim, dataset.act_dim, run.online_steps, device, with_mc_returns=True)
     sampler = MixedSampler(offline, online, run.offline_ratio)
+    losses = compiled_cql_losses(device) if run.compile else cql_losses
     policy = trained.policy
 
     step, updates, next_checkpoint, curve, elapsed_before = 0, 0, run.checkpoint_every, [], 0.0
@@ -176,7 +178,8 @@ def finetune(from_run: Path, run: FinetuneRun, out_dir: Path, resume: bool = Fal
         step += 1
         for _ in range(run.utd):
             with autocast_for(config, device):
-                metrics = cql_update(agent, sampler.sample(config.batch_size), config, config.bc_steps + updates)
+                metrics = cql_update(agent, sampler.sample(config.batch_size), config, config.bc_steps + updates,
+                                     losses)
             updates += 1
         progress.update(1)
         if terminated or truncated or step == run.online_steps:

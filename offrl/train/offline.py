@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from offrl import __version__
-from offrl.algos.cql import CQL_METRICS, CQLAgent, CQLConfig, autocast_for, cql_update
+from offrl.algos.cql import CQL_METRICS, CQLAgent, CQLConfig, autocast_for, compiled_cql_losses, cql_losses, cql_update
 from offrl.config import config_from_dict, config_hash
 from offrl.data.buffer import ReplayBuffer
 from offrl.data.dataset import ObservationNormalizer, load_dataset, returns_to_go
@@ -50,6 +50,7 @@ class OfflineRun:
     steps: int
     seed: int = 0
     device: str = "cpu"
+    compile: bool = False  # cql_losses under torch.compile (CUDA graphs on CUDA); see compiled_cql_losses
     config_name: str = "corl"
     eval_every: int = 5_000
     eval_episodes: int = 10
@@ -166,6 +167,7 @@ def train_cql(run: OfflineRun, config: CQLConfig, out_dir: Path, resume: bool = 
 
     seed_everything(run.seed)
     agent = CQLAgent(dataset.obs_dim, dataset.act_dim, config).to(device)
+    losses = compiled_cql_losses(device) if run.compile else cql_losses
     policy = TrainedPolicy(agent, normalizer, reward_scale)
     name_hash = config_hash(config)
     step, best, elapsed_before, run_id = 0, float("-inf"), 0.0, None
@@ -207,7 +209,7 @@ def train_cql(run: OfflineRun, config: CQLConfig, out_dir: Path, resume: bool = 
     last_eval = float("nan")
     while step < run.steps:
         with autocast_for(config, device):
-            metrics = cql_update(agent, buffer.sample(config.batch_size), config, step)
+            metrics = cql_update(agent, buffer.sample(config.batch_size), config, step, losses)
         step += 1
         window_updates += 1
         progress.update(1)

@@ -3,6 +3,7 @@ import math
 import torch
 
 from offrl.algos.cql import CQLAgent, CQLConfig, autocast_for, cql_critic_loss, cql_update, sample_cql_actions
+from offrl.algos.sac import polyak_update
 from offrl.data.buffer import Batch
 
 
@@ -153,3 +154,84 @@ def test_bf16_autocast_agrees_with_fp32_within_bf16_tolerance():
     assert diag["q_data"].dtype == torch.float32 and gap_bf16.dtype == torch.float32  # output layers stay fp32
     torch.testing.assert_close(bellman_bf16, bellman, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(gap_bf16, gap, rtol=2e-2, atol=2e-2)
+
+
+def _update_with_one_backward_per_loss(agent, batch, config, step):
+    """The update written with each loss backpropagated on its own, restricted to its own parameters."""
+    from offrl.algos.cql import cql_target
+    from offrl.algos.sac import temperature_loss
+    from offrl.nets import action_log_prob, sample_tanh_gaussian
+
+    alpha = agent.log_alpha.exp().detach()
+    policy_s = agent.actor.distribution_params(batch.observations)
+    with torch.no_grad():
+        policy_next = agent.actor.distribution_params(batch.next_observations)
+    action, log_prob = sample_tanh_gaussian(*policy_s)
+    if step < config.bc_steps:
+        policy_loss = (alpha * log_prob - action_log_prob(batch.actions, *policy_s)).mean()
+    else:
+        policy_loss = (alpha * log_prob - agent.critic(batch.observations, action).min(dim=0).values).mean()
+    target = cql_target(agent, batch, config, alpha, policy_next)
+    actions, log_density = sample_cql_actions(agent, batch, config.n_actions, policy_s, policy_next)
+    bellman, gap, _ = cql_critic_loss(agent, batch, config, target, actions, log_density)
+    alpha_prime = agent.log_alpha_prime.exp()
+    losses = [(policy_loss, list(agent.actor.parameters())),
+              (bellman + (alpha_prime.detach() * config.cql_alpha * (gap - config.target_action_gap)).sum(),
+               list(agent.critic.parameters())),
+              (temperature_loss(agent, log_prob), [agent.log_alpha]),
+              (-(alpha_prime * config.cql_alpha * (gap.detach() - config.target_action_gap)).mean(),
+               [agent.log_alpha_prime])]
+    grads = [torch.autograd.grad(loss, params, retain_graph=True) for loss, params in losses]
+    optimizers = [agent.actor_optimizer, agent.critic_optimizer, agent.alpha_optimizer, agent.alpha_prime_optimizer]
+    for optimizer, (_, params), group_grads in zip(optimizers, losses, grads, strict=True):
+        for param, grad in zip(params, group_grads, strict=True):
+            param.grad = grad
+        optimizer.step()
+    polyak_update(agent.critic_target, agent.critic, config.tau)
+
+
+def test_one_backward_over_the_summed_losses_trains_each_group_on_its_own_loss_only():
+    import copy
+
+    config = _config(lagrange=True, bc_steps=1)
+    torch.manual_seed(6)
+    agent = CQLAgent(3, 2, config).double()
+    reference = copy.deepcopy(agent)
+    for step in range(3):  # step 0 clones behaviour, later steps use the critics
+        batch = _batch(seed=step)
+        torch.manual_seed(100 + step)
+        cql_update(agent, batch, config, step)
+        torch.manual_seed(100 + step)
+        _update_with_one_backward_per_loss(reference, batch, config, step)
+    for (name, fast), slow in zip(agent.state_dict().items(), reference.state_dict().values(), strict=True):
+        torch.testing.assert_close(fast, slow, msg=name)
+
+
+def test_compiled_losses_match_eager_ones():
+    import torch._inductor.config
+
+    from offrl.algos.cql import compiled_cql_losses, cql_losses
+
+    # Inductor draws its own random numbers unless told to call eager's RNG, which makes both comparable.
+    with torch._inductor.config.patch(fallback_random=True):
+        _compare_compiled_with_eager(compiled_cql_losses, cql_losses)
+
+
+def _compare_compiled_with_eager(compiled_cql_losses, cql_losses):
+    config = _config()
+    torch.manual_seed(7)
+    agent = CQLAgent(3, 2, config)
+    batch = _batch(dtype=torch.float32)
+    compiled = compiled_cql_losses("cpu")
+    trained = [p for p in agent.parameters() if p.requires_grad]
+    for behaviour_cloning in (True, False):
+        torch.manual_seed(8)
+        eager_total, eager_metrics = cql_losses(agent, batch, config, behaviour_cloning)
+        eager_grads = torch.autograd.grad(eager_total, trained, allow_unused=True)
+        torch.manual_seed(8)
+        total, metrics = compiled(agent, batch, config, behaviour_cloning)
+        grads = torch.autograd.grad(total, trained, allow_unused=True)
+        torch.testing.assert_close(total, eager_total)
+        torch.testing.assert_close(metrics, eager_metrics)
+        for fast, slow in zip(grads, eager_grads, strict=True):
+            torch.testing.assert_close(fast, slow)

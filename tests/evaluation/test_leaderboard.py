@@ -1,4 +1,6 @@
+import json
 import multiprocessing
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -63,3 +65,30 @@ def test_a_corrupt_leaderboard_is_refused_naming_the_bad_line(tmp_path):
     with pytest.raises(OfflineRLError, match="line 3 has 4 fields"):
         append_row(path, _row("c", 2, 3.0))
     assert path.read_text() == before
+
+
+def _fake_finetune_run(root, name, offline_scores, online_scores):
+    offline, online = root / f"{name}-offline", root / f"{name}-offline" / "finetune"
+    online.mkdir(parents=True)
+    pd.DataFrame({"step": [1000, 2000], "normalized_return": offline_scores}).to_csv(offline / "evaluations.csv")
+    (online / "finetune.json").write_text(json.dumps({"from_run": str(offline)}))
+    pd.DataFrame({"step": [0, 500, 1000], "offline_steps": 2000, "normalized_return": online_scores,
+                  "q_bias_normalized_mean": [-1.0, -0.5, -0.2]}).to_csv(online / "evaluations.csv")
+    return str(online)
+
+
+def test_finetuning_curves_join_the_offline_run_at_the_switch(tmp_path):
+    from offrl.evaluation.leaderboard import _finetune_curves, plot_finetuning
+
+    run_dir = _fake_finetune_run(tmp_path, "a", [10.0, 20.0], [21.0, 15.0, 30.0])
+    scores, bias, switch = _finetune_curves(Path(run_dir))
+    assert switch == 2000
+    assert scores.to_dict() == {1000: 10.0, 2000: 21.0, 2500: 15.0, 3000: 30.0}  # step-0 eval is the switch
+    assert bias.index.tolist() == [0, 500, 1000]
+    frame = pd.DataFrame({"phase": ["online", "online", "offline"], "dataset_id": "toy/random-v0",
+                          "algorithm": ["Cal-QL", "Cal-QL", "CQL-SAC"],
+                          "run_dir": [run_dir, _fake_finetune_run(tmp_path, "b", [5.0, 6.0], [7.0, 8.0, 9.0]),
+                                      str(tmp_path / "a-offline")]})
+    assert plot_finetuning(frame, tmp_path / "plots") == [tmp_path / "plots" / "finetune_toy_random-v0.png"]
+    frame["run_dir"] = str(tmp_path / "gone")
+    assert plot_finetuning(frame, tmp_path / "other") == []  # run directories elsewhere: nothing drawn

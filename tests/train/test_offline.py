@@ -69,8 +69,8 @@ def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(pend
                                                                              monkeypatch):
     real_update = offline.cql_update
 
-    def diverging(agent, batch, config, step):
-        metrics = real_update(agent, batch, config, step)
+    def diverging(agent, batch, config, step, losses):
+        metrics = real_update(agent, batch, config, step, losses)
         if step >= 25:
             metrics["critic_loss"] = torch.tensor(float("nan"))
         return metrics

@@ -132,11 +132,13 @@ def matmul_peak(dtype: torch.dtype, size: int = 4096, repeats: int = 3,
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
+PRETRAIN_LOOP = "SAC pretrain loop HalfCheetah-v5 2x256 (env step + update)"
+COMPARED_WITH = {PRETRAIN_LOOP: "SAC update d3rlpy 2x256"}  # the issue's yardstick: d3rlpy's bare SAC update rate
 DEFAULT_SIZES = {"d3rlpy 2x256": (256, 256), "CORL 3x256": (256, 256, 256)}
 
 
 def run_bench(out: Path, seconds: float = 20.0,
-              include: tuple[str, ...] = ("matmul", "updates", "critics", "data"),
+              include: tuple[str, ...] = ("matmul", "updates", "pretrain", "critics", "data"),
               command: str | None = None, device: str = "cpu", compile_update: bool = False,
               sizes: dict[str, tuple[int, ...]] | None = None) -> pd.DataFrame:
     """Measure and merge the rows into `out`. `compile_update` times CQL with `compiled_cql_losses`
@@ -190,6 +192,8 @@ def run_bench(out: Path, seconds: float = 20.0,
                                                    device=device_)
                     rows.append({"benchmark": f"batch sampling / CQL update {size_name}", "impl": "offrl",
                                  "precision": "fp32", "value": ups / sample_rate, "unit": "fraction"})
+    if "pretrain" in include:
+        rows += _pretrain_loop_rows()
     if "critics" in include:
         rows += _critic_layout_rows(seconds)
     if "data" in include:
@@ -199,6 +203,21 @@ def run_bench(out: Path, seconds: float = 20.0,
         frame[key] = value
     _merge_into(out, frame)
     return frame
+
+
+def _pretrain_loop_rows(training_steps: int = 2_000) -> list[dict]:
+    """The SAC pretrain loop as `offrl pretrain` runs it on HalfCheetah-v5 (policy action, env step, buffer
+    insert, one 2x256 update per step), in updates/s over a window with no evaluation in it."""
+    from offrl.train.online import PretrainConfig, pretrain
+
+    config = PretrainConfig(env_id="HalfCheetah-v5", steps=1_000 + training_steps, learning_starts=1_000,
+                            eval_every=10**9, eval_episodes=1, log_every=training_steps // 2,
+                            checkpoint_every=10**9, buffer_capacity=1_000 + training_steps)
+    with tempfile.TemporaryDirectory() as run_dir:
+        pretrain(config, Path(run_dir), show_progress=False)
+        rate = pd.read_csv(Path(run_dir) / "metrics.csv")["updates_per_s"].iloc[-1]
+    return [{"benchmark": PRETRAIN_LOOP, "impl": "offrl",
+             "precision": "fp32", "value": rate, "unit": "updates/s"}]
 
 
 def _critic_layout_rows(seconds: float) -> list[dict]:
@@ -305,7 +324,7 @@ def with_d3rlpy_ratios(frame: pd.DataFrame) -> pd.DataFrame:
     reference = {(b, d): v for b, d, v in zip(d3rlpy_rows["benchmark"], d3rlpy_rows["device"], d3rlpy_rows["value"],
                                                strict=True)}
     is_offrl = (frame["impl"] == "offrl") & (frame["unit"] == "updates/s")
-    base = frame["benchmark"].astype(str).str.removesuffix(" (compiled)")
+    base = frame["benchmark"].astype(str).str.removesuffix(" (compiled)").replace(COMPARED_WITH)
     d3rlpy_rate = pd.Series([reference.get((b, d), np.nan) for b, d in zip(base, frame["device"], strict=True)],
                             index=frame.index, dtype=float)
     frame["vs_d3rlpy_fp32"] = np.where(is_offrl, frame["value"] / d3rlpy_rate, np.nan)

@@ -301,7 +301,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from offrl.bench import run_bench
     from offrl.errors import OfflineRLError
 
-    include = tuple(args.only.split(",")) if args.only else ("matmul", "updates", "critics", "data")
+    include = tuple(args.only.split(",")) if args.only else ("matmul", "updates", "pretrain", "critics", "data")
     if args.device.startswith("cuda"):
         import torch
 
@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure update, sampling, collection and loading throughput")
     p.add_argument("--out", default="evaluation/bench.csv")
     p.add_argument("--seconds", type=float, default=20.0, help="timing window per update benchmark")
-    p.add_argument("--only", default=None, help="comma list of: matmul, updates, critics, data")
+    p.add_argument("--only", default=None, help="comma list of: matmul, updates, pretrain, critics, data")
     p.add_argument("--device", default="cpu", help="cpu or cuda (GPU rows are kept apart from CPU rows)")
     _add_compile_flag(p)
     p.set_defaults(func=cmd_bench)

@@ -1,7 +1,8 @@
 """Conservative Q-Learning, CQL(H) on top of SAC (Kumar et al. 2020, arXiv:2006.04779, eq. 4 and appendix F).
 
-Read top to bottom: config, sampling the 3n actions, the critic loss, one update. Defaults follow CORL's
-gym-locomotion configs (configs/offline/cql/*/medium_v2.yaml); the shipped YAML files cite each value.
+Read top to bottom: config, sampling the 3n actions, the critic loss, all losses of an update, the update.
+Defaults follow CORL's gym-locomotion configs (configs/offline/cql/*/medium_v2.yaml); the shipped YAML files
+cite each value.
 
 The conservative term, per critic i:
     α_cql · ( E_s[ τ · logsumexp_j ((Q_i(s, a_j) − log μ(a_j)) / τ) ] − E_(s,a)~D[ Q_i(s, a) ] )
@@ -233,8 +234,8 @@ def cql_losses(agent: CQLAgent, batch: Batch, config: CQLConfig, behaviour_cloni
 def compiled_cql_losses(device: torch.device | str):
     """`cql_losses` under torch.compile: forward and backward as compiled graphs, replayed as CUDA graphs on
     CUDA (mode "reduce-overhead": one launch instead of hundreds of small kernels per update). On these
-    CPUs the compiled update measured 2.3x slower than eager (3.2 vs 7.3 updates/s, 1 thread, 2x256), so
-    CPU runs stay eager unless asked."""
+    CPUs the compiled update measured 2.3x slower than eager (3.2 vs 7.3 updates/s, 1 thread, 2x256, one
+    after the other under the same load), so CPU runs stay eager unless asked."""
     on_cuda = torch.device(device).type == "cuda"
     compiled = torch.compile(cql_losses, mode="reduce-overhead" if on_cuda else None)
 

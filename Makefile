@@ -63,8 +63,9 @@ finetune: install
 leaderboard: install
 	$(BIN)/offrl leaderboard
 
+BENCH_SECONDS ?= 20
 bench: install
-	$(BIN)/offrl bench
+	$(BIN)/offrl bench --seconds $(BENCH_SECONDS)
 
 # d3rlpy pins gymnasium 1.0.0, so it gets its own venv; both benchmarks run in one sitting.
 .venv-d3rlpy/.installed:
@@ -75,8 +76,8 @@ bench: install
 	touch $@
 
 bench-d3rlpy: install .venv-d3rlpy/.installed
-	.venv-d3rlpy/bin/python evaluation/scripts/bench_d3rlpy.py evaluation/bench.csv
-	$(BIN)/offrl bench
+	.venv-d3rlpy/bin/python evaluation/scripts/bench_d3rlpy.py evaluation/bench.csv $(BENCH_SECONDS)
+	$(BIN)/offrl bench --seconds $(BENCH_SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

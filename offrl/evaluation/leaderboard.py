@@ -107,7 +107,7 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
         final = group["final_normalized_return"].to_numpy(dtype=float)
         low, high = bootstrap_ci(final)
         rows.append({**dict(zip(GROUP, key, strict=True)), "seeds": int(group["seed"].nunique()),
-                     "steps": int(group["steps"].max()),
+                     "steps": int(group["steps"].max()), "online_steps": int(group["online_steps"].fillna(0).max()),
                      "final_mean": final.mean(), "final_std": final.std(ddof=0), "final_iqm": iqm(final),
                      "iqm_ci_low": low, "iqm_ci_high": high,
                      "best_mean": group["best_normalized_return"].to_numpy(dtype=float).mean(),
@@ -126,7 +126,8 @@ def write_summary(summary: pd.DataFrame, csv_path: Path, markdown_path: Path) ->
         ci = "" if np.isnan(r.iqm_ci_low) else f" [{r.iqm_ci_low:.1f}, {r.iqm_ci_high:.1f}]"
         online = ("| | | |" if r.phase != "online" else
                   f"| {r.before_normalized_return_mean:.1f} | {r.unlearning_dip_mean:+.1f} | {r.online_auc_mean:.1f} |")
-        lines.append(f"| {r.dataset_id} | {r.algorithm} | {r.config_name} | {r.phase} | {r.seeds} | {r.steps} | "
+        steps = f"{r.steps} + {r.online_steps} online" if r.phase == "online" else f"{r.steps}"
+        lines.append(f"| {r.dataset_id} | {r.algorithm} | {r.config_name} | {r.phase} | {r.seeds} | {steps} | "
                      f"{r.final_mean:.1f} ± {r.final_std:.1f} | {r.final_iqm:.1f}{ci} | {r.best_mean:.1f} | "
                      f"{r.q_bias_normalized_mean:.3f} {online}")
     text = "\n".join(lines) + "\n"
@@ -179,7 +180,7 @@ def plot_leaderboard(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 def _finetune_curves(run_dir: Path) -> tuple[pd.Series, pd.Series, int] | None:
     """One fine-tuning run's normalized return from its offline start through the online phase (x: offline
-    updates, then offline updates + online steps) and its normalized Q bias over online steps."""
+    updates, then offline updates + online steps) and its Q bias (mean Q̂ − G) over online steps."""
     record, evaluations = run_dir / "finetune.json", run_dir / "evaluations.csv"
     if not (record.is_file() and evaluations.is_file()):
         return None
@@ -191,13 +192,14 @@ def _finetune_curves(run_dir: Path) -> tuple[pd.Series, pd.Series, int] | None:
     steps = np.concatenate([offline["step"].to_numpy(), online["step"].to_numpy() + switch])
     scores = np.concatenate([offline.get("normalized_return", pd.Series(dtype=float)).to_numpy(),
                              online["normalized_return"].to_numpy()])
-    return (pd.Series(scores, index=steps), pd.Series(online["q_bias_normalized_mean"].to_numpy(),
+    return (pd.Series(scores, index=steps), pd.Series(online["q_bias_mean"].to_numpy(),
                                                       index=online["step"].to_numpy()), switch)
 
 
 def plot_finetuning(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Per dataset with phase=online rows: normalized return across the offline → online switch and the
-    normalized Q bias during fine-tuning, per algorithm the mean over seeds with a min-max band. Needs the
+    Q bias during fine-tuning (unnormalized: on a tier whose returns are near 0, dividing by |mean G| blows up),
+    per algorithm the mean over seeds with a min-max band. Needs the
     run directories (offline and fine-tune); datasets without them on this machine keep their plot."""
     import matplotlib
 
@@ -228,7 +230,7 @@ def plot_finetuning(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         return_ax.set(title=f"{dataset_id}: offline → online (dashed: switch)", ylabel="normalized return",
                       xlabel="offline updates, then + online env steps (UTD 1)")
         bias_ax.set(title=f"{dataset_id}: Q bias while fine-tuning", xlabel="online env steps",
-                    ylabel="normalized Q bias: mean (Q̂ − G) / |mean G|")
+                    ylabel="Q bias: mean Q̂ − G (discounted return)")
         for ax in (return_ax, bias_ax):
             ax.legend(fontsize=8)
         fig.tight_layout()

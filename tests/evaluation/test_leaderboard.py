@@ -73,7 +73,7 @@ def _fake_finetune_run(root, name, offline_scores, online_scores):
     pd.DataFrame({"step": [1000, 2000], "normalized_return": offline_scores}).to_csv(offline / "evaluations.csv")
     (online / "finetune.json").write_text(json.dumps({"from_run": str(offline)}))
     pd.DataFrame({"step": [0, 500, 1000], "offline_steps": 2000, "normalized_return": online_scores,
-                  "q_bias_normalized_mean": [-1.0, -0.5, -0.2]}).to_csv(online / "evaluations.csv")
+                  "q_bias_mean": [-1.0, -0.5, -0.2]}).to_csv(online / "evaluations.csv")
     return str(online)
 
 

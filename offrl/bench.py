@@ -46,16 +46,13 @@ def _forward_flops(rows: int, dims: list[int]) -> float:
     return sum(_linear_flops(rows, a, b) for a, b in zip(dims[:-1], dims[1:], strict=False))
 
 
-def _critic_forward_flops(state_rows: int, action_rows: int, obs_dim: int, act_dim: int,
-                          hidden: tuple[int, ...]) -> float:
-    """One Q-network: the first layer's observation half runs per state, the rest per (state, action) row."""
-    return (_linear_flops(state_rows, obs_dim, hidden[0]) + _linear_flops(action_rows, act_dim, hidden[0])
-            + _forward_flops(action_rows, [*hidden, 1]))
+def _critic_forward_flops(rows: int, obs_dim: int, act_dim: int, hidden: tuple[int, ...]) -> float:
+    return _forward_flops(rows, [obs_dim + act_dim, *hidden, 1])
 
 
-def _critic_to_action_gradient_flops(rows: int, act_dim: int, hidden: tuple[int, ...]) -> float:
-    """Backward through one Q-network to its action input only (the actor's loss; critic weights frozen)."""
-    return _forward_flops(rows, [*hidden, 1]) + _linear_flops(rows, hidden[0], act_dim)
+def _critic_to_action_gradient_flops(rows: int, obs_dim: int, act_dim: int, hidden: tuple[int, ...]) -> float:
+    """Backward through one Q-network to its (observation, action) input only (the actor's loss; weights frozen)."""
+    return _forward_flops(rows, [*hidden, 1]) + _linear_flops(rows, hidden[0], obs_dim + act_dim)
 
 
 def _trained_forward_backward_flops(rows: int, dims: list[int]) -> float:
@@ -66,11 +63,11 @@ def _trained_forward_backward_flops(rows: int, dims: list[int]) -> float:
 def sac_update_flops(batch: int, hidden: tuple[int, ...], obs_dim: int = OBS_DIM, act_dim: int = ACT_DIM) -> float:
     """Matmul FLOPs of one `sac_update` as written (tests/test_bench.py checks them against torch's counter)."""
     actor = [obs_dim, *hidden, 2 * act_dim]
-    critic = _critic_forward_flops(batch, batch, obs_dim, act_dim, hidden)
+    critic = _critic_forward_flops(batch, obs_dim, act_dim, hidden)
     target = _forward_flops(batch, actor) + 2 * critic  # π(s′), both target critics, no grad
     critic_step = 2 * (2 * critic + _forward_flops(batch, [*hidden, 1]))
     actor_step = (_trained_forward_backward_flops(batch, actor)
-                  + 2 * (critic + _critic_to_action_gradient_flops(batch, act_dim, hidden)))
+                  + 2 * (critic + _critic_to_action_gradient_flops(batch, obs_dim, act_dim, hidden)))
     return target + critic_step + actor_step
 
 
@@ -79,12 +76,11 @@ def cql_update_flops(batch: int, critic_hidden: tuple[int, ...], actor_hidden: t
     """Matmul FLOPs of one `cql_update` as written (tests/test_bench.py checks them against torch's counter)."""
     grid_rows = (3 * n_actions + 1) * batch
     actor = [obs_dim, *actor_hidden, 2 * act_dim]
-    per_state = _critic_forward_flops(batch, batch, obs_dim, act_dim, critic_hidden)
+    per_state = _critic_forward_flops(batch, obs_dim, act_dim, critic_hidden)
     return (_trained_forward_backward_flops(batch, actor) + _forward_flops(batch, actor)  # π(·|s), π(·|s′)
             + 2 * per_state  # target critics
-            + 2 * (per_state + _critic_to_action_gradient_flops(batch, act_dim, critic_hidden))  # actor's loss
-            + 2 * (2 * _critic_forward_flops(batch, grid_rows, obs_dim, act_dim, critic_hidden)  # the action grid:
-                   + _forward_flops(grid_rows, [*critic_hidden, 1])))  # fwd, weight grads, input grads
+            + 2 * (per_state + _critic_to_action_gradient_flops(batch, obs_dim, act_dim, critic_hidden))  # actor
+            + 2 * _trained_forward_backward_flops(grid_rows, [obs_dim + act_dim, *critic_hidden, 1]))  # the grid
 
 
 def _filled_buffer(rows: int = 100_000, device: torch.device | str = "cpu") -> ReplayBuffer:

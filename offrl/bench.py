@@ -23,6 +23,7 @@ import torch
 from offrl.algos.cql import CQLAgent, CQLConfig, compiled_cql_losses, cql_losses, cql_update
 from offrl.algos.sac import SACAgent, SACConfig, sac_update
 from offrl.data.buffer import ReplayBuffer
+from offrl.errors import OfflineRLError
 from offrl.fileio import atomic_write_bytes, git_commit
 
 __all__ = ["run_bench", "sac_update_flops", "cql_update_flops", "cpu_model"]
@@ -139,8 +140,10 @@ def run_bench(out: Path, seconds: float = 20.0,
               sizes: dict[str, tuple[int, ...]] | None = None) -> pd.DataFrame:
     """Measure and merge the rows into `out`. `compile_update` times CQL with `compiled_cql_losses`
     (CUDA graphs on CUDA); the rows say so in their benchmark name."""
-    torch.manual_seed(0)
     device_ = torch.device(device)
+    if device_.type == "cuda" and not torch.cuda.is_available():
+        raise OfflineRLError(f"--device {device}: CUDA is not available on this machine")
+    torch.manual_seed(0)
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
                "device": torch.cuda.get_device_name(device_) if device_.type == "cuda" else "cpu",
                "torch": torch.__version__, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

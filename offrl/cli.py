@@ -299,14 +299,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from offrl.bench import run_bench
-    from offrl.errors import OfflineRLError
 
     include = tuple(args.only.split(",")) if args.only else ("matmul", "updates", "pretrain", "critics", "data")
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise OfflineRLError(f"--device {args.device}: CUDA is not available on this machine")
     frame = run_bench(Path(args.out), seconds=args.seconds, include=include, command=_command_line(),
                       device=args.device, compile_update=args.compile)
     columns = [c for c in ("benchmark", "precision", "value", "unit", "gflops", "peak_fraction") if c in frame]

@@ -51,12 +51,25 @@ def load_dataset(dataset_id: str, device: torch.device | str = "cpu", root: Path
     return OfflineDataset(dataset_id=dataset_id, card=card, tensors=tensors)
 
 
-def buffer_from_dataset(dataset: OfflineDataset, extra_capacity: int = 0) -> ReplayBuffer:
-    """A replay buffer holding the dataset (plus room for `extra_capacity` online transitions)."""
+def buffer_from_dataset(dataset: OfflineDataset, extra_capacity: int = 0,
+                        normalizer: ObservationNormalizer | None = None, reward_scale: float = 1.0,
+                        mc_returns_gamma: float | None = None) -> ReplayBuffer:
+    """A replay buffer holding the dataset (plus room for `extra_capacity` online transitions), observations
+    through `normalizer` and rewards times `reward_scale` as a run trains on them; with `mc_returns_gamma`, each
+    row also carries its discounted return-to-go of the scaled rewards (Cal-QL's V_ref)."""
     t = dataset.tensors
-    buffer = ReplayBuffer(dataset.obs_dim, dataset.act_dim, len(dataset) + extra_capacity, t["rewards"].device)
-    buffer.add_batch({k: t[k] for k in ("observations", "actions", "rewards", "next_observations", "terminals",
-                                        "timeouts")})
+    device = t["rewards"].device
+    buffer = ReplayBuffer(dataset.obs_dim, dataset.act_dim, len(dataset) + extra_capacity, device,
+                          with_mc_returns=mc_returns_gamma is not None)
+    normalize = normalizer if normalizer is not None else (lambda obs: obs)
+    transitions = {"observations": normalize(t["observations"]), "actions": t["actions"],
+                   "rewards": t["rewards"] * reward_scale, "next_observations": normalize(t["next_observations"]),
+                   "terminals": t["terminals"], "timeouts": t["timeouts"]}
+    if mc_returns_gamma is not None:
+        transitions["mc_returns"] = torch.as_tensor(
+            returns_to_go(t["rewards"].cpu().numpy() * reward_scale, t["terminals"].cpu().numpy() > 0,
+                          t["timeouts"].cpu().numpy() > 0, mc_returns_gamma), dtype=torch.float32, device=device)
+    buffer.add_batch(transitions)
     return buffer
 
 
@@ -166,12 +179,11 @@ class ObservationNormalizer:
 def returns_to_go(rewards: np.ndarray, terminals: np.ndarray, timeouts: np.ndarray, gamma: float) -> np.ndarray:
     """Discounted Monte-Carlo return-to-go of every row, within its own episode (no bootstrapping past
     a termination or a cut, as Cal-QL computes V_ref for locomotion)."""
+    is_end = np.zeros(len(rewards), dtype=bool)
+    is_end[episode_ends(terminals, timeouts)] = True
     out = np.zeros(len(rewards), dtype=np.float64)
-    ends = set(episode_ends(terminals, timeouts).tolist())
     running = 0.0
     for t in range(len(rewards) - 1, -1, -1):
-        if t in ends:
-            running = 0.0
-        running = float(rewards[t]) + gamma * running
+        running = float(rewards[t]) + (0.0 if is_end[t] else gamma * running)
         out[t] = running
     return out

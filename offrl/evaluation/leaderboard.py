@@ -139,11 +139,7 @@ def plot_leaderboard(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Per dataset, offline runs: learning curves (normalized return vs. update, one line per run, from each run's
     evaluations.csv) and Q-bias curves (from each run's q_bias_curve.csv). Runs whose directories are not
     on this machine are skipped; a dataset with none leaves its existing plot alone."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     out_dir = Path(out_dir)
     written = []
     for dataset_id, group in frame[frame["phase"] == "offline"].groupby("dataset_id"):
@@ -169,13 +165,25 @@ def plot_leaderboard(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         if not curve_ax.lines and not bias_ax.get_legend_handles_labels()[0]:
             plt.close(fig)  # the runs' directories are not on this machine: keep any plot already made
             continue
-        fig.tight_layout()
-        path = out_dir / f"leaderboard_{safe}.png"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save_figure(fig, out_dir / f"leaderboard_{safe}.png"))
     return written
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
 
 
 def _finetune_curves(run_dir: Path) -> tuple[pd.Series, pd.Series, int] | None:
@@ -201,11 +209,7 @@ def plot_finetuning(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     Q bias during fine-tuning (unnormalized: on a tier whose returns are near 0, dividing by |mean G| blows up),
     per algorithm the mean over seeds with a min-max band. Needs the
     run directories (offline and fine-tune); datasets without them on this machine keep their plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     out_dir = Path(out_dir)
     written = []
     online = frame[frame["phase"] == "online"].drop_duplicates("run_dir", keep="last")
@@ -233,10 +237,5 @@ def plot_finetuning(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
                     ylabel="Q bias: mean Q̂ − G (discounted return)")
         for ax in (return_ax, bias_ax):
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / f"finetune_{str(dataset_id).replace('/', '_')}.png"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save_figure(fig, out_dir / f"finetune_{str(dataset_id).replace('/', '_')}.png"))
     return written

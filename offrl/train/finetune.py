@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from offrl.algos.cql import CQL_METRICS, autocast_for, compiled_cql_losses, cql_losses, cql_update
 from offrl.data.buffer import ReplayBuffer
-from offrl.data.dataset import MixedSampler, load_dataset, returns_to_go
+from offrl.data.dataset import MixedSampler, buffer_from_dataset, load_dataset, returns_to_go
 from offrl.envs import env_spec, make_env, seed_everything
 from offrl.errors import OfflineRLError
 from offrl.evaluation.leaderboard import append_row
@@ -109,14 +109,8 @@ def finetune(from_run: Path, run: FinetuneRun, out_dir: Path, resume: bool = Fal
     seed = info["seed"] if run.seed is None else run.seed
 
     dataset = load_dataset(info["dataset_id"], device)
-    t = dataset.tensors
-    offline = ReplayBuffer(dataset.obs_dim, dataset.act_dim, len(dataset), device, with_mc_returns=True)
-    offline_rtg = returns_to_go(t["rewards"].cpu().numpy() * reward_scale, t["terminals"].cpu().numpy() > 0,
-                                t["timeouts"].cpu().numpy() > 0, config.gamma)
-    offline.add_batch({"observations": normalizer(t["observations"]), "actions": t["actions"],
-                       "rewards": t["rewards"] * reward_scale, "next_observations": normalizer(t["next_observations"]),
-                       "terminals": t["terminals"], "timeouts": t["timeouts"],
-                       "mc_returns": torch.as_tensor(offline_rtg, dtype=torch.float32, device=device)})
+    offline = buffer_from_dataset(dataset, normalizer=normalizer, reward_scale=reward_scale,
+                                  mc_returns_gamma=config.gamma)
     online = ReplayBuffer(dataset.obs_dim, dataset.act_dim, run.online_steps, device, with_mc_returns=True)
     sampler = MixedSampler(offline, online, run.offline_ratio)
     losses = compiled_cql_losses(device) if run.compile else cql_losses

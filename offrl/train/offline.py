@@ -22,8 +22,7 @@ from tqdm import tqdm
 from offrl import __version__
 from offrl.algos.cql import CQL_METRICS, CQLAgent, CQLConfig, autocast_for, compiled_cql_losses, cql_losses, cql_update
 from offrl.config import config_from_dict, config_hash
-from offrl.data.buffer import ReplayBuffer
-from offrl.data.dataset import ObservationNormalizer, load_dataset, returns_to_go
+from offrl.data.dataset import ObservationNormalizer, buffer_from_dataset, load_dataset
 from offrl.data.registry import episode_returns, parse_dataset_id
 from offrl.envs import env_spec, make_env, seed_everything
 from offrl.errors import OfflineRLError
@@ -155,15 +154,8 @@ def train_cql(run: OfflineRun, config: CQLConfig, out_dir: Path, resume: bool = 
     normalizer = (ObservationNormalizer.from_observations(t["observations"]) if config.normalize_observations
                   else ObservationNormalizer.identity(dataset.obs_dim, device))
     reward_scale = reward_scale_for(t["rewards"], t["terminals"], t["timeouts"]) if config.normalize_reward else 1.0
-    buffer = ReplayBuffer(dataset.obs_dim, dataset.act_dim, len(dataset), device, with_mc_returns=config.calibrated)
-    transitions = {"observations": normalizer(t["observations"]), "actions": t["actions"],
-                   "rewards": t["rewards"] * reward_scale, "next_observations": normalizer(t["next_observations"]),
-                   "terminals": t["terminals"], "timeouts": t["timeouts"]}
-    if config.calibrated:  # Cal-QL's V_ref(s): the discounted return-to-go of the trajectory s came from
-        transitions["mc_returns"] = torch.as_tensor(
-            returns_to_go(t["rewards"].cpu().numpy() * reward_scale, t["terminals"].cpu().numpy() > 0,
-                          t["timeouts"].cpu().numpy() > 0, config.gamma), dtype=torch.float32, device=device)
-    buffer.add_batch(transitions)
+    buffer = buffer_from_dataset(dataset, normalizer=normalizer, reward_scale=reward_scale,
+                                 mc_returns_gamma=config.gamma if config.calibrated else None)  # Cal-QL's V_ref
 
     seed_everything(run.seed)
     agent = CQLAgent(dataset.obs_dim, dataset.act_dim, config).to(device)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from offrl.algos.sac import SACAgent, SACConfig, make_optimizer, polyak_update, temperature_loss
+from offrl.algos.sac import SACAgent, SACConfig, frozen_critic_q, make_optimizer, polyak_update, temperature_loss
 from offrl.data.buffer import Batch
 from offrl.errors import OfflineRLError
 from offrl.nets import action_log_prob, sample_tanh_gaussian
@@ -203,8 +203,7 @@ def cql_losses(agent: CQLAgent, batch: Batch, config: CQLConfig, behaviour_cloni
     if behaviour_cloning:
         policy_loss = (alpha * log_prob - action_log_prob(batch.actions, *policy_s)).mean()
     else:
-        frozen_critic = {name: p.detach() for name, p in agent.critic.named_parameters()}
-        q_pi = torch.func.functional_call(agent.critic, frozen_critic, (batch.observations, action))
+        q_pi = frozen_critic_q(agent.critic, batch.observations, action)
         policy_loss = (alpha * log_prob - q_pi.min(dim=0).values).mean()
 
     # Critics: Bellman error plus the conservative gap, weighted by α_cql (and α′ in the Lagrange variant).

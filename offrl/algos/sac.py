@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from offrl.data.buffer import Batch
 from offrl.nets import TanhGaussianActor, TwinCritic
 
-__all__ = ["SAC_METRICS", "SACConfig", "SACAgent", "make_optimizer", "sac_target", "sac_critic_loss", "actor_loss",
-           "temperature_loss", "polyak_update", "sac_update"]
+__all__ = ["SAC_METRICS", "SACConfig", "SACAgent", "make_optimizer", "sac_target", "sac_critic_loss",
+           "frozen_critic_q", "actor_loss", "temperature_loss", "polyak_update", "sac_update"]
 
 
 SAC_METRICS = ("critic_loss", "actor_loss", "q_data", "alpha", "entropy")
@@ -96,10 +96,17 @@ def sac_critic_loss(agent: SACAgent, batch: Batch, target: torch.Tensor) -> tupl
     return F.mse_loss(q_data, target.expand_as(q_data), reduction="none").mean(dim=1).sum(), q_data
 
 
+def frozen_critic_q(critic: TwinCritic, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Q through detached critic weights: the actor's loss differentiates through the action only, so no
+    backward pass computes (and discards) the critics' weight gradients."""
+    frozen = {name: p.detach() for name, p in critic.named_parameters()}
+    return torch.func.functional_call(critic, frozen, (observations, actions))
+
+
 def actor_loss(agent: SACAgent, batch: Batch, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """E_s[α log π(a|s) − min_i Q_i(s, a)], a reparameterised; returns (loss, log π)."""
     action, log_prob = agent.actor(batch.observations)
-    q_pi = agent.critic(batch.observations, action).min(dim=0).values
+    q_pi = frozen_critic_q(agent.critic, batch.observations, action).min(dim=0).values
     return (alpha * log_prob - q_pi).mean(), log_prob
 
 
@@ -126,8 +133,7 @@ def sac_update(agent: SACAgent, batch: Batch, config: SACConfig) -> dict[str, to
 
     policy_loss, log_prob = actor_loss(agent, batch, alpha)
     agent.actor_optimizer.zero_grad(set_to_none=True)
-    # Only the actor's gradients are needed; naming them skips the critics' weight gradients.
-    policy_loss.backward(inputs=list(agent.actor.parameters()))
+    policy_loss.backward()
     agent.actor_optimizer.step()
 
     if config.autotune_alpha:

@@ -109,7 +109,12 @@ class _LowPrecisionInputHead(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_rows = grad_out.reshape(-1, grad_out.shape[-1])
         low_grad_rows = grad_rows.to(x.dtype)
-        grad_x = (low_grad_rows @ weight.to(x.dtype)).reshape(x.shape) if ctx.needs_input_grad[0] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            low_weight = weight.to(x.dtype)
+            # A Q head (one output): the outer product as a broadcast multiply, not a K=1 GEMM (+2% per update).
+            grad_x = low_grad_rows * low_weight if weight.shape[0] == 1 else low_grad_rows @ low_weight
+            grad_x = grad_x.reshape(x.shape)
         grad_weight = ((low_grad_rows.t() @ x.reshape(-1, x.shape[-1])).to(weight.dtype)
                        if ctx.needs_input_grad[1] else None)
         grad_bias = grad_rows.sum(0) if ctx.needs_input_grad[2] else None

@@ -64,10 +64,12 @@ leaderboard: install
 	$(BIN)/offrl leaderboard
 
 BENCH_SECONDS ?= 20
+BENCH_ROUNDS ?= 3
 bench: install
 	$(BIN)/offrl bench --seconds $(BENCH_SECONDS)
 
-# d3rlpy pins gymnasium 1.0.0, so it gets its own venv; both benchmarks run in one sitting.
+# d3rlpy pins gymnasium 1.0.0, so it gets its own venv; both benchmarks run in one sitting, alternated
+# BENCH_ROUNDS times (rows keep the median; every round in evaluation/bench_rounds.csv).
 .venv-d3rlpy/.installed:
 	$(PYTHON) -m venv .venv-d3rlpy
 	.venv-d3rlpy/bin/pip install --quiet --upgrade pip
@@ -76,8 +78,7 @@ bench: install
 	touch $@
 
 bench-d3rlpy: install .venv-d3rlpy/.installed
-	.venv-d3rlpy/bin/python evaluation/scripts/bench_d3rlpy.py evaluation/bench.csv $(BENCH_SECONDS)
-	$(BIN)/offrl bench --seconds $(BENCH_SECONDS)
+	$(BIN)/offrl bench --seconds $(BENCH_SECONDS) --against-d3rlpy .venv-d3rlpy/bin/python --rounds $(BENCH_ROUNDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import os
 import platform
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from offrl.data.buffer import ReplayBuffer
 from offrl.errors import OfflineRLError
 from offrl.fileio import atomic_write_bytes, git_commit
 
-__all__ = ["run_bench", "sac_update_flops", "cql_update_flops", "cpu_model"]
+__all__ = ["run_bench", "run_bench_against_d3rlpy", "sac_update_flops", "cql_update_flops", "cpu_model"]
 
 OBS_DIM, ACT_DIM = 17, 6  # HalfCheetah
 
@@ -137,7 +138,7 @@ DEFAULT_SIZES = {"d3rlpy 2x256": (256, 256), "CORL 3x256": (256, 256, 256)}
 def run_bench(out: Path, seconds: float = 20.0,
               include: tuple[str, ...] = ("matmul", "updates", "pretrain", "critics", "data"),
               command: str | None = None, device: str = "cpu", compile_update: bool = False,
-              sizes: dict[str, tuple[int, ...]] | None = None) -> pd.DataFrame:
+              sizes: dict[str, tuple[int, ...]] | None = None, peak_size: int = 4096) -> pd.DataFrame:
     """Measure and merge the rows into `out`. `compile_update` times CQL with `compiled_cql_losses`
     (CUDA graphs on CUDA); the rows say so in their benchmark name."""
     device_ = torch.device(device)
@@ -152,8 +153,8 @@ def run_bench(out: Path, seconds: float = 20.0,
     peak = {}
     if "matmul" in include or "updates" in include:
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            peak[name] = matmul_peak(dtype, device=device_)
-            rows.append({"benchmark": "matmul 4096^2", "impl": "offrl", "precision": name,
+            peak[name] = matmul_peak(dtype, size=peak_size, device=device_)
+            rows.append({"benchmark": f"matmul {peak_size}^2", "impl": "offrl", "precision": name,
                          "value": peak[name], "unit": "GFLOP/s"})
     if "updates" in include:
         buffer = _filled_buffer(device=device_)
@@ -301,6 +302,67 @@ def _data_rows() -> list[dict]:
     return rows
 
 
+D3RLPY_SCRIPT = Path(__file__).resolve().parents[1] / "evaluation" / "scripts" / "bench_d3rlpy.py"
+ROUND_KEY = ["impl", "benchmark", "precision", "device"]
+
+
+def run_bench_against_d3rlpy(out: Path, d3rlpy_python: str, seconds: float = 20.0, rounds: int = 3,
+                             command: str | None = None, script: Path = D3RLPY_SCRIPT,
+                             include: tuple[str, ...] = ("matmul", "updates", "pretrain", "critics", "data"),
+                             sizes: dict[str, tuple[int, ...]] | None = None, peak_size: int = 4096
+                             ) -> pd.DataFrame:
+    """d3rlpy's and offrl's update rates, alternated `rounds` times in one sitting.
+
+    The machine drifts by ±10% over minutes (d3rlpy's CQL measured 16.8, 18.5 and 20.1 updates/s in three
+    sittings within half an hour), so one d3rlpy-then-offrl pass can tilt a ratio either way. Each round's
+    ratio is taken between neighbouring measurements; the rows keep the median value and median ratio over
+    rounds with the ratio's range, and every round's rows go to `<out stem>_rounds.csv`. The benchmarks
+    without a d3rlpy counterpart (critic layouts, data) run once at the end. `script` is called as
+    `d3rlpy_python script OUT_CSV SECONDS` and writes d3rlpy's rows."""
+    compared = tuple(name for name in include if name in ("matmul", "updates", "pretrain"))
+    once = tuple(name for name in include if name not in compared)
+    if rounds < 1:
+        raise OfflineRLError(f"--rounds: need at least 1, found {rounds}")
+    if not Path(script).is_file():
+        raise OfflineRLError(f"{script}: the d3rlpy benchmark script is missing (it ships in the repository)")
+    per_round = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for index in range(rounds):
+            d3rlpy_csv, offrl_csv = Path(tmp) / f"d3rlpy-{index}.csv", Path(tmp) / f"offrl-{index}.csv"
+            finished = subprocess.run([d3rlpy_python, str(script), str(d3rlpy_csv), str(seconds)], check=False)
+            if finished.returncode != 0 or not d3rlpy_csv.is_file():
+                raise OfflineRLError(f"--against-d3rlpy {d3rlpy_python}: {script} failed "
+                                     f"(exit {finished.returncode}); see its output above")
+            run_bench(offrl_csv, seconds, include=compared, command=command, sizes=sizes, peak_size=peak_size)
+            frame = with_d3rlpy_ratios(pd.concat([pd.read_csv(d3rlpy_csv), pd.read_csv(offrl_csv)],
+                                                 ignore_index=True))
+            frame["round"] = index
+            per_round.append(frame)
+    all_rounds = pd.concat(per_round, ignore_index=True)
+    rounds_path = Path(out).with_name(Path(out).stem + "_rounds.csv")
+    atomic_write_bytes(rounds_path, all_rounds.to_csv(index=False, float_format="%.4g").encode())
+    medians = _median_over_rounds(all_rounds)
+    _merge_into(out, medians)
+    if not once:
+        return medians
+    return pd.concat([medians, run_bench(out, seconds, include=once, command=command)], ignore_index=True)
+
+
+def _median_over_rounds(all_rounds: pd.DataFrame) -> pd.DataFrame:
+    """One row per benchmark: the last round's row (machine, date) with the median value, GFLOP/s, peak
+    fraction and d3rlpy ratio over rounds, the ratio's min and max, and the number of rounds."""
+    key = all_rounds[ROUND_KEY].astype(str).agg("|".join, axis=1)
+    grouped = all_rounds.groupby(key, sort=False)
+    medians = grouped.last().reset_index(drop=True)
+    for column in ("value", "gflops", "peak_fraction", "vs_d3rlpy_fp32"):
+        if column in all_rounds:
+            medians[column] = grouped[column].median().to_numpy()
+    medians["vs_d3rlpy_fp32_min"] = grouped["vs_d3rlpy_fp32"].min().to_numpy()
+    medians["vs_d3rlpy_fp32_max"] = grouped["vs_d3rlpy_fp32"].max().to_numpy()
+    medians["rounds"] = grouped.size().to_numpy()
+    return medians.drop(columns="round")
+
+
 def _merge_into(path: Path, frame: pd.DataFrame) -> None:
     """Replace the rows this run measured again (same implementation, benchmark, precision and device);
     keep the others (d3rlpy's, other devices', other benchmarks)."""
@@ -317,7 +379,8 @@ def _merge_into(path: Path, frame: pd.DataFrame) -> None:
 
 def with_d3rlpy_ratios(frame: pd.DataFrame) -> pd.DataFrame:
     """offrl updates/s over d3rlpy's fp32 updates/s for the same benchmark on the same device (bf16 rows too:
-    d3rlpy has none; compiled rows against d3rlpy's eager ones)."""
+    d3rlpy has none; compiled rows against d3rlpy's eager ones). A ratio already set (the median over
+    rounds of `run_bench_against_d3rlpy`) is kept."""
     frame = frame.copy()
     d3rlpy_rows = frame[frame["impl"].astype(str).str.startswith("d3rlpy")]
     reference = {(b, d): v for b, d, v in zip(d3rlpy_rows["benchmark"], d3rlpy_rows["device"], d3rlpy_rows["value"],
@@ -326,5 +389,6 @@ def with_d3rlpy_ratios(frame: pd.DataFrame) -> pd.DataFrame:
     base = frame["benchmark"].astype(str).str.removesuffix(" (compiled)").replace(COMPARED_WITH)
     d3rlpy_rate = pd.Series([reference.get((b, d), np.nan) for b, d in zip(base, frame["device"], strict=True)],
                             index=frame.index, dtype=float)
-    frame["vs_d3rlpy_fp32"] = np.where(is_offrl, frame["value"] / d3rlpy_rate, np.nan)
+    ratio = pd.Series(np.where(is_offrl, frame["value"] / d3rlpy_rate, np.nan), index=frame.index)
+    frame["vs_d3rlpy_fp32"] = frame["vs_d3rlpy_fp32"].fillna(ratio) if "vs_d3rlpy_fp32" in frame else ratio
     return frame

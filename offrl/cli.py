@@ -298,12 +298,20 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from offrl.bench import run_bench
+    from offrl.bench import run_bench, run_bench_against_d3rlpy
+    from offrl.errors import OfflineRLError
 
-    include = tuple(args.only.split(",")) if args.only else ("matmul", "updates", "pretrain", "critics", "data")
-    frame = run_bench(Path(args.out), seconds=args.seconds, include=include, command=_command_line(),
-                      device=args.device, compile_update=args.compile)
-    columns = [c for c in ("benchmark", "precision", "value", "unit", "gflops", "peak_fraction") if c in frame]
+    if args.against_d3rlpy:
+        if args.only or args.device != "cpu" or args.compile:
+            raise OfflineRLError("--against-d3rlpy: runs the CPU eager rows in full; drop --only/--device/--compile")
+        frame = run_bench_against_d3rlpy(Path(args.out), args.against_d3rlpy, seconds=args.seconds,
+                                         rounds=args.rounds, command=_command_line())
+    else:
+        include = tuple(args.only.split(",")) if args.only else ("matmul", "updates", "pretrain", "critics", "data")
+        frame = run_bench(Path(args.out), seconds=args.seconds, include=include, command=_command_line(),
+                          device=args.device, compile_update=args.compile)
+    columns = [c for c in ("benchmark", "impl", "precision", "value", "unit", "gflops", "peak_fraction",
+                           "vs_d3rlpy_fp32") if c in frame]
     print(frame[columns].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"written to {args.out}")
     return 0
@@ -412,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=20.0, help="timing window per update benchmark")
     p.add_argument("--only", default=None, help="comma list of: matmul, updates, pretrain, critics, data")
     p.add_argument("--device", default="cpu", help="cpu or cuda (GPU rows are kept apart from CPU rows)")
+    p.add_argument("--against-d3rlpy", metavar="PYTHON", default=None,
+                   help="python of a venv with d3rlpy 2.8.1: alternate its timings with offrl's (see --rounds)")
+    p.add_argument("--rounds", type=int, default=3, help="d3rlpy/offrl alternations; rows keep the median")
     _add_compile_flag(p)
     p.set_defaults(func=cmd_bench)
 

@@ -36,9 +36,65 @@ def test_analytic_update_flops_are_what_torch_counts(hidden):
 def test_bench_rows_carry_rates_and_the_fraction_of_peak(tmp_path):
     from offrl.bench import run_bench
 
-    frame = run_bench(tmp_path / "bench.csv", seconds=0.05, include=("updates",), sizes={"tiny 2x8": (8, 8)})
+    frame = run_bench(tmp_path / "bench.csv", seconds=0.05, include=("updates",), sizes={"tiny 2x8": (8, 8)},
+                      peak_size=256)
     cql = frame[frame["benchmark"] == "CQL update tiny 2x8"]
     assert set(cql["precision"]) == {"fp32", "bf16"}
     assert (cql["value"] > 0).all()
     assert (cql["gflops"] / cql["value"]).tolist() == pytest.approx(cql["gflop_per_update"].tolist())
     assert (tmp_path / "bench.csv").is_file()
+
+
+FAKE_D3RLPY = """
+import sys
+from pathlib import Path
+import pandas as pd
+calls = Path(sys.argv[0]).with_name("calls.txt")
+call = len(calls.read_text().splitlines()) if calls.exists() else 0
+calls.write_text("x\\n" * (call + 1))
+rate = [1.0, 4.0, 2.0][call]  # a machine that drifts between rounds
+pd.DataFrame([{"benchmark": "CQL update tiny 2x8", "impl": "d3rlpy 2.8.1", "precision": "fp32",
+               "value": rate, "unit": "updates/s", "device": "cpu"}]).to_csv(sys.argv[1], index=False)
+"""
+
+
+def test_rounds_against_d3rlpy_keep_median_rates_and_per_round_ratios(tmp_path):
+    import sys
+
+    import pandas as pd
+
+    from offrl.bench import run_bench_against_d3rlpy
+
+    script = tmp_path / "fake_d3rlpy.py"
+    script.write_text(FAKE_D3RLPY)
+    out = tmp_path / "bench.csv"
+    frame = run_bench_against_d3rlpy(out, sys.executable, seconds=0.05, rounds=3, script=script,
+                                     include=("updates",), sizes={"tiny 2x8": (8, 8)}, peak_size=256)
+    rounds = pd.read_csv(tmp_path / "bench_rounds.csv")
+    offrl = rounds[(rounds["impl"] == "offrl") & (rounds["benchmark"] == "CQL update tiny 2x8")
+                   & (rounds["precision"] == "fp32")].sort_values("round")
+    assert len(offrl) == 3
+    per_round_ratio = offrl["value"].to_numpy() / [1.0, 4.0, 2.0]
+    assert offrl["vs_d3rlpy_fp32"].to_numpy() == pytest.approx(per_round_ratio, rel=1e-3)
+    written = pd.read_csv(out).set_index(["impl", "benchmark", "precision"])
+    row = written.loc[("offrl", "CQL update tiny 2x8", "fp32")]
+    assert row["vs_d3rlpy_fp32"] == pytest.approx(sorted(per_round_ratio)[1], rel=1e-3)
+    assert (row["vs_d3rlpy_fp32_min"], row["vs_d3rlpy_fp32_max"]) == pytest.approx(
+        (min(per_round_ratio), max(per_round_ratio)), rel=1e-3)
+    assert row["value"] == pytest.approx(offrl["value"].median(), rel=1e-3) and row["rounds"] == 3
+    assert written.loc[("d3rlpy 2.8.1", "CQL update tiny 2x8", "fp32"), "value"] == pytest.approx(2.0)
+    assert set(frame["impl"]) == {"offrl", "d3rlpy 2.8.1"}
+
+
+def test_rounds_against_d3rlpy_stop_with_the_script_named_when_it_fails(tmp_path):
+    import sys
+
+    from offrl.bench import run_bench_against_d3rlpy
+    from offrl.errors import OfflineRLError
+
+    script = tmp_path / "broken.py"
+    script.write_text("raise SystemExit(3)\n")
+    with pytest.raises(OfflineRLError, match="broken.py failed"):
+        run_bench_against_d3rlpy(tmp_path / "bench.csv", sys.executable, seconds=0.05, rounds=1, script=script,
+                                 include=("updates",), sizes={"tiny 2x8": (8, 8)})
+    assert not (tmp_path / "bench.csv").exists()

@@ -130,17 +130,22 @@ def matmul_peak(dtype: torch.dtype, size: int = 4096, repeats: int = 3,
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
+ALL_BENCHMARKS = ("matmul", "updates", "pretrain", "critics", "fusion", "data")
 PRETRAIN_LOOP = "SAC pretrain loop HalfCheetah-v5 2x256 (env step + update)"
 COMPARED_WITH = {PRETRAIN_LOOP: "SAC update d3rlpy 2x256"}  # the issue's yardstick: d3rlpy's bare SAC update rate
 DEFAULT_SIZES = {"d3rlpy 2x256": (256, 256), "CORL 3x256": (256, 256, 256)}
 
 
 def run_bench(out: Path, seconds: float = 20.0,
-              include: tuple[str, ...] = ("matmul", "updates", "pretrain", "critics", "data"),
+              include: tuple[str, ...] = ALL_BENCHMARKS,
               command: str | None = None, device: str = "cpu", compile_update: bool = False,
               sizes: dict[str, tuple[int, ...]] | None = None, peak_size: int = 4096) -> pd.DataFrame:
     """Measure and merge the rows into `out`. `compile_update` times CQL with `compiled_cql_losses`
     (CUDA graphs on CUDA); the rows say so in their benchmark name."""
+    unknown = sorted(set(include) - set(ALL_BENCHMARKS))
+    if unknown:
+        raise OfflineRLError(f"--only: unknown benchmark(s) {', '.join(unknown)}; "
+                             f"choose from {', '.join(ALL_BENCHMARKS)}")
     device_ = torch.device(device)
     if device_.type == "cuda" and not torch.cuda.is_available():
         raise OfflineRLError(f"--device {device}: CUDA is not available on this machine")
@@ -196,6 +201,8 @@ def run_bench(out: Path, seconds: float = 20.0,
         rows += _pretrain_loop_rows()
     if "critics" in include:
         rows += _critic_layout_rows(seconds)
+    if "fusion" in include:
+        rows += _fusion_rows(seconds)
     if "data" in include:
         rows += _data_rows()
     frame = pd.DataFrame(rows)
@@ -218,6 +225,31 @@ def _pretrain_loop_rows(training_steps: int = 2_000) -> list[dict]:
         rate = pd.read_csv(Path(run_dir) / "metrics.csv")["updates_per_s"].iloc[-1]
     return [{"benchmark": PRETRAIN_LOOP, "impl": "offrl",
              "precision": "fp32", "value": rate, "unit": "updates/s"}]
+
+
+def _fusion_rows(seconds: float) -> list[dict]:
+    """The CPU fast path (`offrl.nets.linear_relu` and the bf16-input head) against the plain operators it
+    replaces: the same CQL update at d3rlpy's size, timed back to back, fp32 and bf16."""
+    from offrl.nets import fused_cpu_kernels
+
+    buffer = _filled_buffer()
+    rows = []
+    for precision in ("fp32", "bf16"):
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+        for fused in (False, True):
+            config = CQLConfig(actor_hidden=(256, 256), critic_hidden=(256, 256))
+            agent = CQLAgent(OBS_DIM, ACT_DIM, config)
+
+            def step(index, agent=agent, config=config, autocast=autocast):
+                with autocast:
+                    cql_update(agent, buffer.sample(256), config, index)
+
+            with fused_cpu_kernels(fused):
+                rate, _ = _time_updates(step, seconds)
+            variant = "fused CPU kernels" if fused else "plain operators"
+            rows.append({"benchmark": f"CQL update d3rlpy 2x256, {variant}", "impl": "offrl",
+                         "precision": precision, "value": rate, "unit": "updates/s"})
+    return rows
 
 
 def _critic_layout_rows(seconds: float) -> list[dict]:
@@ -308,7 +340,7 @@ ROUND_KEY = ["impl", "benchmark", "precision", "device"]
 
 def run_bench_against_d3rlpy(out: Path, d3rlpy_python: str, seconds: float = 20.0, rounds: int = 3,
                              command: str | None = None, script: Path = D3RLPY_SCRIPT,
-                             include: tuple[str, ...] = ("matmul", "updates", "pretrain", "critics", "data"),
+                             include: tuple[str, ...] = ALL_BENCHMARKS,
                              sizes: dict[str, tuple[int, ...]] | None = None, peak_size: int = 4096
                              ) -> pd.DataFrame:
     """d3rlpy's and offrl's update rates, alternated `rounds` times in one sitting.

@@ -298,7 +298,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from offrl.bench import run_bench, run_bench_against_d3rlpy
+    from offrl.bench import ALL_BENCHMARKS, run_bench, run_bench_against_d3rlpy
     from offrl.errors import OfflineRLError
 
     if args.against_d3rlpy:
@@ -307,7 +307,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         frame = run_bench_against_d3rlpy(Path(args.out), args.against_d3rlpy, seconds=args.seconds,
                                          rounds=args.rounds, command=_command_line())
     else:
-        include = tuple(args.only.split(",")) if args.only else ("matmul", "updates", "pretrain", "critics", "data")
+        include = tuple(args.only.split(",")) if args.only else ALL_BENCHMARKS
         frame = run_bench(Path(args.out), seconds=args.seconds, include=include, command=_command_line(),
                           device=args.device, compile_update=args.compile)
     columns = [c for c in ("benchmark", "impl", "precision", "value", "unit", "gflops", "peak_fraction",
@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure update, sampling, collection and loading throughput")
     p.add_argument("--out", default="evaluation/bench.csv")
     p.add_argument("--seconds", type=float, default=20.0, help="timing window per update benchmark")
-    p.add_argument("--only", default=None, help="comma list of: matmul, updates, pretrain, critics, data")
+    p.add_argument("--only", default=None, help="comma list of: matmul, updates, pretrain, critics, fusion, data")
     p.add_argument("--device", default="cpu", help="cpu or cuda (GPU rows are kept apart from CPU rows)")
     p.add_argument("--against-d3rlpy", metavar="PYTHON", default=None,
                    help="python of a venv with d3rlpy 2.8.1: alternate its timings with offrl's (see --rounds)")

@@ -98,3 +98,22 @@ def test_rounds_against_d3rlpy_stop_with_the_script_named_when_it_fails(tmp_path
         run_bench_against_d3rlpy(tmp_path / "bench.csv", sys.executable, seconds=0.05, rounds=1, script=script,
                                  include=("updates",), sizes={"tiny 2x8": (8, 8)})
     assert not (tmp_path / "bench.csv").exists()
+
+
+def test_fusion_rows_time_the_fast_path_against_the_plain_operators(tmp_path):
+    from offrl.bench import run_bench
+
+    frame = run_bench(tmp_path / "bench.csv", seconds=0.01, include=("fusion",))
+    assert sorted(zip(frame["benchmark"], frame["precision"], strict=True)) == [
+        ("CQL update d3rlpy 2x256, fused CPU kernels", "bf16"), ("CQL update d3rlpy 2x256, fused CPU kernels", "fp32"),
+        ("CQL update d3rlpy 2x256, plain operators", "bf16"), ("CQL update d3rlpy 2x256, plain operators", "fp32")]
+    assert (frame["value"] > 0).all()
+
+
+def test_unknown_benchmark_names_are_refused_before_anything_runs(tmp_path):
+    from offrl.bench import run_bench
+    from offrl.errors import OfflineRLError
+
+    with pytest.raises(OfflineRLError, match="--only: unknown benchmark.*matmull"):
+        run_bench(tmp_path / "bench.csv", include=("matmull",))
+    assert not (tmp_path / "bench.csv").exists()

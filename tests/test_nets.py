@@ -132,6 +132,8 @@ def test_float64_and_small_batches_take_the_plain_operators_and_checkpoints_keep
     net = net.double()
     x = torch.randn(FUSED_MIN_ROWS, 5, dtype=torch.float64)
     assert type(linear_relu(x.requires_grad_(), net[0].weight, net[0].bias).grad_fn).__name__ == "ReluBackward0"
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast leaves float64 alone, and so does the fast path
+        assert linear_relu(x, net[0].weight, net[0].bias).dtype == torch.float64
     assert list(net.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
     plain = torch.nn.Sequential(*net)  # the same children run by nn.Sequential: the plain reference
     torch.testing.assert_close(net(x), plain(x))

@@ -26,6 +26,7 @@ from offrl.algos.sac import SACAgent, SACConfig, sac_update
 from offrl.data.buffer import ReplayBuffer
 from offrl.errors import OfflineRLError
 from offrl.fileio import atomic_write_bytes, git_commit
+from offrl.nets import fused_cpu_kernels
 
 __all__ = ["run_bench", "run_bench_against_d3rlpy", "sac_update_flops", "cql_update_flops", "cpu_model"]
 
@@ -136,16 +137,34 @@ COMPARED_WITH = {PRETRAIN_LOOP: "SAC update d3rlpy 2x256"}  # the issue's yardst
 DEFAULT_SIZES = {"d3rlpy 2x256": (256, 256), "CORL 3x256": (256, 256, 256)}
 
 
+def _check_include(include: tuple[str, ...]) -> None:
+    unknown = sorted(set(include) - set(ALL_BENCHMARKS))
+    if unknown:
+        raise OfflineRLError(f"--only: unknown benchmark(s) {', '.join(unknown)}; "
+                             f"choose from {', '.join(ALL_BENCHMARKS)}")
+
+
+def _cql_update_rate(buffer: ReplayBuffer, hidden: tuple[int, ...], precision: str, seconds: float,
+                     device: torch.device = CPU, losses=cql_losses) -> float:
+    """CQL updates/s of a fresh agent with `hidden` actor and critics (batch 256, 10 action samples)."""
+    config = CQLConfig(actor_hidden=hidden, critic_hidden=hidden)
+    agent = CQLAgent(OBS_DIM, ACT_DIM, config).to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def step(index: int) -> None:
+        with autocast:
+            cql_update(agent, buffer.sample(256), config, index, losses)
+
+    return _time_updates(step, seconds, device=device)[0]
+
+
 def run_bench(out: Path, seconds: float = 20.0,
               include: tuple[str, ...] = ALL_BENCHMARKS,
               command: str | None = None, device: str = "cpu", compile_update: bool = False,
               sizes: dict[str, tuple[int, ...]] | None = None, peak_size: int = 4096) -> pd.DataFrame:
     """Measure and merge the rows into `out`. `compile_update` times CQL with `compiled_cql_losses`
     (CUDA graphs on CUDA); the rows say so in their benchmark name."""
-    unknown = sorted(set(include) - set(ALL_BENCHMARKS))
-    if unknown:
-        raise OfflineRLError(f"--only: unknown benchmark(s) {', '.join(unknown)}; "
-                             f"choose from {', '.join(ALL_BENCHMARKS)}")
+    _check_include(include)
     device_ = torch.device(device)
     if device_.type == "cuda" and not torch.cuda.is_available():
         raise OfflineRLError(f"--device {device}: CUDA is not available on this machine")
@@ -182,14 +201,7 @@ def run_bench(out: Path, seconds: float = 20.0,
 
                 ups, _ = _time_updates(sac_step, seconds, device=device_)
                 rows.append(rates_row(f"SAC update {size_name}", ups, sac_update_flops(256, hidden)))
-                cql_config = CQLConfig(actor_hidden=hidden, critic_hidden=hidden)
-                cql_agent = CQLAgent(OBS_DIM, ACT_DIM, cql_config).to(device_)
-
-                def cql_step(step, agent=cql_agent, config=cql_config, autocast=autocast):
-                    with autocast:
-                        cql_update(agent, buffer.sample(256), config, step, losses)
-
-                ups, _ = _time_updates(cql_step, seconds, device=device_)
+                ups = _cql_update_rate(buffer, hidden, precision, seconds, device_, losses)
                 flops = cql_update_flops(256, hidden, hidden, 10)
                 rows.append(rates_row(f"CQL update {size_name}{suffix}", ups, flops))
                 if size_name == next(iter(sizes or DEFAULT_SIZES)) and precision == "fp32" and not compile_update:
@@ -230,22 +242,12 @@ def _pretrain_loop_rows(training_steps: int = 2_000) -> list[dict]:
 def _fusion_rows(seconds: float) -> list[dict]:
     """The CPU fast path (`offrl.nets.linear_relu` and the bf16-input head) against the plain operators it
     replaces: the same CQL update at d3rlpy's size, timed back to back, fp32 and bf16."""
-    from offrl.nets import fused_cpu_kernels
-
     buffer = _filled_buffer()
     rows = []
     for precision in ("fp32", "bf16"):
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
         for fused in (False, True):
-            config = CQLConfig(actor_hidden=(256, 256), critic_hidden=(256, 256))
-            agent = CQLAgent(OBS_DIM, ACT_DIM, config)
-
-            def step(index, agent=agent, config=config, autocast=autocast):
-                with autocast:
-                    cql_update(agent, buffer.sample(256), config, index)
-
             with fused_cpu_kernels(fused):
-                rate, _ = _time_updates(step, seconds)
+                rate = _cql_update_rate(buffer, (256, 256), precision, seconds)
             variant = "fused CPU kernels" if fused else "plain operators"
             rows.append({"benchmark": f"CQL update d3rlpy 2x256, {variant}", "impl": "offrl",
                          "precision": precision, "value": rate, "unit": "updates/s"})
@@ -351,6 +353,7 @@ def run_bench_against_d3rlpy(out: Path, d3rlpy_python: str, seconds: float = 20.
     rounds with the ratio's range, and every round's rows go to `<out stem>_rounds.csv`. The benchmarks
     without a d3rlpy counterpart (critic layouts, data) run once at the end. `script` is called as
     `d3rlpy_python script OUT_CSV SECONDS` and writes d3rlpy's rows."""
+    _check_include(include)
     compared = tuple(name for name in include if name in ("matmul", "updates", "pretrain"))
     once = tuple(name for name in include if name not in compared)
     if rounds < 1:

@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda (GPU rows are kept apart from CPU rows)")
     p.add_argument("--against-d3rlpy", metavar="PYTHON", default=None,
                    help="python of a venv with d3rlpy 2.8.1: alternate its timings with offrl's (see --rounds)")
-    p.add_argument("--rounds", type=int, default=3, help="d3rlpy/offrl alternations; rows keep the median")
+    p.add_argument("--rounds", type=_positive_int, default=3, help="d3rlpy/offrl alternations; rows keep the median")
     _add_compile_flag(p)
     p.set_defaults(func=cmd_bench)
 

@@ -117,3 +117,17 @@ def test_unknown_benchmark_names_are_refused_before_anything_runs(tmp_path):
     with pytest.raises(OfflineRLError, match="--only: unknown benchmark.*matmull"):
         run_bench(tmp_path / "bench.csv", include=("matmull",))
     assert not (tmp_path / "bench.csv").exists()
+
+
+def test_rounds_refuse_unknown_benchmark_names_before_running_d3rlpy(tmp_path):
+    import sys
+
+    from offrl.bench import run_bench_against_d3rlpy
+    from offrl.errors import OfflineRLError
+
+    script = tmp_path / "marks.py"
+    script.write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    with pytest.raises(OfflineRLError, match="--only: unknown benchmark"):
+        run_bench_against_d3rlpy(tmp_path / "bench.csv", sys.executable, rounds=1, script=script,
+                                 include=("updates", "matmull"))
+    assert not (tmp_path / "ran").exists()

@@ -4,19 +4,22 @@ VENV ?= .venv
 # This machine's CPU wheel; override for another build, e.g. TORCH_SPEC="torch==2.13.0 --index-url ..."
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+# Inside the repository the dataset store is datasets/ (cards tracked, HDF5 ignored) and the leaderboard is
+# evaluation/leaderboard.csv; an installed offrl defaults to ~/.offrl (offrl/shipped.py).
+export OFFRL_DATASETS_PATH ?= $(CURDIR)/datasets
+export OFFRL_LEADERBOARD ?= $(CURDIR)/evaluation/leaderboard.csv
 ENV ?= HalfCheetah-v5
 STEPS ?= 300000
 SEED ?= 0
 # `make collect`: every tier at a size that collects in a few minutes on 2 cores
 TRANSITIONS ?= 200000
 VERSION ?= 0
-# `make train-cql`: the main job. HalfCheetah medium with the CPU-sized config: 6000 updates at ~21/s,
-# ~5 minutes on 2 cores after the install (README, Results).
+# `make train-cql`: the main job. HalfCheetah medium with the CPU-sized config (its time: evaluation/RESULTS.md).
 DATASET ?= halfcheetah/medium-v0
 CONFIG ?= fast
 CQL_STEPS ?= 6000
 
-.PHONY: install test test-slow lint pretrain ship-policies collect datasets train-cql finetune leaderboard bench bench-d3rlpy clean
+.PHONY: install test wheel-check test-slow lint pretrain ship-policies collect datasets train-cql finetune leaderboard bench bench-d3rlpy clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +32,10 @@ install: $(BIN)/.installed
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The built wheel in a fresh venv outside the repository: README's Python example and a tiny train-cql.
+wheel-check: install
+	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" bash .ci/wheel_check.sh
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
@@ -66,7 +73,7 @@ leaderboard: install
 BENCH_SECONDS ?= 20
 BENCH_ROUNDS ?= 3
 bench: install
-	$(BIN)/offrl bench --seconds $(BENCH_SECONDS)
+	$(BIN)/python -m benchmarks.bench --seconds $(BENCH_SECONDS)
 
 # d3rlpy pins gymnasium 1.0.0, so it gets its own venv; both benchmarks run in one sitting, alternated
 # BENCH_ROUNDS times (rows keep the median; every round in evaluation/bench_rounds.csv).
@@ -78,7 +85,7 @@ bench: install
 	touch $@
 
 bench-d3rlpy: install .venv-d3rlpy/.installed
-	$(BIN)/offrl bench --seconds $(BENCH_SECONDS) --against-d3rlpy .venv-d3rlpy/bin/python --rounds $(BENCH_ROUNDS)
+	$(BIN)/python -m benchmarks.bench --seconds $(BENCH_SECONDS) --against-d3rlpy .venv-d3rlpy/bin/python --rounds $(BENCH_ROUNDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

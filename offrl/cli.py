@@ -8,9 +8,10 @@ import shlex
 import sys
 from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
 
-DEFAULT_LEADERBOARD = Path("evaluation") / "leaderboard.csv"
+LEADERBOARD_HELP = ("leaderboard CSV to append the run's row to "
+                    "(default: $OFFRL_LEADERBOARD, else ~/.offrl/leaderboard.csv)")
 
 
 def _positive_int(text: str) -> int:
@@ -20,6 +21,37 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, found {value}")
+    return value
+
+
+def _leaderboard(value: str | None) -> Path:
+    from offrl.shipped import default_leaderboard
+
+    return Path(value) if value else default_leaderboard()
+
+
+def _threads_from_environment() -> int | None:
+    from offrl.errors import OfflineRLError
+
+    text = os.environ.get("OFFRL_THREADS", "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise OfflineRLError(f"OFFRL_THREADS={text!r}: expected a positive integer (torch intra-op threads)") from None
+    if value < 1:
+        raise OfflineRLError(f"OFFRL_THREADS={text!r}: expected a positive integer (torch intra-op threads)")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {value}")
     return value
 
 
@@ -34,15 +66,16 @@ def _configure_runtime(threads: int | None) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from offrl.train.online import PretrainConfig, pretrain
+    from offrl.algos.sac import SACConfig
+    from offrl.config import config_with_overrides, parse_overrides
+    from offrl.train.online import PretrainSettings, pretrain
 
-    config = PretrainConfig(env_id=args.env, steps=args.steps, seed=args.seed, device=args.device)
-    if args.eval_every:
-        config.eval_every = args.eval_every
-    if args.checkpoint_every:
-        config.checkpoint_every = args.checkpoint_every
+    sac = config_with_overrides(SACConfig(), parse_overrides(args.set), "--set")
+    settings = PretrainSettings(env_id=args.env, env_steps=args.steps, seed=args.seed, device=args.device, sac=sac,
+                                eval_every=args.eval_every, checkpoint_every=args.checkpoint_every)
     out = Path(args.out) if args.out else Path("runs") / "pretrain" / f"{args.env}-seed{args.seed}"
-    run_dir = pretrain(config, out, resume=args.resume, show_progress=not args.quiet, command=_command_line())
+    run_dir = pretrain(settings, out, resume=args.resume, show_progress=not args.quiet, command=_command_line(),
+                       tensorboard=args.tensorboard)
     print(f"run directory: {run_dir}")
     return 0
 
@@ -54,11 +87,6 @@ def cmd_ship_policies(args: argparse.Namespace) -> int:
     for card in cards.values():
         print(describe(card))
     return 0
-
-
-def _add_compile_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--compile", action="store_true",
-                        help="compile the CQL losses (torch.compile; CUDA graphs on CUDA). Slower than eager on CPU")
 
 
 def _command_line() -> str | None:
@@ -106,7 +134,17 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
     if args.datasets_command == "list":
         rows = []
-        for card in registry.list_cards():
+        store = registry.list_cards()
+        present = {card["id"] for card in store}
+        for card in registry.shipped_cards():
+            if card["id"] not in present:
+                stats = card.get("episode_return") or {}
+                rows.append({"id": card["id"], "version": card["version"], "env": card.get("env_id"),
+                             "transitions": card["transitions"], "episodes": card["episodes"],
+                             "return mean": _fmt(stats.get("mean")), "return std": _fmt(stats.get("std")),
+                             "min": _fmt(stats.get("min")), "max": _fmt(stats.get("max")),
+                             "status": "shipped, not collected (--collect-missing)"})
+        for card in store:
             try:
                 registry.verify_dataset(card["id"], structural=False)
                 status = "verified"
@@ -117,6 +155,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
                          "transitions": card["transitions"], "episodes": card["episodes"],
                          "return mean": _fmt(stats.get("mean")), "return std": _fmt(stats.get("std")),
                          "min": _fmt(stats.get("min")), "max": _fmt(stats.get("max")), "status": status})
+        print(f"store: {registry.dataset_root()}")
         _print_table(rows)
         return 0
     if args.datasets_command == "info":
@@ -157,72 +196,55 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     raise AssertionError(args.datasets_command)
 
 
-def _ensure_dataset(dataset_id: str, transitions: int, show_progress: bool = True) -> None:
-    """`train-cql` on a fresh machine: collect one of offrl's own datasets from the shipped policy if absent."""
-    from offrl.data.collect import TIERS, CollectConfig, collect
-    from offrl.data.registry import card_path, data_path, env_short_name, parse_dataset_id, read_card
-    from offrl.envs import FIRST_CLASS_ENVS
-
-    parsed = parse_dataset_id(dataset_id)
-    if data_path(parsed).exists():
-        return
-    envs = {env_short_name(e): e for e in FIRST_CLASS_ENVS}
-    if parsed.namespace or parsed.tier not in TIERS or parsed.env not in envs:
-        return  # not ours to collect: loading will say what is missing
-    card = read_card(dataset_id) if card_path(parsed).exists() else {}
-    config = CollectConfig(env_id=card.get("env_id", envs[parsed.env]), tier=parsed.tier,
-                           transitions=card.get("transitions", transitions), seed=card.get("seed", 0) or 0,
-                           version=parsed.version)
-    print(f"dataset {dataset_id} is not here: collecting it from the shipped {parsed.tier} policy", file=sys.stderr)
-    command = card.get("command") or (f"offrl collect --env {config.env_id} --tier {parsed.tier} "
-                                       f"--transitions {config.transitions} --version {parsed.version}")
-    collect(config, show_progress=show_progress, command=command)
-
-
 def cmd_train_cql(args: argparse.Namespace) -> int:
-    from offrl.algos.cql import CQLConfig
-    from offrl.config import load_config, shipped_config_path
+    from offrl.agents import CQL, CalQL
+    from offrl.config import parse_overrides, shipped_config_path
+    from offrl.data.dataset import load_dataset
     from offrl.data.registry import parse_dataset_id
-    from offrl.train.offline import OfflineRun, train_cql
 
     parsed = parse_dataset_id(args.dataset)
     config_name = args.config
     if config_name is None:
         own = f"{parsed.env}-{parsed.tier}"
         config_name = own if shipped_config_path("cql", own).is_file() else "corl"
-    config, config_name = load_config(CQLConfig, "cql", config_name)
-    if args.calibrated:
-        config.calibrated = True
-    if args.collect_missing:
-        _ensure_dataset(args.dataset, args.collect_transitions, show_progress=not args.quiet)
-    run = OfflineRun(dataset_id=args.dataset, steps=args.steps, seed=args.seed, device=args.device,
-                     config_name=config_name, compile=args.compile)
-    for name in ("eval_every", "eval_episodes", "log_every", "checkpoint_every"):
-        if getattr(args, name) is not None:
-            setattr(run, name, getattr(args, name))
-    if args.final_eval_episodes is not None:
-        run.final_eval_episodes = args.final_eval_episodes
+    agent_class = CalQL if args.calibrated else CQL
+    agent = agent_class(config_name, device=args.device, compile=args.compile, **parse_overrides(args.set))
+    dataset = load_dataset(args.dataset, args.device, collect_missing=args.collect_missing)
     out = Path(args.out) if args.out else Path("runs") / "cql" / f"{parsed.env}-{parsed.tier}-v{parsed.version}-" \
-        f"{config_name}{'-calql' if config.calibrated else ''}-seed{args.seed}"
-    leaderboard = Path(args.leaderboard) if args.leaderboard else DEFAULT_LEADERBOARD
-    report = train_cql(run, config, out, resume=args.resume, leaderboard=leaderboard,
+        f"{agent.config_name}{'-calql' if agent.config.calibrated else ''}-seed{args.seed}"
+    leaderboard = None if args.no_leaderboard else _leaderboard(args.leaderboard)
+    report = agent.fit(dataset, args.steps, seed=args.seed, eval_every=args.eval_every,
+                       eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
+                       log_every=args.log_every, checkpoint_every=args.checkpoint_every, run_dir=out,
+                       resume=args.resume, tensorboard=args.tensorboard, leaderboard=leaderboard,
                        show_progress=not args.quiet, command=_command_line())
     _print_report(report, leaderboard)
     return 0
 
 
-def _print_report(report: dict, leaderboard: Path | None) -> None:
-    rows = [("run", report["run_dir"]), ("dataset", report["dataset_id"]), ("updates", report["steps"]),
-            ("normalized return (final)", f"{report['final_normalized_return']:.1f}"),
-            ("normalized return (best)", f"{report['best_normalized_return']:.1f}"),
-            ("return", f"{report['mean_return']:.1f} ± {report['return_std']:.1f} "
-                       f"over {report['eval_episodes']} episodes"),
-            ("reference", report["reference"]),
-            ("Q bias (mean Q̂ − G)", f"{report.get('q_bias_mean', float('nan')):.2f}"),
-            ("Q bias normalized (mean ± std)", f"{report.get('q_bias_normalized_mean', float('nan')):.3f} ± "
-                                               f"{report.get('q_bias_normalized_std', float('nan')):.3f}"),
-            ("Q bias rule", report.get("q_bias_rule", "")),
-            ("updates/s", f"{report['updates_per_s']:.1f}" if report.get("updates_per_s") else "")]
+def _number(value, digits: int = 1) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _print_report(report, leaderboard: Path | None) -> None:
+    rows = [("run", report.run_dir), ("dataset", report.dataset_id), ("updates", report.updates)]
+    if report.final_normalized_return is not None:
+        score = "return" if report.reference == "raw" else "normalized return"
+        rows += [(f"{score} (final)", _number(report.final_normalized_return)),
+                 (f"{score} (best)", _number(report.best_normalized_return)),
+                 ("return", f"{_number(report.mean_return)} ± {_number(report.return_std)} "
+                            f"over {report.eval_episodes} episodes"),
+                 ("reference", report.reference),
+                 ("Q bias (mean Q̂ − G)", _number(report.q_bias_mean, 2)),
+                 ("Q bias normalized (mean ± std)", f"{_number(report.q_bias_normalized_mean, 3)} ± "
+                                                    f"{_number(report.q_bias_normalized_std, 3)}"),
+                 ("Q bias rule", report.q_bias_rule or "")]
+    else:
+        rows += [("reference", report.reference)]
+    if report.average_value_estimate is not None:
+        rows += [("mean Q(s, π(s)) on dataset states", _number(report.average_value_estimate, 3)),
+                 ("mean Q(s0, π(s0)) on episode starts", _number(report.initial_state_value_estimate, 3))]
+    rows.append(("updates/s", _number(report.updates_per_s)))
     if leaderboard is not None:
         rows.append(("leaderboard row", str(leaderboard)))
     width = max(len(k) for k, _ in rows)
@@ -231,9 +253,9 @@ def _print_report(report: dict, leaderboard: Path | None) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from offrl.train.offline import evaluate_run
+    from offrl.runs import evaluate_run
 
-    leaderboard = Path(args.leaderboard) if args.leaderboard else DEFAULT_LEADERBOARD
+    leaderboard = None if args.no_leaderboard else _leaderboard(args.leaderboard)
     report = evaluate_run(Path(args.target), args.episodes, leaderboard, device=args.device)
     _print_report(report, leaderboard)
     return 0
@@ -248,7 +270,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         write_summary,
     )
 
-    path = Path(args.leaderboard) if args.leaderboard else DEFAULT_LEADERBOARD
+    path = _leaderboard(args.leaderboard)
     frame = read_leaderboard(path)
     summary = aggregate(frame)
     out = path.parent
@@ -260,7 +282,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from offrl.errors import OfflineRLError
-    from offrl.train.finetune import FinetuneRun, finetune
+    from offrl.train.finetune import FinetuneSettings, finetune
 
     ratio: float | str = args.offline_ratio
     if ratio != "proportional":
@@ -269,51 +291,38 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         except ValueError:
             raise OfflineRLError(f"--offline-ratio must be a number in [0, 1] or 'proportional', found {ratio!r}") \
                 from None
-    run = FinetuneRun(online_steps=args.online_steps, offline_ratio=ratio, utd=args.utd, calibrated=args.calibrated,
-                      cql_alpha_online=args.cql_alpha_online, seed=args.seed, device=args.device,
-                      compile=args.compile)
-    for name in ("eval_every", "eval_episodes", "log_every", "checkpoint_every"):
-        if getattr(args, name) is not None:
-            setattr(run, name, getattr(args, name))
+    settings = FinetuneSettings(online_steps=args.online_steps, offline_ratio=ratio, utd=args.utd,
+                                calibrated=args.calibrated, cql_alpha_online=args.cql_alpha_online, seed=args.seed,
+                                device=args.device, compile=args.compile, eval_every=args.eval_every,
+                                eval_episodes=args.eval_episodes, log_every=args.log_every,
+                                checkpoint_every=args.checkpoint_every)
     source = Path(args.from_run)
     calibration = "" if args.calibrated is None else "-calql" if args.calibrated else "-uncalibrated"
     tag = f"ratio{ratio}-utd{args.utd}-{args.online_steps}{calibration}"
     out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / f"finetune-{tag}"
-    leaderboard = Path(args.leaderboard) if args.leaderboard else DEFAULT_LEADERBOARD
-    report = finetune(source, run, out, resume=args.resume, leaderboard=leaderboard, show_progress=not args.quiet,
-                      command=_command_line())
-    rows = [("run", report["run_dir"]), ("dataset", report["dataset_id"]),
-            ("online steps", report["online_steps"]),
-            ("normalized return before → after", f"{report['before_normalized_return']:.1f} → "
-                                                 f"{report['final_normalized_return']:.1f}"),
-            ("unlearning dip (first 10%)", f"{report['unlearning_dip']:.1f}"),
-            ("area under the online curve", f"{report['online_auc']:.1f}"),
-            ("Q bias normalized before → after", f"{report['before_q_bias_normalized_mean']:.3f} → "
-                                                 f"{report['q_bias_normalized_mean']:.3f}"),
-            ("reference", report["reference"])]
+    leaderboard = None if args.no_leaderboard else _leaderboard(args.leaderboard)
+    report = finetune(source, settings, out, resume=args.resume, leaderboard=leaderboard,
+                      show_progress=not args.quiet, command=_command_line(), tensorboard=args.tensorboard)
+    rows = [("run", report.run_dir), ("dataset", report.dataset_id), ("online steps", report.online_steps),
+            ("normalized return before → after", f"{_number(report.before_normalized_return)} → "
+                                                 f"{_number(report.final_normalized_return)}"),
+            ("unlearning dip (first 10%)", _number(report.unlearning_dip)),
+            ("area under the online curve", _number(report.online_auc)),
+            ("Q bias normalized before → after", f"{_number(report.before_q_bias_normalized_mean, 3)} → "
+                                                 f"{_number(report.q_bias_normalized_mean, 3)}"),
+            ("reference", report.reference)]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from offrl.bench import ALL_BENCHMARKS, run_bench, run_bench_against_d3rlpy
-    from offrl.errors import OfflineRLError
+def cmd_export_policy(args: argparse.Namespace) -> int:
+    from offrl.export import export_policy
 
-    if args.against_d3rlpy:
-        if args.only or args.device != "cpu" or args.compile:
-            raise OfflineRLError("--against-d3rlpy: runs the CPU eager rows in full; drop --only/--device/--compile")
-        frame = run_bench_against_d3rlpy(Path(args.out), args.against_d3rlpy, seconds=args.seconds,
-                                         rounds=args.rounds, command=_command_line())
-    else:
-        include = tuple(args.only.split(",")) if args.only else ALL_BENCHMARKS
-        frame = run_bench(Path(args.out), seconds=args.seconds, include=include, command=_command_line(),
-                          device=args.device, compile_update=args.compile)
-    columns = [c for c in ("benchmark", "impl", "precision", "value", "unit", "gflops", "peak_fraction",
-                           "vs_d3rlpy_fp32") if c in frame]
-    print(frame[columns].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    print(f"written to {args.out}")
+    formats = ("torchscript", "onnx") if args.format == "both" else (args.format,)
+    for path in export_policy(Path(args.run_dir), Path(args.out) if args.out else None, formats=formats):
+        print(f"wrote {path}")
     return 0
 
 
@@ -321,131 +330,168 @@ def _fmt(value) -> str:
     return "" if value is None else f"{value:.1f}"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="offrl", description="Dataset-centric offline reinforcement learning.")
-    parser.add_argument("--threads", type=_positive_int, default=None,
-                        help="torch intra-op threads (default: torch's choice; OFFRL_THREADS also sets it)")
-    sub = parser.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help shows its default: argparse's own, unless the help already says it in words."""
 
-    p = sub.add_parser("pretrain", help="train a SAC behaviour policy online")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or not action.option_strings or action.required):
+            return text
+        return super()._get_help_string(action)
+
+
+def _sub(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
+
+
+def _common_run_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    p.add_argument("--resume", action="store_true", help=f"continue the {what} in --out from its checkpoint")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files under <out>/tensorboard (pip install 'offrl[tensorboard]')")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _set_option(p: argparse.ArgumentParser, config: str) -> None:
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", default=None,
+                   help=f"override one {config} field (repeatable), checked like the YAML: e.g. --set cql_alpha=5")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from offrl import __version__
+
+    parser = argparse.ArgumentParser(prog="offrl", description="Dataset-centric offline reinforcement learning.",
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"offrl {__version__}")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch intra-op threads (default: $OFFRL_THREADS, else torch's choice)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _sub(sub, "pretrain", "train a SAC behaviour policy online")
     p.add_argument("--env", required=True, help="Gymnasium env id, e.g. HalfCheetah-v5")
     p.add_argument("--steps", type=_positive_int, required=True, help="env steps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="run directory (default runs/pretrain/<env>-seed<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--eval-every", type=_positive_int, default=None)
-    p.add_argument("--checkpoint-every", type=_positive_int, default=None)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of torch, numpy and the env")
+    p.add_argument("--out", help="run directory (default: runs/pretrain/<env>-seed<seed>)")
+    p.add_argument("--eval-every", type=_positive_int, default=10_000, help="env steps between evaluations")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=25_000,
+                   help="env steps between checkpoints (taken at the next episode end)")
+    _set_option(p, "SACConfig")
+    _common_run_options(p, "run")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("ship-policies",
-                       help="pick the expert and medium policies of a pretrain run and write their cards")
+    p = _sub(sub, "ship-policies", "pick the expert and medium policies of a pretrain run and write their cards")
     p.add_argument("--run", required=True, help="pretrain run directory")
-    p.add_argument("--dest", help="policy root (default datasets/policies)")
+    p.add_argument("--dest", help="policy root (default: $OFFRL_POLICIES_PATH, else the shipped policies)")
     p.add_argument("--episodes", type=_positive_int, default=20, help="deterministic episodes for the card's return")
     p.set_defaults(func=cmd_ship_policies)
 
-    p = sub.add_parser("collect", help="roll a shipped policy out into a new dataset version")
+    p = _sub(sub, "collect", "roll a shipped policy out into a new dataset version")
     p.add_argument("--env", required=True, help="Gymnasium env id, e.g. HalfCheetah-v5")
     p.add_argument("--tier", required=True, help="random, medium, medium-replay, expert, medium-expert, or all")
-    p.add_argument("--transitions", type=_positive_int, default=1_000_000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--version", type=int, default=0, help="dataset version N in <env>/<tier>-vN")
-    p.add_argument("--namespace", default=None, help="optional id namespace")
+    p.add_argument("--transitions", type=_positive_int, default=1_000_000, help="rows in the dataset")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the rollouts")
+    p.add_argument("--version", type=_non_negative_int, default=0, help="dataset version N in <env>/<tier>-vN")
+    p.add_argument("--namespace", default=None, help="optional id namespace (<namespace>/<env>/<tier>-vN)")
     p.add_argument("--num-envs", type=_positive_int, default=16, help="envs stepped in lockstep")
-    p.add_argument("--replay-file", default=None, help="medium-replay: SAC replay export (default: from the card)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--replay-file", default=None,
+                   help="medium-replay: the SAC replay export (default: the path on the medium policy's card)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_collect)
 
-    p = sub.add_parser("train-cql", help="train CQL-SAC offline on a dataset, evaluate, append a leaderboard row")
-    p.add_argument("--dataset", required=True, help="dataset id, e.g. halfcheetah/medium-v0")
+    p = _sub(sub, "train-cql", "train CQL-SAC (or Cal-QL) offline on a dataset, evaluate, append a leaderboard row")
+    p.add_argument("--dataset", required=True,
+                   help="dataset id, e.g. halfcheetah/medium-v0, or a Minari id in the local Minari store "
+                        "(imported on first use)")
     p.add_argument("--steps", type=_positive_int, required=True, help="gradient updates")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of torch, numpy and evaluation")
     p.add_argument("--config", default=None, help="shipped config name (fast, corl, halfcheetah-medium, ...) or a "
-                                                  "YAML path; default: the dataset's own config, else corl")
+                                                  "YAML path (default: the dataset's own config, else corl)")
+    _set_option(p, "CQLConfig")
     p.add_argument("--calibrated", action="store_true",
                    help="Cal-QL (Nakamoto et al. 2023): floor policy-action Q-values in the conservative term at the "
                         "Monte-Carlo return-to-go")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--out", default=None, help="run directory (default runs/cql/<dataset>-<config>-seed<seed>)")
-    _add_compile_flag(p)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--leaderboard", default=None, help=f"leaderboard CSV (default {DEFAULT_LEADERBOARD})")
-    p.add_argument("--eval-every", type=_positive_int, default=None)
-    p.add_argument("--eval-episodes", type=_positive_int, default=None)
-    p.add_argument("--final-eval-episodes", type=_positive_int, default=None)
-    p.add_argument("--log-every", type=_positive_int, default=None)
-    p.add_argument("--checkpoint-every", type=_positive_int, default=None)
+    p.add_argument("--out", default=None,
+                   help="run directory (default: runs/cql/<env>-<tier>-v<N>-<config>-seed<seed>)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the CQL losses (torch.compile; CUDA graphs on CUDA); slower than eager on CPU")
+    p.add_argument("--leaderboard", default=None, help=LEADERBOARD_HELP)
+    p.add_argument("--no-leaderboard", action="store_true", help="append no leaderboard row")
+    p.add_argument("--eval-every", type=_positive_int, default=5_000, help="updates between evaluations")
+    p.add_argument("--eval-episodes", type=_positive_int, default=10, help="episodes per evaluation")
+    p.add_argument("--final-eval-episodes", type=_positive_int, default=10,
+                   help="episodes of the final evaluation (with Q bias)")
+    p.add_argument("--log-every", type=_positive_int, default=1_000, help="updates between metrics rows")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=5_000, help="updates between checkpoints")
     p.add_argument("--collect-missing", action="store_true",
-                   help="collect the dataset from the shipped policy first if it is one of offrl's and absent")
-    p.add_argument("--collect-transitions", type=_positive_int, default=200_000)
-    p.add_argument("--quiet", action="store_true")
+                   help="collect the dataset from its shipped policy and card first if it is one of offrl's ids and "
+                        "absent from the store")
+    _common_run_options(p, "run")
     p.set_defaults(func=cmd_train_cql)
 
-    p = sub.add_parser("finetune", help="fine-tune an offline CQL run online with mixed offline/online batches")
+    p = _sub(sub, "finetune", "fine-tune an offline CQL run online with mixed offline/online batches")
     p.add_argument("--from", dest="from_run", required=True, help="offline CQL run directory or its checkpoint")
-    p.add_argument("--online-steps", type=_positive_int, required=True)
+    p.add_argument("--online-steps", type=_positive_int, required=True, help="env steps of the online phase")
     p.add_argument("--offline-ratio", default="0.5", help="fraction of each batch from the dataset, or proportional")
     p.add_argument("--utd", type=_positive_int, default=1, help="updates per env step")
     p.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=None,
                    help="Cal-QL: calibrate the conservative term (default: as the offline run was trained)")
-    p.add_argument("--cql-alpha-online", type=float, default=None, help="α_cql once the online phase starts")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    _add_compile_flag(p)
-    p.add_argument("--out", default=None)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--leaderboard", default=None)
-    p.add_argument("--eval-every", type=_positive_int, default=None)
-    p.add_argument("--eval-episodes", type=_positive_int, default=None)
-    p.add_argument("--log-every", type=_positive_int, default=None)
-    p.add_argument("--checkpoint-every", type=_positive_int, default=None)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--cql-alpha-online", type=float, default=None,
+                   help="α_cql once the online phase starts (default: the offline run's)")
+    p.add_argument("--seed", type=_non_negative_int, default=None, help="seed (default: the offline run's)")
+    p.add_argument("--compile", action="store_true", help="compile the CQL losses (torch.compile)")
+    p.add_argument("--out", default=None,
+                   help="run directory (default: <offline run>/finetune-ratio<r>-utd<k>-<steps>)")
+    p.add_argument("--leaderboard", default=None, help=LEADERBOARD_HELP)
+    p.add_argument("--no-leaderboard", action="store_true", help="append no leaderboard row")
+    p.add_argument("--eval-every", type=_positive_int, default=5_000, help="env steps between evaluations")
+    p.add_argument("--eval-episodes", type=_positive_int, default=10, help="episodes per evaluation")
+    p.add_argument("--log-every", type=_positive_int, default=1_000, help="env steps between metrics rows")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=5_000,
+                   help="env steps between checkpoints (taken at the next episode end)")
+    _common_run_options(p, "fine-tuning run")
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("evaluate", help="evaluate a CQL run or checkpoint: normalized return and Q bias")
+    p = _sub(sub, "evaluate", "evaluate a CQL run or checkpoint: normalized return and Q bias")
     p.add_argument("target", help="run directory or checkpoint file")
-    p.add_argument("--episodes", type=_positive_int, default=10)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--leaderboard", default=None)
+    p.add_argument("--episodes", type=_positive_int, default=10, help="deterministic evaluation episodes")
+    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    p.add_argument("--leaderboard", default=None, help=LEADERBOARD_HELP)
+    p.add_argument("--no-leaderboard", action="store_true", help="append no leaderboard row")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("leaderboard", help="aggregate the leaderboard over seeds; write summary and plots")
-    p.add_argument("--leaderboard", default=None)
+    p = _sub(sub, "export-policy", "write a run's policy as a self-contained TorchScript and/or ONNX file")
+    p.add_argument("run_dir", help="offline run directory")
+    p.add_argument("--out", default=None, help="output folder (default: <run_dir>/export)")
+    p.add_argument("--format", choices=("torchscript", "onnx", "both"), default="torchscript",
+                   help="file format(s); ONNX needs pip install 'offrl[onnx]'")
+    p.set_defaults(func=cmd_export_policy)
+
+    p = _sub(sub, "leaderboard", "aggregate the leaderboard over seeds; write summary and plots beside it")
+    p.add_argument("--leaderboard", default=None,
+                   help="leaderboard CSV (default: $OFFRL_LEADERBOARD, else ~/.offrl/leaderboard.csv)")
     p.set_defaults(func=cmd_leaderboard)
 
-    p = sub.add_parser("bench", help="measure update, sampling, collection and loading throughput")
-    p.add_argument("--out", default="evaluation/bench.csv")
-    p.add_argument("--seconds", type=float, default=20.0, help="timing window per update benchmark")
-    p.add_argument("--only", default=None, help="comma list of: matmul, updates, pretrain, critics, fusion, data")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (GPU rows are kept apart from CPU rows)")
-    p.add_argument("--against-d3rlpy", metavar="PYTHON", default=None,
-                   help="python of a venv with d3rlpy 2.8.1: alternate its timings with offrl's (see --rounds)")
-    p.add_argument("--rounds", type=_positive_int, default=3, help="d3rlpy/offrl alternations; rows keep the median")
-    _add_compile_flag(p)
-    p.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser("datasets", help="list, inspect, verify, import and export datasets")
+    p = _sub(sub, "datasets", "list, inspect, verify, import and export datasets")
     p.set_defaults(func=cmd_datasets)
-    ds = p.add_subparsers(dest="datasets_command", required=True)
-    ds.add_parser("list", help="every dataset in the store, verified or not")
-    q = ds.add_parser("info", help="a dataset's card")
-    q.add_argument("id")
-    q = ds.add_parser("verify", help="sha256 and structural checks (all datasets without ID)")
-    q.add_argument("id", nargs="?")
-    q = ds.add_parser("import-d4rl", help="register a D4RL HDF5 file")
-    q.add_argument("file")
-    q.add_argument("--id", required=True, help="e.g. d4rl/halfcheetah/medium-v2")
-    q.add_argument("--env", default=None, help="Gymnasium env id (default: from the id)")
-    q = ds.add_parser("import-minari", help="register a dataset from the local Minari store")
-    q.add_argument("minari_id")
-    q.add_argument("--id", default=None, help="offrl id (default: the Minari id)")
+    ds = p.add_subparsers(dest="datasets_command", required=True, metavar="SUBCOMMAND")
+    _sub(ds, "list", "every dataset in the store and every shipped id, with its status")
+    q = _sub(ds, "info", "a dataset's card")
+    q.add_argument("id", help="dataset id")
+    q = _sub(ds, "verify", "sha256 and structural checks (every dataset in the store without ID)")
+    q.add_argument("id", nargs="?", help="dataset id (default: all)")
+    q = _sub(ds, "import-d4rl", "register a D4RL HDF5 file")
+    q.add_argument("file", help="the D4RL .hdf5 file")
+    q.add_argument("--id", required=True, help="offrl id to register it as, e.g. d4rl/halfcheetah/medium-v2")
+    q.add_argument("--env", default=None, help="Gymnasium env id (default: from the id's env part)")
+    q = _sub(ds, "import-minari", "register a dataset from the local Minari store")
+    q.add_argument("minari_id", help="Minari dataset id, e.g. mujoco/halfcheetah/medium-v0")
+    q.add_argument("--id", default=None, help="offrl id (default: the Minari id, lower case)")
     q.add_argument("--download", action="store_true", help="let Minari download it (needs network)")
-    q.add_argument("--env", default=None)
-    q = ds.add_parser("export-minari", help="write a dataset into the local Minari store")
-    q.add_argument("id")
-    q.add_argument("--minari-id", default=None, help="default offrl/<env>/<tier>-vN")
+    q.add_argument("--env", default=None, help="Gymnasium env id (default: the one Minari records)")
+    q = _sub(ds, "export-minari", "write a dataset into the local Minari store")
+    q.add_argument("id", help="offrl dataset id")
+    q.add_argument("--minari-id", default=None, help="Minari id (default: offrl/<env>/<tier>-vN)")
     return parser
 
 
@@ -454,9 +500,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    threads = args.threads or (int(os.environ["OFFRL_THREADS"]) if os.environ.get("OFFRL_THREADS") else None)
-    _configure_runtime(threads)
     try:
+        _configure_runtime(args.threads or _threads_from_environment())
         return args.func(args)
     except OfflineRLError as exc:
         print(f"offrl: error: {exc}", file=sys.stderr)

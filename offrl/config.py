@@ -13,7 +13,8 @@ import yaml
 
 from offrl.errors import OfflineRLError
 
-__all__ = ["CONFIG_ROOT", "config_from_dict", "load_config", "config_hash", "shipped_config_path"]
+__all__ = ["CONFIG_ROOT", "config_from_dict", "config_with_overrides", "parse_overrides", "load_config",
+           "config_hash", "shipped_config_path", "shipped_config_names"]
 
 CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
 T = TypeVar("T")
@@ -67,6 +68,11 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             raise OfflineRLError(f"{where} must be an integer, found {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # PyYAML reads 3e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise OfflineRLError(f"{where} must be a number, found {value!r}")
         return float(value)
@@ -77,13 +83,38 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def config_with_overrides(config: T, overrides: dict[str, Any], source: str) -> T:
+    """A copy of `config` with `overrides` applied, checked exactly as a YAML file's values are."""
+    if not overrides:
+        return config
+    return config_from_dict(type(config), {**dataclasses.asdict(config), **overrides}, source)
+
+
+def parse_overrides(assignments: list[str] | None) -> dict[str, Any]:
+    """`["cql_alpha=5", "critic_hidden=[256, 256]"]` → values read as YAML, as in a config file."""
+    overrides: dict[str, Any] = {}
+    for text in assignments or []:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise OfflineRLError(f"--set {text!r}: expected FIELD=VALUE, e.g. --set cql_alpha=5")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as exc:
+            raise OfflineRLError(f"--set {text!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+    return overrides
+
+
+def shipped_config_names(algorithm: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_ROOT / algorithm).glob("*.yaml"))
+
+
 def load_config(cls: type[T], algorithm: str, name_or_path: str) -> tuple[T, str]:
     """Load a shipped config by name (`fast`) or any YAML file by path; returns (config, name)."""
     path = Path(name_or_path)
     if not path.suffix:
         path = shipped_config_path(algorithm, name_or_path)
         if not path.is_file():
-            shipped = sorted(p.stem for p in (CONFIG_ROOT / algorithm).glob("*.yaml"))
+            shipped = shipped_config_names(algorithm)
             raise OfflineRLError(f"--config {name_or_path!r}: no such shipped config; shipped: {', '.join(shipped)}, "
                                  "or give a path to a YAML file")
     if not path.is_file():

@@ -2,124 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["mlp", "MLP", "linear_relu", "fused_cpu_kernels", "FUSED_MIN_ROWS", "TwinCritic", "TanhGaussianActor",
-           "tanh_gaussian_log_prob", "sample_tanh_gaussian", "action_log_prob"]
+from offrl.cpu_kernels import linear_relu, upcast_linear
+
+__all__ = ["mlp", "MLP", "TwinCritic", "TanhGaussianActor", "tanh_gaussian_log_prob", "sample_tanh_gaussian",
+           "action_log_prob"]
 
 LOG_STD_MIN = -5.0
 LOG_STD_MAX = 2.0
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-_fused_cpu_kernels_enabled = True
-# Below ~1k rows the Python autograd.Function costs more than the passes it saves: a SAC update (batch 256)
-# ran 10-20% slower fused, a CQL update (31 x 256 critic rows) 11-20% faster (2-core Xeon, 2x256).
-FUSED_MIN_ROWS = 1024
-
-
-@contextlib.contextmanager
-def fused_cpu_kernels(enabled: bool) -> Iterator[None]:
-    """Switch the CPU fast path (`linear_relu`, the bf16-input output layer) on or off, e.g. to count FLOPs
-    with torch's counter, which sees only the plain operators, or to time the plain path."""
-    global _fused_cpu_kernels_enabled
-    previous, _fused_cpu_kernels_enabled = _fused_cpu_kernels_enabled, enabled
-    try:
-        yield
-    finally:
-        _fused_cpu_kernels_enabled = previous
-
-
-def _fusable_on_cpu(x: torch.Tensor) -> bool:
-    """The CPU fast path applies to eager fp32/bf16 work on many rows; float64 (the reference tests), CUDA,
-    traced code (torch.compile, CUDA graphs) and small batches take the plain operators."""
-    if (not _fused_cpu_kernels_enabled or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16)
-            or x.numel() < FUSED_MIN_ROWS * x.shape[-1] or torch.compiler.is_compiling()
-            or not torch.backends.mkldnn.is_available()):
-        return False
-    lower = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    if lower == torch.bfloat16:
-        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return lower == torch.float32
-
-
-def _weight_grad(grad_rows: torch.Tensor, input_rows: torch.Tensor) -> torch.Tensor:
-    """gᵀx over all rows. For a narrow input (the critic's 23-wide first layer) the transposed product
-    xᵀg is 1.5-2.3× faster on the Xeon (a 256×7936 · 7936×23 GEMM runs far below peak; 23×7936 · 7936×256
-    does not)."""
-    if input_rows.shape[-1] < grad_rows.shape[-1]:
-        return (input_rows.t() @ grad_rows).t()
-    return grad_rows.t() @ input_rows
-
-
-class _LinearReLU(torch.autograd.Function):
-    """relu(x Wᵀ + b) as one oneDNN call, bias and ReLU applied while the GEMM's output is still in cache.
-
-    Eager PyTorch writes the biased pre-activation and reads it back for the ReLU: two passes over
-    31 × batch × 256 floats per critic layer in CQL. The backward masks the gradient with the saved output
-    exactly as ReLU's own backward does."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        out = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu", [], "")
-        ctx.save_for_backward(x, weight, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        x, weight, out = ctx.saved_tensors
-        grad_pre = torch.ops.aten.threshold_backward(grad_out, out, 0)
-        grad_rows = grad_pre.reshape(-1, grad_pre.shape[-1])
-        grad_x = grad_pre @ weight if ctx.needs_input_grad[0] else None
-        grad_weight = _weight_grad(grad_rows, x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
-        grad_bias = grad_rows.sum(0) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_weight, grad_bias
-
-
-def linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """relu(F.linear(x, weight, bias)), fused on CPU; under autocast it runs in the autocast dtype as
-    F.linear would."""
-    if not _fusable_on_cpu(x):
-        return F.relu(F.linear(x, weight, bias))
-    if torch.is_autocast_enabled("cpu"):
-        dtype = torch.get_autocast_dtype("cpu")
-        x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
-    return _LinearReLU.apply(x.contiguous(), weight, bias)
-
-
-class _LowPrecisionInputHead(torch.autograd.Function):
-    """The fp32 output layer fed with bf16 hidden activations. Forward in fp32 as before; the backward
-    returns the activations' gradient directly in bf16 (the dtype autocast would cast it to) and takes the
-    weight gradient from a bf16 GEMM with fp32 accumulation. The plain `x.float()` route writes and reads
-    back fp32 copies of the activations and of their gradient: ~20% of a bf16 CQL update (torch profiler)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        rows = x.reshape(-1, x.shape[-1]).to(weight.dtype)
-        return torch.addmm(bias, rows, weight.t()).reshape(*x.shape[:-1], weight.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        grad_rows = grad_out.reshape(-1, grad_out.shape[-1])
-        low_grad_rows = grad_rows.to(x.dtype)
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            low_weight = weight.to(x.dtype)
-            # A Q head (one output): the outer product as a broadcast multiply, not a K=1 GEMM (+2% per update).
-            grad_x = low_grad_rows * low_weight if weight.shape[0] == 1 else low_grad_rows @ low_weight
-            grad_x = grad_x.reshape(x.shape)
-        grad_weight = ((low_grad_rows.t() @ x.reshape(-1, x.shape[-1])).to(weight.dtype)
-                       if ctx.needs_input_grad[1] else None)
-        grad_bias = grad_rows.sum(0) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_weight, grad_bias
 
 
 class Float32Linear(nn.Linear):
@@ -128,13 +25,11 @@ class Float32Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            if x.dtype == torch.bfloat16 and self.weight.dtype == torch.float32 and _fusable_on_cpu(x):
-                return _LowPrecisionInputHead.apply(x, self.weight, self.bias)
-            return super().forward(x.to(self.weight.dtype))
+            return upcast_linear(x, self.weight, self.bias)
 
 
 class MLP(nn.Sequential):
-    """Linear → ReLU → … → Float32Linear, each hidden Linear + ReLU evaluated by `linear_relu`.
+    """Linear → ReLU → … → Float32Linear, each hidden Linear + ReLU evaluated by `offrl.cpu_kernels.linear_relu`.
 
     The children are those of the plain `nn.Sequential` (same state_dict keys: shipped policies and
     checkpoints load unchanged)."""
@@ -169,12 +64,11 @@ class TwinCritic(nn.Module):
     """Two independent Q-networks evaluated in one call: `critic(obs, act) -> (2, *act.shape[:-1])`.
 
     `obs` broadcasts against the leading dimensions of `act`, so CQL passes its (3n + 1, B) action grid with
-    observations of shape (B, obs_dim). Measured on the 2-core Xeon, and kept as the plain layout:
-    - splitting the first layer into W_s·s (once per state) + W_a·a (per grid row) gained 2% fp32 and lost
-      6% bf16 in the whole CQL update (interleaved A/B, 2 threads, 2x256), so s is repeated and concatenated;
-    - a bmm-stacked ensemble is as fast or faster for critic fwd+bwd alone (`offrl bench --only critics`:
-      23.7 vs 23.4 calls/s, 30.8 vs 23.7 in an earlier sitting) but measured slower inside the whole CQL
-      update (16.8 vs 19.8 updates/s fp32; a throwaway prototype, not kept).
+    observations of shape (B, obs_dim). Kept as the plain layout, two independent MLPs:
+    - splitting the first layer into W_s·s (once per state) + W_a·a (per grid row) did not pay off over a
+      whole CQL update (it lost under bf16), so s is repeated and concatenated;
+    - a bmm-stacked ensemble can be faster for critic fwd+bwd alone (`critics` rows of evaluation/bench.csv)
+      but was slower inside the whole CQL update (a prototype, not kept).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), orthogonal_init: bool = False):

@@ -22,11 +22,11 @@ from offrl.errors import OfflineRLError
 from offrl.evaluation.rollout import evaluate_policy, uniform_random_policy
 from offrl.fileio import atomic_torch_save, atomic_write_bytes, git_commit, sha256_file
 from offrl.nets import TanhGaussianActor
+from offrl.shipped import shipped_policies_root
 
-__all__ = ["POLICY_ROOT", "ShippedPolicy", "policy_root", "policy_path", "load_policy", "save_policy",
+__all__ = ["ShippedPolicy", "policy_root", "policy_path", "load_policy", "save_policy",
            "ship_policies", "CARD_EVAL_SEED"]
 
-POLICY_ROOT = Path(__file__).resolve().parent.parent / "datasets" / "policies"
 POLICY_FORMAT = "offrl-policy"
 CARD_EVAL_SEED = 2_000_000  # card returns use start states no training evaluation saw
 # Expert returns SAC reaches in about 300k steps (SAC paper, CleanRL and CORL curves): what a shipped expert
@@ -42,8 +42,8 @@ class ShippedPolicy:
 
 
 def policy_root() -> Path:
-    """The shipped policies in the repository, unless OFFRL_POLICIES_PATH names another folder."""
-    return Path(os.environ.get("OFFRL_POLICIES_PATH") or POLICY_ROOT)
+    """The shipped policies (offrl.shipped), unless OFFRL_POLICIES_PATH names another folder."""
+    return Path(os.environ.get("OFFRL_POLICIES_PATH") or shipped_policies_root())
 
 
 def policy_path(env_id: str, tier: str, root: Path | None = None) -> Path:
@@ -104,15 +104,16 @@ def ship_policies(run_dir: Path, dest_root: Path | None = None, episodes: int = 
     `episodes` deterministic episodes, write weights + cards, and export the replay buffer up to the
     medium snapshot (compressed HDF5, in the run directory) for the medium-replay tier."""
     from offrl.data.hdf5 import write_replay_prefix
-    from offrl.train.common import load_checkpoint
+    from offrl.train.checkpoints import load_checkpoint
+    from offrl.train.online import read_pretrain_record
 
     run_dir = Path(run_dir)
-    config_path, evals_path = run_dir / "config.json", run_dir / "evaluations.csv"
-    for p in (config_path, evals_path):
-        if not p.is_file():
-            raise OfflineRLError(f"{run_dir} is not a pretrain run: {p.name} is missing")
-    run = json.loads(config_path.read_text())
-    env_id, seed = run["config"]["env_id"], run["config"]["seed"]
+    run = read_pretrain_record(run_dir)
+    evals_path = run_dir / "evaluations.csv"
+    if not evals_path.is_file():
+        raise OfflineRLError(f"{run_dir} is not a pretrain run: {evals_path.name} is missing")
+    settings = run["settings"]
+    env_id, seed = settings["env_id"], settings["seed"]
     evals = pd.read_csv(evals_path)
     if evals.empty:
         raise OfflineRLError(f"{evals_path}: no evaluations yet")
@@ -128,7 +129,7 @@ def ship_policies(run_dir: Path, dest_root: Path | None = None, episodes: int = 
     for tier, row in (("expert", expert_row), ("medium", medium_row)):
         step = int(row["step"])
         snapshot = torch.load(run_dir / "snapshots" / f"actor_{step}.pt", map_location="cpu", weights_only=True)
-        actor = TanhGaussianActor(run["obs_dim"], run["act_dim"], tuple(run["config"]["sac"]["hidden"]))
+        actor = TanhGaussianActor(run["obs_dim"], run["act_dim"], tuple(settings["sac"]["hidden"]))
         actor.load_state_dict(snapshot["actor"])
         actor.eval()
         result = evaluate_policy(lambda o, a=actor: a.act(o, deterministic=True), env_id, episodes, CARD_EVAL_SEED)
@@ -138,17 +139,15 @@ def ship_policies(run_dir: Path, dest_root: Path | None = None, episodes: int = 
             "env_id": env_id, "env_version": env_id.rsplit("-v", 1)[-1], "tier": tier, **versions(),
             "torch": torch.__version__, "offrl_version": __version__, "git_commit": run.get("git_commit", "unknown"),
             "shipped_with_git_commit": git_commit(),
-            "algorithm": "SAC", "seed": seed, "training_steps": step, "run_steps": int(run["config"]["steps"]),
+            "algorithm": "SAC", "seed": seed, "training_steps": step, "run_steps": int(settings["env_steps"]),
             "selection": "best evaluated snapshot (10 deterministic episodes)" if tier == "expert" else rule,
             "selection_return_10ep": float(row["return_mean"]),
             "return_mean": result.mean, "return_std": result.std, "return_min": float(result.returns.min()),
             "return_max": float(result.returns.max()), "eval_episodes": episodes, "eval_deterministic": True,
             "eval_seed": CARD_EVAL_SEED, "random_policy_return_mean": random_result.mean,
-            "obs_dim": run["obs_dim"], "act_dim": run["act_dim"], "hidden": run["config"]["sac"]["hidden"],
+            "obs_dim": run["obs_dim"], "act_dim": run["act_dim"], "hidden": settings["sac"]["hidden"],
             "weights_file": weights.name, "sha256": sha,
-            "command": " && ".join([run.get("command", f"offrl pretrain --env {env_id} --steps "
-                                                       f"{run['config']['steps']} --seed {seed}"),
-                                    *run.get("resumed_with", [])]),
+            "command": " && ".join([run["command"], *run.get("resumed_with", [])]),
             "ship_command": command or "offrl " + shlex.join(sys.argv[1:]),
         }
     target_return = EXPERT_TARGETS.get(env_id)
@@ -162,9 +161,9 @@ def ship_policies(run_dir: Path, dest_root: Path | None = None, episodes: int = 
                                    "--steps to train longer")
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt", "sac-online")
     medium_step = cards["medium"]["training_steps"]
-    if checkpoint["step"] >= medium_step:
+    if checkpoint["loop"]["step"] >= medium_step:
         replay_path = run_dir / "replay_medium.hdf5"
-        write_replay_prefix(checkpoint["buffer"]["transitions"], medium_step, replay_path, env_id=env_id)
+        write_replay_prefix(checkpoint["source"]["buffer"]["transitions"], medium_step, replay_path, env_id=env_id)
         cards["medium"]["replay_buffer"] = {"path": str(replay_path), "transitions": medium_step}
     for tier, card in cards.items():
         atomic_write_bytes(policy_path(env_id, tier, dest_root).with_suffix(".json"),

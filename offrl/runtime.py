@@ -16,8 +16,8 @@ def keep_freed_memory_mapped() -> bool:
 
     A CQL update allocates and frees the same multi-MB activation tensors every step. With glibc's defaults
     they are mmap'd and unmapped (or trimmed off the heap) each time, so every update page-faults its
-    memory in afresh. Keeping them mapped measured +10-15% fp32 and +30% bf16 CQL updates/s on the 2-core
-    Xeon (`offrl bench`); Intel's PyTorch CPU tuning guide makes the same point with jemalloc/tcmalloc.
+    memory in afresh; keeping them mapped avoids those page faults (the `updates` rows of evaluation/bench.csv are
+    measured with it; Intel's PyTorch CPU tuning guide makes the same point with jemalloc/tcmalloc).
     Returns False (and changes nothing) where the C library is not glibc.
     """
     if not sys.platform.startswith("linux"):

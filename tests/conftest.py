@@ -9,6 +9,8 @@ torch.set_num_threads(1)
 def _isolated_dataset_store(tmp_path, monkeypatch):
     """No test reads or writes the user's dataset store."""
     monkeypatch.setenv("OFFRL_DATASETS_PATH", str(tmp_path / "store"))
+    monkeypatch.setenv("OFFRL_LEADERBOARD", str(tmp_path / "leaderboard.csv"))
+    monkeypatch.setenv("OFFRL_HOME", str(tmp_path / "offrl-home"))
 
 
 @pytest.fixture

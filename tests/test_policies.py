@@ -7,7 +7,8 @@ import torch
 
 from offrl.envs import make_env
 from offrl.errors import OfflineRLError
-from offrl.policies import POLICY_ROOT, load_policy, policy_path
+from offrl.policies import load_policy, policy_path
+from offrl.shipped import shipped_policies_root
 
 SHIPPED_ENVS = ("HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "Pendulum-v1")
 TIERS = ("expert", "medium")
@@ -59,5 +60,5 @@ def test_policy_without_card_or_file_is_refused(tmp_path):
         load_policy(tmp_path / "orphan.pt")
 
 
-def test_policy_root_is_the_repository_folder():
-    assert POLICY_ROOT.parts[-2:] == ("datasets", "policies")
+def test_policy_root_in_a_source_checkout_is_the_repository_folder():
+    assert shipped_policies_root().parts[-2:] == ("datasets", "policies")

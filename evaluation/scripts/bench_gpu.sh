@@ -12,5 +12,5 @@ cp evaluation/bench.csv "$out/bench.csv"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$out/gpu.txt"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-python3 -m offrl.cli bench --device cuda --only matmul,updates --seconds 5 --out "$out/bench.csv"
-python3 -m offrl.cli bench --device cuda --compile --only updates --seconds 5 --out "$out/bench.csv"
+python3 -m benchmarks.bench --device cuda --only matmul,updates --seconds 5 --out "$out/bench.csv"
+python3 -m benchmarks.bench --device cuda --compile --only updates --seconds 5 --out "$out/bench.csv"

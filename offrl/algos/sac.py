@@ -61,7 +61,7 @@ class SACAgent(torch.nn.Module):
     """Actor, twin critic, its Polyak target, log α and their optimisers."""
 
     def __init__(self, obs_dim: int, act_dim: int, config: SACConfig, critic_hidden: tuple[int, ...] | None = None,
-                 actor_lr: float | None = None, critic_lr: float | None = None, orthogonal_critic_init: bool = False):
+                 orthogonal_critic_init: bool = False):
         super().__init__()
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.actor = TanhGaussianActor(obs_dim, act_dim, config.hidden)
@@ -71,8 +71,8 @@ class SACAgent(torch.nn.Module):
         self.critic_target.requires_grad_(False)
         self.log_alpha = torch.nn.Parameter(torch.tensor(float(config.init_alpha)).log())
         self.target_entropy = float(config.target_entropy if config.target_entropy is not None else -act_dim)
-        self.actor_optimizer = make_optimizer(self.actor.parameters(), actor_lr or config.actor_lr)
-        self.critic_optimizer = make_optimizer(self.critic.parameters(), critic_lr or config.critic_lr)
+        self.actor_optimizer = make_optimizer(self.actor.parameters(), config.actor_lr)
+        self.critic_optimizer = make_optimizer(self.critic.parameters(), config.critic_lr)
         self.alpha_optimizer = make_optimizer([self.log_alpha], config.alpha_lr)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["Batch", "ReplayBuffer", "TRANSITION_FIELDS"]
+__all__ = ["Batch", "ReplayBuffer"]
 
-TRANSITION_FIELDS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 
 
 @dataclass(frozen=True)
@@ -24,9 +23,6 @@ class Batch:
     timeouts: torch.Tensor
     mc_returns: torch.Tensor | None = None  # Monte-Carlo return-to-go of s (Cal-QL), when the buffer keeps it
 
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
-                        for f in fields(self)})
 
 
 class ReplayBuffer:

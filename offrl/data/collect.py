@@ -26,18 +26,20 @@ from offrl.data.registry import (
     card_path,
     data_path,
     env_short_name,
+    parse_dataset_id,
     read_card,
     register_dataset,
+    shipped_card,
     verify_dataset,
 )
 from offrl.envs import env_spec, make_env, versions
 from offrl.errors import OfflineRLError
 from offrl.evaluation.rollout import evaluate_policy, uniform_random_policy
-from offrl.fileio import sha256_file
+from offrl.fileio import atomic_write_bytes, sha256_file
 from offrl.nets import TanhGaussianActor, tanh_gaussian_log_prob
 from offrl.policies import CARD_EVAL_SEED, load_policy, policy_path
 
-__all__ = ["TIERS", "CollectConfig", "collect", "rollout_transitions", "reference_scores"]
+__all__ = ["TIERS", "CollectConfig", "collect", "collect_shipped", "rollout_transitions", "reference_scores"]
 
 TIERS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 REFERENCE_EPISODES = 20
@@ -260,6 +262,8 @@ def collect(config: CollectConfig, show_progress: bool = True, command: str | No
             raise OfflineRLError(f"dataset {dataset_id} already exists ({existing}); versions are immutable, pass a "
                                  f"new version (--version {config.version + 1})")
         rebuild_card = read_card(dataset_id)  # card tracked in git, file not: rebuild it and check the bytes
+    else:
+        rebuild_card = shipped_card(dataset_id)  # one of offrl's own ids: rebuilt from its shipped card
 
     spec = env_spec(make_env(config.env_id))
     fields: dict = {"env_id": config.env_id, **versions(), "tier": config.tier, "seed": config.seed,
@@ -295,6 +299,7 @@ def collect(config: CollectConfig, show_progress: bool = True, command: str | No
 def _rebuild(dataset_id: str, arrays: dict[str, np.ndarray], card: dict) -> dict:
     """Recreate a card's missing file; keep it only if its bytes hash to the card's sha256."""
     final = data_path(dataset_id)
+    final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=final.parent) as tmp:
         candidate = Path(tmp) / final.name
         write_transitions(candidate, arrays, {"dataset_id": dataset_id, "env_id": card.get("env_id", "")})
@@ -306,4 +311,25 @@ def _rebuild(dataset_id: str, arrays: dict[str, np.ndarray], card: dict) -> dict
                 f"{card.get('gymnasium')}, mujoco {card.get('mujoco')}); nothing was written. Collect a new "
                 "version instead.")
         candidate.replace(final)
+    if not card_path(dataset_id).exists():
+        atomic_write_bytes(card_path(dataset_id), (json.dumps(card, indent=2) + "\n").encode())
     return card
+
+
+def collect_shipped(dataset_id: str, show_progress: bool = True) -> dict:
+    """Collect one of offrl's own dataset ids from its shipped policy, reproducing its card's bytes.
+
+    The card comes from the store (a source checkout tracks it) or from the cards offrl ships; collection
+    follows the card's settings, and the file is kept only if its sha256 matches the card's."""
+    from offrl.envs import FIRST_CLASS_ENVS
+
+    parsed = parse_dataset_id(dataset_id)
+    card = read_card(dataset_id) if card_path(parsed).exists() else shipped_card(parsed)
+    envs = {env_short_name(e): e for e in FIRST_CLASS_ENVS}
+    if card is None or parsed.namespace or parsed.tier not in TIERS or parsed.env not in envs:
+        raise OfflineRLError(f"dataset {dataset_id}: not in the store ({card_path(parsed)}) and not one of offrl's "
+                             "shipped ids, so it cannot be collected; `offrl datasets list` shows what is here")
+    config = CollectConfig(env_id=card.get("env_id", envs[parsed.env]), tier=parsed.tier,
+                           transitions=card["transitions"], seed=card.get("seed") or 0, version=parsed.version)
+    print(f"dataset {dataset_id} is not here: collecting it from the shipped {parsed.tier} policy", file=sys.stderr)
+    return collect(config, show_progress=show_progress, command=card.get("command"))

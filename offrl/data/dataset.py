@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,12 +11,12 @@ import numpy as np
 import torch
 
 from offrl.data.buffer import Batch, ReplayBuffer
-from offrl.data.hdf5 import episode_ends, read_transitions
-from offrl.data.registry import data_path, verify_dataset
+from offrl.data.hdf5 import episode_ends, read_transitions, validate_transitions
+from offrl.data.registry import card_path, data_path, verify_dataset
 from offrl.errors import OfflineRLError
 
-__all__ = ["OfflineDataset", "load_dataset", "buffer_from_dataset", "MixedSampler", "ObservationNormalizer",
-           "returns_to_go"]
+__all__ = ["OfflineDataset", "load_dataset", "dataset_from_arrays", "buffer_from_dataset", "MixedSampler",
+           "ObservationNormalizer", "returns_to_go"]
 
 
 @dataclass
@@ -38,28 +39,108 @@ class OfflineDataset:
         return int(self.tensors["actions"].shape[1])
 
 
+    @property
+    def env_id(self) -> str | None:
+        """The env the data came from, or None for data without one (env-free diagnostics only)."""
+        return self.card.get("env_id") or None
+
+
 def load_dataset(dataset_id: str, device: torch.device | str = "cpu", root: Path | None = None,
-                 include_infos: bool = False) -> OfflineDataset:
-    """Verify the file's sha256 against its card (refusing on mismatch), then load it onto `device`."""
+                 collect_missing: bool = False) -> OfflineDataset:
+    """A registered dataset on `device`, its file's sha256 checked against its card (refused on mismatch).
+
+    An id that is not in the store is imported from the local Minari store when Minari has it (checksummed and
+    carded on first use); with `collect_missing`, one of offrl's shipped ids is collected from its shipped
+    policy and card."""
+    if root is None and not card_path(dataset_id).exists():
+        from offrl.data.minari_io import import_minari_if_local
+
+        if import_minari_if_local(dataset_id) is None and collect_missing:
+            from offrl.data.collect import collect_shipped
+
+            collect_shipped(dataset_id)
     card = verify_dataset(dataset_id, root, structural=False)
     arrays, _ = read_transitions(data_path(dataset_id, root))
     if len(arrays["rewards"]) != card["transitions"]:
         raise OfflineRLError(f"dataset {dataset_id}: file has {len(arrays['rewards'])} transitions, card says "
                              f"{card['transitions']}")
-    keep = [k for k in arrays if include_infos or not k.startswith("infos/")]
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(arrays[k], dtype=np.float32)).to(device) for k in keep}
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(arrays[k], dtype=np.float32)).to(device)
+               for k in arrays if not k.startswith("infos/")}
     return OfflineDataset(dataset_id=dataset_id, card=card, tensors=tensors)
 
 
-def buffer_from_dataset(dataset: OfflineDataset, extra_capacity: int = 0,
-                        normalizer: ObservationNormalizer | None = None, reward_scale: float = 1.0,
-                        mc_returns_gamma: float | None = None) -> ReplayBuffer:
-    """A replay buffer holding the dataset (plus room for `extra_capacity` online transitions), observations
-    through `normalizer` and rewards times `reward_scale` as a run trains on them; with `mc_returns_gamma`, each
-    row also carries its discounted return-to-go of the scaled rewards (Cal-QL's V_ref)."""
+def dataset_from_arrays(observations: np.ndarray, actions: np.ndarray, rewards: np.ndarray, terminals: np.ndarray,
+                        timeouts: np.ndarray, next_observations: np.ndarray | None = None, env_id: str | None = None,
+                        reference_scores: tuple[float, float] | None = None, name: str = "arrays",
+                        device: torch.device | str = "cpu") -> OfflineDataset:
+    """Your own transitions as a dataset (nothing is written). Rows are consecutive within an episode; an
+    episode ends at a terminal or a timeout. Without `next_observations`, row t's next observation is row t + 1's
+    observation (an episode's last row then needs `next_observations`, so it is dropped, as D4RL's
+    `qlearning_dataset` drops it). Actions must lie in [-1, 1] (offrl's policy space). `env_id` enables
+    evaluation in that env; `reference_scores` (random, expert) turn returns into normalized scores."""
+    arrays = {"observations": observations, "actions": actions, "rewards": rewards, "terminals": terminals,
+              "timeouts": timeouts}
+    for key, value in arrays.items():
+        if value is None:
+            raise OfflineRLError(f"dataset_from_arrays: {key} is required")
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    for key in ("rewards", "terminals", "timeouts"):
+        if arrays[key].ndim == 2 and arrays[key].shape[1] == 1:
+            arrays[key] = arrays[key][:, 0]
+    if next_observations is None:
+        from offrl.data.d4rl import qlearning_transitions
+
+        lengths = {k: len(v) for k, v in arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise OfflineRLError(f"dataset_from_arrays: arrays of unequal length {lengths}")
+        arrays = qlearning_transitions(arrays)
+    else:
+        arrays["next_observations"] = np.asarray(next_observations)
+    arrays = {k: (v.astype(bool) if k in ("terminals", "timeouts") and v.dtype != np.bool_ and
+                  np.isin(v, (0, 1)).all() else v) for k, v in arrays.items()}
+    arrays = {k: (v.astype(np.float32) if np.issubdtype(v.dtype, np.integer) else v) for k, v in arrays.items()}
+    validate_transitions(arrays, "dataset_from_arrays")
+    if np.abs(arrays["actions"]).max(initial=0.0) > 1.0 + 1e-6:
+        raise OfflineRLError("dataset_from_arrays: actions must lie in [-1, 1] (offrl's policy space); rescale them "
+                             "from your env's bounds first")
+    card: dict = {"id": name, "env_id": env_id, "transitions": len(arrays["rewards"]),
+                  "sha256": _arrays_sha256(arrays), "source": {"kind": "numpy arrays"}}
+    if env_id is not None:
+        from offrl.envs import env_spec, make_env
+
+        spec = env_spec(make_env(env_id))
+        width = {"observations": spec.obs_dim, "actions": spec.act_dim}
+        for key, expected in width.items():
+            if arrays[key].shape[1] != expected:
+                raise OfflineRLError(f"dataset_from_arrays: {key} have {arrays[key].shape[1]} columns, env {env_id} "
+                                     f"has {expected}")
+    if reference_scores is not None:
+        low, high = (float(x) for x in reference_scores)
+        if not (np.isfinite(low) and np.isfinite(high)) or low == high:
+            raise OfflineRLError(f"dataset_from_arrays: reference_scores must be two different finite numbers "
+                                 f"(random, expert), found {reference_scores!r}")
+        card["reference_scores"] = {"random": {"return_mean": low, "source": "given to dataset_from_arrays"},
+                                    "expert": {"return_mean": high, "source": "given to dataset_from_arrays"}}
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).to(device) for k, v in arrays.items()}
+    return OfflineDataset(dataset_id=name, card=card, tensors=tensors)
+
+
+def _arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
+    return digest.hexdigest()
+
+
+def buffer_from_dataset(dataset: OfflineDataset, normalizer: ObservationNormalizer | None = None,
+                        reward_scale: float = 1.0, mc_returns_gamma: float | None = None) -> ReplayBuffer:
+    """A replay buffer holding the dataset, observations through `normalizer` and rewards times `reward_scale`
+    as a run trains on them; with `mc_returns_gamma`, each row also carries its discounted return-to-go of the
+    scaled rewards (Cal-QL's V_ref)."""
     t = dataset.tensors
     device = t["rewards"].device
-    buffer = ReplayBuffer(dataset.obs_dim, dataset.act_dim, len(dataset) + extra_capacity, device,
+    buffer = ReplayBuffer(dataset.obs_dim, dataset.act_dim, len(dataset), device,
                           with_mc_returns=mc_returns_gamma is not None)
     normalize = normalizer if normalizer is not None else (lambda obs: obs)
     transitions = {"observations": normalize(t["observations"]), "actions": t["actions"],

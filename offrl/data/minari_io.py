@@ -8,6 +8,7 @@ stays aligned, not only the first.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import tempfile
 import warnings
@@ -16,12 +17,21 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from offrl.data.d4rl import D4RL_REFERENCE_SCORES
 from offrl.data.hdf5 import episode_ends, read_transitions
-from offrl.data.registry import data_path, parse_dataset_id, register_dataset, verify_dataset
+from offrl.data.registry import (
+    card_path,
+    data_path,
+    env_short_name,
+    parse_dataset_id,
+    register_dataset,
+    verify_dataset,
+)
 from offrl.envs import versions
 from offrl.errors import OfflineRLError
 
-__all__ = ["episodes_to_transitions", "import_minari", "export_minari", "minari_root"]
+__all__ = ["episodes_to_transitions", "import_minari", "import_minari_if_local", "export_minari", "minari_root",
+           "minari_reference_scores"]
 
 
 def minari_root() -> Path:
@@ -85,6 +95,7 @@ def import_minari(minari_id: str, dataset_id: str | None = None, download: bool 
                   env_id: str | None = None) -> dict:
     """Register a Minari dataset as an offrl dataset (same id unless `dataset_id` says otherwise)."""
     dataset = _load(minari_id, download)
+    env_override = env_id
     dataset_id = dataset_id or _default_id(minari_id)
     parse_dataset_id(dataset_id)
     _box(dataset.observation_space, "observation", minari_id)
@@ -95,13 +106,7 @@ def import_minari(minari_id: str, dataset_id: str | None = None, download: bool 
     env_id = env_id or (spec.id if spec is not None else None)
     if env_id is None:
         raise OfflineRLError(f"Minari dataset {minari_id!r} records no environment; pass --env")
-    low, high = metadata.get("ref_min_score"), metadata.get("ref_max_score")
-    if low is not None and high is not None:
-        reference = {"random": {"return_mean": float(low), "source": f"Minari metadata ref_min_score of {minari_id}"},
-                     "expert": {"return_mean": float(high), "source": f"Minari metadata ref_max_score of {minari_id}"}}
-    else:
-        reference = {"note": f"Minari dataset {minari_id} has no ref_min_score/ref_max_score in its metadata, "
-                             "so normalized scores are unavailable"}
+    reference = minari_reference_scores(minari_id, metadata, env_id)
     fields = {
         "env_id": env_id, **versions(), "tier": parse_dataset_id(dataset_id).tier, "seed": None,
         "policy": {"kind": "Minari dataset", "algorithm": metadata.get("algorithm_name")},
@@ -109,9 +114,93 @@ def import_minari(minari_id: str, dataset_id: str | None = None, download: bool 
                    "episodes": int(dataset.total_episodes), "steps": int(dataset.total_steps),
                    "actions": "rescaled from the env's bounds to [-1, 1]"},
         "reference_scores": reference,
-        "command": f"offrl datasets import-minari {minari_id}" + (f" --id {dataset_id}" if dataset_id else ""),
+        "command": _import_command(minari_id, dataset_id, download, env_override),
     }
     return register_dataset(dataset_id, transitions, fields)
+
+
+def _import_command(minari_id: str, dataset_id: str, download: bool, env_id: str | None) -> str:
+    """The `offrl datasets import-minari` line that reproduces an import: flags only where defaults differ."""
+    words = ["offrl", "datasets", "import-minari", minari_id]
+    if dataset_id != _default_id(minari_id):
+        words += ["--id", dataset_id]
+    if env_id is not None:
+        words += ["--env", env_id]
+    if download:
+        words.append("--download")
+    return shlex.join(words)
+
+
+def minari_reference_scores(minari_id: str, metadata: dict, env_id: str) -> dict:
+    """A card's `reference_scores` for a Minari dataset, always saying where the numbers come from.
+
+    Minari's own metadata (ref_min_score/ref_max_score) wins. Minari's MuJoCo datasets carry none, so when the
+    env belongs to a D4RL env family (`HalfCheetah-v5` -> halfcheetah) D4RL's table is used, labelled as such.
+    Otherwise the card gets a `note` and no scores.
+    """
+    low, high = metadata.get("ref_min_score"), metadata.get("ref_max_score")
+    if low is not None and high is not None:
+        return {"basis": "minari-metadata",
+                "random": {"return_mean": float(low), "source": f"Minari metadata ref_min_score of {minari_id}"},
+                "expert": {"return_mean": float(high), "source": f"Minari metadata ref_max_score of {minari_id}"}}
+    family = env_short_name(env_id)
+    if family in D4RL_REFERENCE_SCORES:
+        d4rl_low, d4rl_high = D4RL_REFERENCE_SCORES[family]
+        why = (f"for the {family} env family, applied because this dataset's env {env_id} is in that family "
+               f"(Minari's metadata for {minari_id} has no ref_min_score/ref_max_score); not Minari's own score")
+        return {"basis": "d4rl-env-family",
+                "random": {"return_mean": float(d4rl_low), "source": f"D4RL REF_MIN_SCORE (d4rl/infos.py) {why}"},
+                "expert": {"return_mean": float(d4rl_high), "source": f"D4RL REF_MAX_SCORE (d4rl/infos.py) {why}"}}
+    return {"note": f"Minari dataset {minari_id} has no ref_min_score/ref_max_score in its metadata, and its env "
+                    f"{env_id} is in no D4RL env family ({', '.join(D4RL_REFERENCE_SCORES)}), so normalized scores "
+                    "are unavailable"}
+
+
+def _local_minari_ids() -> list[str]:
+    """Ids of the datasets in the local Minari store (directories holding a `data` folder); never downloads."""
+    root = minari_root()
+    found = []
+    if not root.is_dir():
+        return found
+    for here, dirs, _ in os.walk(root):
+        if "data" in dirs and Path(here) != root:
+            found.append(Path(here).relative_to(root).as_posix())
+            dirs.clear()
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # skip scratch stores and hidden folders
+    return found
+
+
+def import_minari_if_local(dataset_id: str) -> dict | None:
+    """Import the local Minari dataset behind an offrl id on first use; None when there is nothing to do.
+
+    Returns None if the offrl store already has a card for `dataset_id` (nothing is touched) or if the local
+    Minari store (never the network) has no dataset whose id is `dataset_id` or maps to it by the default
+    Minari-to-offrl id rule. Otherwise imports it with `import_minari` and returns the new card.
+    """
+    parse_dataset_id(dataset_id)
+    if card_path(dataset_id).exists():
+        return None
+    local = _local_minari_ids()
+    if dataset_id in local:
+        minari_id = dataset_id
+    else:
+        matches = [m for m in local if _default_id(m) == dataset_id]
+        if not matches:
+            return None
+        if len(matches) > 1:
+            raise OfflineRLError(f"dataset {dataset_id}: several local Minari datasets map to it "
+                                 f"({', '.join(matches)}); import one with `offrl datasets import-minari ID --id "
+                                 f"{dataset_id}`")
+        minari_id = matches[0]
+    try:
+        return import_minari(minari_id, dataset_id)
+    except Exception as exc:  # noqa: BLE001 - one line naming the Minari id, whatever went wrong
+        problem = " ".join(str(exc).split()) or type(exc).__name__
+        if not isinstance(exc, OfflineRLError):
+            problem = f"{type(exc).__name__}: {problem}"
+        raise OfflineRLError(f"cannot import Minari dataset {minari_id} (from {minari_root()}) as offrl dataset "
+                             f"{dataset_id}: {problem}") from exc
 
 
 def _default_id(minari_id: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,11 @@ from offrl import __version__
 from offrl.data.hdf5 import FORMAT_VERSION, episode_ends, read_transitions, write_transitions
 from offrl.errors import OfflineRLError
 from offrl.fileio import atomic_write_bytes, git_commit, sha256_file
+from offrl.shipped import default_dataset_store, shipped_cards_root
 
 __all__ = ["DatasetId", "dataset_root", "parse_dataset_id", "card_path", "data_path", "read_card", "list_cards",
-           "register_dataset", "verify_dataset", "episode_returns", "return_stats", "env_short_name"]
+           "register_dataset", "verify_dataset", "episode_returns", "return_stats", "env_short_name", "shipped_card",
+           "shipped_cards"]
 
 _ID_PATTERN = re.compile(
     r"^(?:(?P<namespace>[a-z0-9_.-]+)/)?(?P<env>[a-z0-9_.-]+)/(?P<tier>[a-z0-9_.-]+)-v(?P<version>\d+)$")
@@ -59,7 +60,24 @@ def env_short_name(env_id: str) -> str:
 
 
 def dataset_root() -> Path:
-    return Path(os.environ.get("OFFRL_DATASETS_PATH") or "datasets")
+    """The dataset store: `OFFRL_DATASETS_PATH`, else `~/.offrl/datasets` (see offrl.shipped)."""
+    return default_dataset_store()
+
+
+def shipped_card(dataset_id: str | DatasetId) -> dict | None:
+    """The card offrl ships for one of its own dataset ids (the file is collected from it), or None."""
+    path = shipped_cards_root() / f"{dataset_id}.json"
+    if "policies" in Path(str(dataset_id)).parts or not path.is_file():
+        return None
+    try:
+        card = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return card if isinstance(card, dict) and card.get("card_type") == "offrl-dataset" else None
+
+
+def shipped_cards() -> list[dict]:
+    return list_cards(shipped_cards_root())
 
 
 def card_path(dataset_id: str | DatasetId, root: Path | None = None) -> Path:
@@ -74,6 +92,10 @@ def read_card(dataset_id: str, root: Path | None = None) -> dict:
     parsed = parse_dataset_id(dataset_id)
     path = card_path(parsed, root)
     if not path.is_file():
+        if root is None and shipped_card(parsed) is not None:
+            raise OfflineRLError(f"dataset {dataset_id} is one of offrl's shipped ids but is not collected in "
+                                 f"{dataset_root()}; collect it with `offrl collect` (or --collect-missing / "
+                                 "load_dataset(..., collect_missing=True))")
         known = [c["id"] for c in list_cards(root) if c["id"].rsplit("-v", 1)[0] == parsed.name]
         hint = f"; versions present: {', '.join(known)}" if known else \
             f"; `offrl datasets list` shows what is in {root or dataset_root()}"

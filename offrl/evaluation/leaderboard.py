@@ -15,10 +15,9 @@ from filelock import FileLock
 from offrl.errors import OfflineRLError
 from offrl.fileio import atomic_write_bytes
 
-__all__ = ["COLUMNS", "DEFAULT_LEADERBOARD", "append_row", "read_leaderboard", "iqm", "bootstrap_ci", "aggregate",
+__all__ = ["COLUMNS", "append_row", "read_leaderboard", "iqm", "bootstrap_ci", "aggregate",
            "write_summary", "plot_leaderboard", "plot_finetuning"]
 
-DEFAULT_LEADERBOARD = Path("evaluation") / "leaderboard.csv"
 COLUMNS = [
     "run_id", "phase", "online_steps", "dataset_id", "dataset_version", "dataset_sha256", "algorithm", "config_name",
     "config_hash", "seed", "steps", "final_normalized_return", "best_normalized_return", "mean_return",

@@ -36,7 +36,6 @@ class QBiasReport:
     normalized_std: float
     states: int  # states that entered the measure
     dropped_states: int  # states dropped at time-limit cuts
-    tail_horizon: int
     curve: dict[str, np.ndarray]  # per-timestep means: t, q, mc_return, bias, count
     rule: str
 
@@ -75,7 +74,7 @@ def q_bias(rollouts: list[Rollout], gamma: float, tail_tolerance: float = 0.01,
             f"complete returns; states whose return is still cut shorter than that are dropped; no bootstrapping")
     if len(q) == 0:
         nan = float("nan")
-        return QBiasReport(nan, nan, nan, 0, dropped, horizon, {}, rule)
+        return QBiasReport(nan, nan, nan, 0, dropped, {}, rule)
     bias = q - g
     scale = abs(float(g.mean())) or 1.0
     steps = np.arange(t.max() + 1)
@@ -86,7 +85,7 @@ def q_bias(rollouts: list[Rollout], gamma: float, tail_tolerance: float = 0.01,
              "bias": np.bincount(t, bias, len(steps)) / np.maximum(counts, 1)}
     return QBiasReport(mean_bias=float(bias.mean()), normalized_mean_bias=float((bias / scale).mean()),
                        normalized_std=float((bias / scale).std()), states=len(q), dropped_states=dropped,
-                       tail_horizon=horizon, curve=curve, rule=rule)
+                       curve=curve, rule=rule)
 
 
 def q_estimates(episodes: list[Episode], q_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],

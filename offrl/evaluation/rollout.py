@@ -28,7 +28,6 @@ class Episode:
 @dataclass(frozen=True)
 class RolloutResult:
     returns: np.ndarray  # (episodes,)
-    lengths: np.ndarray  # (episodes,)
 
     @property
     def mean(self) -> float:
@@ -87,5 +86,4 @@ def uniform_random_policy(act_dim: int, seed: int) -> Callable[[torch.Tensor], t
 def evaluate_policy(policy: Callable[[torch.Tensor], torch.Tensor], env_id: str, episodes: int, seed: int,
                     device: torch.device | str = "cpu") -> RolloutResult:
     result = rollout_episodes(policy, env_id, episodes, seed, device)
-    return RolloutResult(returns=np.array([e.total_reward for e in result]),
-                         lengths=np.array([len(e.rewards) for e in result]))
+    return RolloutResult(returns=np.array([e.total_reward for e in result]))

@@ -6,7 +6,10 @@ from dataclasses import dataclass
 
 from offrl.errors import OfflineRLError
 
-__all__ = ["ReferenceScores", "reference_scores_from_card", "normalized_return"]
+__all__ = ["RAW", "ReferenceScores", "reference_scores_from_card", "normalized_return"]
+
+
+RAW = "raw"
 
 
 @dataclass(frozen=True)
@@ -15,17 +18,23 @@ class ReferenceScores:
     expert: float
     source: str  # e.g. "offrl card halfcheetah/medium-v0 (random: uniform policy, 20 episodes; ...)"
 
+    @classmethod
+    def raw(cls) -> ReferenceScores:
+        """No reference: 100 · (R − 0) / (100 − 0) = R, so every "normalized" score is the raw return."""
+        return cls(random=0.0, expert=100.0, source=RAW)
+
+    @property
+    def is_raw(self) -> bool:
+        return self.source == RAW
+
 
 def reference_scores_from_card(card: dict) -> ReferenceScores:
-    """The dataset's own reference scores (offrl card, D4RL's table or Minari's metadata)."""
+    """The dataset's own reference scores (offrl card, D4RL's table or Minari's metadata); a card without
+    them gives the raw reference (scores are raw returns, and every report names the reference `raw`)."""
     refs = card.get("reference_scores") or {}
     random, expert = refs.get("random"), refs.get("expert")
     if not random or not expert or random.get("return_mean") is None or expert.get("return_mean") is None:
-        why = refs.get("note", "the card has no reference_scores.random/expert")
-        raise OfflineRLError(
-            f"dataset {card.get('id')}: no reference scores, so no normalized return ({why}). Add them to the card "
-            f"as reference_scores: {{random: {{return_mean: R}}, expert: {{return_mean: R}}}} in a new dataset "
-            "version, or compare raw returns")
+        return ReferenceScores.raw()
     if expert["return_mean"] == random["return_mean"]:
         raise OfflineRLError(f"dataset {card.get('id')}: random and expert reference scores are equal")
     source = (f"{card.get('id')} card: random {random['return_mean']:.1f} ({random.get('source', 'unknown source')}), "

@@ -1,1 +1,1 @@
-"""Training loops: online SAC pretraining, offline CQL, offline-to-online fine-tuning."""
+"""Training: the one loop (loop.py) and what offline, online (SAC) and fine-tuning runs feed it."""

@@ -4,8 +4,8 @@ import pytest
 from minari.data_collector.episode_buffer import EpisodeBuffer
 
 from offrl.data.dataset import load_dataset
-from offrl.data.minari_io import export_minari, import_minari
-from offrl.data.registry import register_dataset
+from offrl.data.minari_io import export_minari, import_minari, import_minari_if_local
+from offrl.data.registry import card_path, register_dataset
 from offrl.errors import OfflineRLError
 
 
@@ -86,3 +86,88 @@ def test_export_refuses_non_contiguous_episodes():
     register_dataset("pendulum/shuffled-v0", make_arrays(), {"env_id": "Pendulum-v1"})
     with pytest.raises(OfflineRLError, match="episode 0 .rows 0-4. is not contiguous"):
         export_minari("pendulum/shuffled-v0")
+
+
+def make_halfcheetah_minari_dataset(minari_id="mujoco/halfcheetah/medium-v0", lengths=(3, 4)):
+    """A few short HalfCheetah-v5 episodes of random numbers (obs 17, actions 6), no reference scores."""
+    rng = np.random.default_rng(0)
+    episodes = [EpisodeBuffer(
+        id=number, observations=rng.normal(size=(n + 1, 17)),
+        actions=rng.uniform(-1, 1, size=(n, 6)).astype(np.float32), rewards=rng.normal(size=n),
+        terminations=np.zeros(n, bool), truncations=np.r_[np.zeros(n - 1, bool), [True]], infos={})
+        for number, n in enumerate(lengths)]
+    return minari.create_dataset_from_buffers(minari_id, episodes, env="HalfCheetah-v5", algorithm_name="test")
+
+
+def test_minari_mujoco_dataset_without_scores_gets_d4rl_family_scores_labelled_as_such():
+    make_halfcheetah_minari_dataset()
+    card = import_minari("mujoco/halfcheetah/medium-v0")
+    refs = card["reference_scores"]
+    assert card["env_id"] == "HalfCheetah-v5" and (card["obs_dim"], card["act_dim"]) == (17, 6)
+    assert refs["basis"] == "d4rl-env-family" and "note" not in refs
+    assert refs["random"]["return_mean"] == -280.178953 and refs["expert"]["return_mean"] == 12135.0
+    for kind, name in (("random", "REF_MIN_SCORE"), ("expert", "REF_MAX_SCORE")):
+        source = refs[kind]["source"]
+        assert "D4RL" in source and name in source and "d4rl/infos.py" in source and "halfcheetah" in source
+        assert "Minari's metadata" in source and "has no" in source
+    from offrl.evaluation.scores import reference_scores_from_card
+
+    assert "D4RL REF_MIN_SCORE" in reference_scores_from_card(card).source
+    assert card["command"] == "offrl datasets import-minari mujoco/halfcheetah/medium-v0"
+
+
+def test_minari_metadata_scores_are_labelled_as_minaris():
+    make_minari_dataset()
+    refs = import_minari("test/pendulum/demo-v0")["reference_scores"]
+    assert refs["basis"] == "minari-metadata" and "Minari metadata" in refs["random"]["source"]
+
+
+def test_a_non_d4rl_env_without_scores_gets_a_note_and_no_scores():
+    make_minari_dataset(refs=False)
+    card = import_minari("test/pendulum/demo-v0")
+    assert set(card["reference_scores"]) == {"note"}
+    assert "Pendulum-v1" in card["reference_scores"]["note"]
+
+
+def test_the_command_reproduces_the_import():
+    make_minari_dataset(refs=False)
+    assert import_minari("test/pendulum/demo-v0")["command"] == "offrl datasets import-minari test/pendulum/demo-v0"
+    card = import_minari("test/pendulum/demo-v0", dataset_id="pendulum/other-v0", env_id="Pendulum-v1")
+    assert card["command"] == ("offrl datasets import-minari test/pendulum/demo-v0 --id pendulum/other-v0 "
+                               "--env Pendulum-v1")
+
+
+def test_import_minari_if_local_imports_once_and_only_what_is_local():
+    make_halfcheetah_minari_dataset()
+    card = import_minari_if_local("mujoco/halfcheetah/medium-v0")
+    assert card is not None and card["id"] == "mujoco/halfcheetah/medium-v0" and card["transitions"] == 7
+    assert card["reference_scores"]["basis"] == "d4rl-env-family"
+    path = card_path("mujoco/halfcheetah/medium-v0")
+    before = path.read_bytes()
+    assert import_minari_if_local("mujoco/halfcheetah/medium-v0") is None  # card exists: nothing touched
+    assert path.read_bytes() == before
+    assert load_dataset("mujoco/halfcheetah/medium-v0").tensors["actions"].shape == (7, 6)
+    assert import_minari_if_local("mujoco/halfcheetah/expert-v0") is None  # not in the local Minari store
+    assert not card_path("mujoco/halfcheetah/expert-v0").exists()
+
+
+def test_import_minari_if_local_maps_minari_ids_to_offrl_ids():
+    make_minari_dataset(minari_id="Test/pendulum/demo-v0")
+    card = import_minari_if_local("test/pendulum/demo-v0")
+    assert card is not None and card["source"]["minari_id"] == "Test/pendulum/demo-v0"
+    assert card["command"] == "offrl datasets import-minari Test/pendulum/demo-v0"
+
+
+def test_import_minari_if_local_failure_names_the_minari_id_in_one_line():
+    make_minari_dataset(minari_id="test/pendulum/broken-v0")
+    data = minari.list_local_datasets()  # the store is real; now damage the dataset's file
+    assert "test/pendulum/broken-v0" in data
+    from offrl.data.minari_io import minari_root
+
+    for file in (minari_root() / "test/pendulum/broken-v0/data").glob("main_data.*"):
+        file.write_bytes(b"not a dataset")
+    with pytest.raises(OfflineRLError) as info:
+        import_minari_if_local("test/pendulum/broken-v0")
+    message = str(info.value)
+    assert "test/pendulum/broken-v0" in message and "\n" not in message
+    assert not card_path("test/pendulum/broken-v0").exists()

@@ -14,6 +14,13 @@ def test_normalized_return_formula_and_reference_name():
     assert "hc/medium-v0" in reference.source and "uniform" in reference.source
 
 
-def test_a_dataset_without_reference_scores_says_how_to_add_them():
-    with pytest.raises(OfflineRLError, match="no reference scores.*Minari dataset x has none.*reference_scores:"):
-        reference_scores_from_card({"id": "m/x-v0", "reference_scores": {"note": "Minari dataset x has none"}})
+def test_a_dataset_without_reference_scores_reports_raw_returns_named_raw():
+    reference = reference_scores_from_card({"id": "m/x-v0", "reference_scores": {"note": "Minari dataset x has none"}})
+    assert reference.source == "raw" and reference.is_raw
+    assert normalized_return(-123.5, reference) == pytest.approx(-123.5)
+
+
+def test_equal_reference_scores_are_refused():
+    with pytest.raises(OfflineRLError, match="random and expert reference scores are equal"):
+        reference_scores_from_card({"id": "m/x-v0", "reference_scores": {"random": {"return_mean": 1.0},
+                                                                          "expert": {"return_mean": 1.0}}})

@@ -4,13 +4,19 @@ import pandas as pd
 import pytest
 import torch
 
+from offrl.agents import CQL
 from offrl.algos.cql import CQLAgent, CQLConfig, cql_critic_loss, sample_cql_actions
 from offrl.data.buffer import Batch
 from offrl.data.collect import rollout_transitions
+from offrl.data.dataset import load_dataset
 from offrl.data.registry import data_path, register_dataset
 from offrl.errors import OfflineRLError
-from offrl.train.finetune import FinetuneRun, finetune, online_auc, unlearning_dip
-from offrl.train.offline import OfflineRun, train_cql
+from offrl.train.finetune import FinetuneSettings, online_auc, unlearning_dip
+from offrl.train.finetune import finetune as finetune_report
+
+
+def finetune(*args, **kwargs):
+    return finetune_report(*args, **kwargs).to_dict()
 
 
 def test_dip_and_area_on_a_known_curve():
@@ -56,14 +62,13 @@ def offline_run(tmp_path):
     register_dataset("pendulum/random-v0", arrays, {"env_id": "Pendulum-v1", "reference_scores": {
         "random": {"return_mean": -1200.0}, "expert": {"return_mean": -150.0}}})
     config = CQLConfig(actor_hidden=(16,), critic_hidden=(16,), n_actions=2, batch_size=32)
-    run = OfflineRun(dataset_id="pendulum/random-v0", steps=20, eval_every=100, eval_episodes=1,
-                     final_eval_episodes=1, log_every=10, checkpoint_every=10)
-    train_cql(run, config, tmp_path / "offline", show_progress=False)
+    CQL(config).fit(load_dataset("pendulum/random-v0"), 20, eval_every=100, eval_episodes=1, log_every=10,
+                    checkpoint_every=10, run_dir=tmp_path / "offline", show_progress=False)
     return tmp_path / "offline"
 
 
 def _finetune_run(steps, calibrated=False):
-    return FinetuneRun(online_steps=steps, calibrated=calibrated, eval_every=200, eval_episodes=1, log_every=100,
+    return FinetuneSettings(online_steps=steps, calibrated=calibrated, eval_every=200, eval_episodes=1, log_every=100,
                        checkpoint_every=200)
 
 
@@ -76,7 +81,7 @@ def test_finetune_reports_before_during_after_and_writes_an_online_row(offline_r
     assert "q_bias_normalized_mean" in evaluations
     assert {"unlearning_dip", "online_auc", "before_normalized_return"} <= set(report)
     metrics = pd.read_csv(tmp_path / "ft" / "metrics.csv")
-    assert metrics["online_size"].tolist() == [0, 200, 200, 400]  # episodes (200 steps) enter when complete
+    assert metrics["buffer_size"].tolist() == [0, 200, 200, 400]  # episodes (200 steps) enter when complete
     assert "calql_below_bound" in metrics
     row = pd.read_csv(leaderboard).iloc[0]
     assert row["phase"] == "online" and row["online_steps"] == 400 and row["algorithm"] == "Cal-QL"
@@ -86,8 +91,8 @@ def test_resume_in_the_middle_of_fine_tuning_continues_exactly(offline_run, tmp_
     finetune(offline_run, _finetune_run(600), tmp_path / "whole", show_progress=False)
     finetune(offline_run, _finetune_run(400), tmp_path / "split", show_progress=False)
     finetune(offline_run, _finetune_run(600), tmp_path / "split", resume=True, show_progress=False)
-    whole = pd.read_csv(tmp_path / "whole" / "metrics.csv")
-    split = pd.read_csv(tmp_path / "split" / "metrics.csv")
+    whole = pd.read_csv(tmp_path / "whole" / "metrics.csv").drop(columns="updates_per_s")
+    split = pd.read_csv(tmp_path / "split" / "metrics.csv").drop(columns="updates_per_s")
     pd.testing.assert_frame_equal(whole, split)
 
 
@@ -111,9 +116,8 @@ def test_cal_ql_pretrains_calibrated_offline_and_fine_tuning_keeps_it(tmp_path):
     register_dataset("pendulum/random-v0", arrays, {"env_id": "Pendulum-v1", "reference_scores": {
         "random": {"return_mean": -1200.0}, "expert": {"return_mean": -150.0}}})
     config = CQLConfig(actor_hidden=(16,), critic_hidden=(16,), n_actions=2, batch_size=32, calibrated=True)
-    run = OfflineRun(dataset_id="pendulum/random-v0", steps=20, eval_every=100, eval_episodes=1,
-                     final_eval_episodes=1, log_every=10, checkpoint_every=10)
-    train_cql(run, config, tmp_path / "offline", show_progress=False)
+    CQL(config).fit(load_dataset("pendulum/random-v0"), 20, eval_every=100, eval_episodes=1, log_every=10,
+                    checkpoint_every=10, run_dir=tmp_path / "offline", show_progress=False)
     assert json.loads((tmp_path / "offline" / "run.json").read_text())["algorithm"] == "Cal-QL"
     below = pd.read_csv(tmp_path / "offline" / "metrics.csv")["calql_below_bound"]
     assert below.between(0, 1).all()

@@ -5,14 +5,16 @@ import pytest
 import torch
 import yaml
 
-import offrl.train.offline as offline
+import offrl.agents as agents
+from offrl.agents import CQL
 from offrl.algos.cql import CQLConfig
 from offrl.cli import main
 from offrl.data.collect import rollout_transitions
+from offrl.data.dataset import load_dataset
 from offrl.data.registry import register_dataset
 from offrl.errors import OfflineRLError
 from offrl.evaluation.leaderboard import COLUMNS
-from offrl.train.offline import OfflineRun, evaluate_run, train_cql
+from offrl.runs import evaluate_run
 
 TINY = {"actor_hidden": [16, 16], "critic_hidden": [16, 16], "n_actions": 2, "batch_size": 32, "bc_steps": 5}
 
@@ -25,16 +27,19 @@ def pendulum_dataset():
     return "pendulum/random-v0"
 
 
-def _run(dataset, steps=40, seed=0):
-    return OfflineRun(dataset_id=dataset, steps=steps, seed=seed, config_name="tiny", eval_every=20, eval_episodes=2,
-                      final_eval_episodes=2, log_every=10, checkpoint_every=20)
+def train_cql(dataset, config, out, steps=40, seed=0, **options):
+    """The API path `offrl train-cql` takes, with the tiny schedule these tests use; returns the report dict."""
+    report = CQL(config).fit(load_dataset(dataset), steps, seed=seed, eval_every=20, eval_episodes=2,
+                             final_eval_episodes=2, log_every=10, checkpoint_every=20, run_dir=out,
+                             show_progress=False, **options)
+    return report.to_dict()
 
 
 def test_a_run_leaves_its_record_and_a_leaderboard_row(pendulum_dataset, tmp_path):
     leaderboard = tmp_path / "lb.csv"
-    report = train_cql(_run(pendulum_dataset), CQLConfig(**{**TINY, "actor_hidden": (16, 16),
+    report = train_cql(pendulum_dataset, CQLConfig(**{**TINY, "actor_hidden": (16, 16),
                                                             "critic_hidden": (16, 16)}),
-                       tmp_path / "run", leaderboard=leaderboard, show_progress=False)
+                       tmp_path / "run", leaderboard=leaderboard)
     run_dir = tmp_path / "run"
     info = json.loads((run_dir / "run.json").read_text())
     assert info["dataset_sha256"] and info["seed"] == 0 and info["config"]["n_actions"] == 2 and info["git_commit"]
@@ -51,15 +56,15 @@ def test_a_run_leaves_its_record_and_a_leaderboard_row(pendulum_dataset, tmp_pat
     assert row.loc[0, "dataset_id"] == pendulum_dataset and row.loc[0, "final_normalized_return"] == pytest.approx(
         report["final_normalized_return"])
     evaluated = evaluate_run(run_dir, episodes=2, leaderboard=leaderboard)
-    assert evaluated["final_normalized_return"] == pytest.approx(report["final_normalized_return"])
+    assert evaluated.final_normalized_return == pytest.approx(report["final_normalized_return"])
     assert len(pd.read_csv(leaderboard)) == 2
 
 
 def test_resume_continues_exactly(pendulum_dataset, tmp_path):
     config = lambda: CQLConfig(actor_hidden=(16, 16), critic_hidden=(16, 16), n_actions=2, batch_size=32)  # noqa: E731
-    train_cql(_run(pendulum_dataset, steps=40), config(), tmp_path / "whole", show_progress=False)
-    train_cql(_run(pendulum_dataset, steps=20), config(), tmp_path / "split", show_progress=False)
-    train_cql(_run(pendulum_dataset, steps=40), config(), tmp_path / "split", resume=True, show_progress=False)
+    train_cql(pendulum_dataset, config(), tmp_path / "whole", steps=40)
+    train_cql(pendulum_dataset, config(), tmp_path / "split", steps=20)
+    train_cql(pendulum_dataset, config(), tmp_path / "split", steps=40, resume=True)
     whole = pd.read_csv(tmp_path / "whole" / "metrics.csv").drop(columns="updates_per_s")
     split = pd.read_csv(tmp_path / "split" / "metrics.csv").drop(columns="updates_per_s")
     pd.testing.assert_frame_equal(whole, split)
@@ -67,7 +72,7 @@ def test_resume_continues_exactly(pendulum_dataset, tmp_path):
 
 def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(pendulum_dataset, tmp_path,
                                                                              monkeypatch):
-    real_update = offline.cql_update
+    real_update = agents.cql_update
 
     def diverging(agent, batch, config, step, losses):
         metrics = real_update(agent, batch, config, step, losses)
@@ -75,11 +80,11 @@ def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(pend
             metrics["critic_loss"] = torch.tensor(float("nan"))
         return metrics
 
-    monkeypatch.setattr(offline, "cql_update", diverging)
-    with pytest.raises(OfflineRLError, match="non-finite critic_loss at update 30.*last good checkpoint .update 20."):
-        train_cql(_run(pendulum_dataset), CQLConfig(actor_hidden=(16,), critic_hidden=(16,), n_actions=2),
-                  tmp_path / "run", show_progress=False)
-    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 20
+    monkeypatch.setattr(agents, "cql_update", diverging)
+    with pytest.raises(OfflineRLError, match="non-finite critic_loss at step 30.*last checkpoint"):
+        train_cql(pendulum_dataset, CQLConfig(actor_hidden=(16,), critic_hidden=(16,), n_actions=2),
+                  tmp_path / "run")
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["loop"]["step"] == 20
 
 
 def test_cli_bad_input_is_one_clear_error(pendulum_dataset, tmp_path, capsys):
@@ -107,4 +112,4 @@ def test_dataset_whose_dims_do_not_match_its_env_is_refused(tmp_path):
     register_dataset("hopper/wrong-v0", arrays, {"env_id": "Hopper-v5", "reference_scores": {
         "random": {"return_mean": 0.0}, "expert": {"return_mean": 1.0}}})
     with pytest.raises(OfflineRLError, match="obs/act dims 3/1 do not match env Hopper-v5 .11/3."):
-        train_cql(_run("hopper/wrong-v0"), CQLConfig(), tmp_path / "run", show_progress=False)
+        train_cql("hopper/wrong-v0", CQLConfig(), tmp_path / "run")

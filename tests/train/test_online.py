@@ -5,11 +5,11 @@ import torch
 from offrl.algos.sac import SACConfig
 from offrl.cli import main
 from offrl.errors import OfflineRLError
-from offrl.train.online import PretrainConfig, pretrain
+from offrl.train.online import PretrainSettings, pretrain
 
 
 def _config(steps, env_id="Pendulum-v1"):
-    return PretrainConfig(env_id=env_id, steps=steps, learning_starts=100, eval_every=200, eval_episodes=2,
+    return PretrainSettings(env_id=env_id, env_steps=steps, learning_starts=100, eval_every=200, eval_episodes=2,
                           log_every=50, checkpoint_every=200, sac=SACConfig(hidden=(16, 16), batch_size=16))
 
 
@@ -31,12 +31,12 @@ def test_resumed_run_logs_exactly_what_an_uninterrupted_run_logs(tmp_path):
 def test_checkpoint_holds_everything_needed(tmp_path):
     pretrain(_config(200), tmp_path / "run", show_progress=False)
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
-    assert state["step"] == 200
+    assert state["loop"]["step"] == 200
     assert {"actor", "critic", "critic_target"} <= {k.split(".")[0] for k in state["agent"]}
     assert "log_alpha" in state["agent"]
     assert set(state["optimizers"]) == {"actor", "critic", "alpha"}
-    assert {"torch", "numpy", "python"} <= set(state["rng"]) and "reset" in state["env_rng"]
-    assert len(state["buffer"]["transitions"]["rewards"]) == 200
+    assert {"torch", "numpy", "python"} <= set(state["rng"]) and "reset" in state["source"]["env_rng"]
+    assert len(state["source"]["buffer"]["transitions"]["rewards"]) == 200
 
 
 def test_existing_run_is_not_overwritten_without_resume(tmp_path):
@@ -82,7 +82,7 @@ def test_cli_bad_input_exits_2_with_one_clear_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_sac_learns_pendulum(tmp_path):
     """`make test-slow`: SAC on Pendulum-v1 reaches >= -400 within 20k steps (a few minutes here)."""
-    config = PretrainConfig(env_id="Pendulum-v1", steps=20_000, learning_starts=1_000, eval_every=5_000)
+    config = PretrainSettings(env_id="Pendulum-v1", env_steps=20_000, learning_starts=1_000, eval_every=5_000)
     pretrain(config, tmp_path / "run", show_progress=False)
     evaluations = pd.read_csv(tmp_path / "run" / "evaluations.csv")
     assert evaluations["return_mean"].iloc[-1] >= -400

@@ -1,40 +1,11 @@
-import math
+"""The benchmark program (benchmarks/bench.py): rows, rounds against d3rlpy, refusals, its command line."""
 
+import pandas as pd
 import pytest
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
-from offrl.algos.cql import CQLAgent, CQLConfig, cql_update
-from offrl.algos.sac import SACAgent, SACConfig, sac_update
-from offrl.bench import _filled_buffer, cql_update_flops, sac_update_flops
-
-
-def _fused_linear_flops(x_shape, weight_shape, *_, **__) -> int:
-    return 2 * math.prod(x_shape) * weight_shape[0]
-
-
-def _counter() -> FlopCounterMode:
-    """torch's FLOP counter, taught the fused CPU Linear + ReLU (the same GEMM as the plain linear)."""
-    return FlopCounterMode(display=False,
-                           custom_mapping={torch.ops.mkldnn._linear_pointwise: _fused_linear_flops})
-
-
-@pytest.mark.parametrize("hidden", [(32, 16), (8, 8, 8)])
-def test_analytic_update_flops_are_what_torch_counts(hidden):
-    buffer = _filled_buffer(rows=64)
-    batch = buffer.sample(16)
-    cql_config = CQLConfig(actor_hidden=hidden, critic_hidden=hidden, n_actions=3)
-    with _counter() as counter:
-        cql_update(CQLAgent(17, 6, cql_config), batch, cql_config, step=0)  # bc_steps=0: the actor uses the critics
-    assert counter.get_total_flops() == cql_update_flops(16, hidden, hidden, 3)
-    sac_config = SACConfig(hidden=hidden)
-    with _counter() as counter:
-        sac_update(SACAgent(17, 6, sac_config), batch, sac_config)
-    assert counter.get_total_flops() == sac_update_flops(16, hidden)
 
 
 def test_bench_rows_carry_rates_and_the_fraction_of_peak(tmp_path):
-    from offrl.bench import run_bench
+    from benchmarks.bench import run_bench
 
     frame = run_bench(tmp_path / "bench.csv", seconds=0.05, include=("updates",), sizes={"tiny 2x8": (8, 8)},
                       peak_size=256)
@@ -61,9 +32,7 @@ pd.DataFrame([{"benchmark": "CQL update tiny 2x8", "impl": "d3rlpy 2.8.1", "prec
 def test_rounds_against_d3rlpy_keep_median_rates_and_per_round_ratios(tmp_path):
     import sys
 
-    import pandas as pd
-
-    from offrl.bench import run_bench_against_d3rlpy
+    from benchmarks.bench import run_bench_against_d3rlpy
 
     script = tmp_path / "fake_d3rlpy.py"
     script.write_text(FAKE_D3RLPY)
@@ -89,7 +58,7 @@ def test_rounds_against_d3rlpy_keep_median_rates_and_per_round_ratios(tmp_path):
 def test_rounds_against_d3rlpy_stop_with_the_script_named_when_it_fails(tmp_path):
     import sys
 
-    from offrl.bench import run_bench_against_d3rlpy
+    from benchmarks.bench import run_bench_against_d3rlpy
     from offrl.errors import OfflineRLError
 
     script = tmp_path / "broken.py"
@@ -101,7 +70,7 @@ def test_rounds_against_d3rlpy_stop_with_the_script_named_when_it_fails(tmp_path
 
 
 def test_fusion_rows_time_the_fast_path_against_the_plain_operators(tmp_path):
-    from offrl.bench import run_bench
+    from benchmarks.bench import run_bench
 
     frame = run_bench(tmp_path / "bench.csv", seconds=0.01, include=("fusion",))
     assert sorted(zip(frame["benchmark"], frame["precision"], strict=True)) == [
@@ -111,7 +80,7 @@ def test_fusion_rows_time_the_fast_path_against_the_plain_operators(tmp_path):
 
 
 def test_unknown_benchmark_names_are_refused_before_anything_runs(tmp_path):
-    from offrl.bench import run_bench
+    from benchmarks.bench import run_bench
     from offrl.errors import OfflineRLError
 
     with pytest.raises(OfflineRLError, match="--only: unknown benchmark.*matmull"):
@@ -122,7 +91,7 @@ def test_unknown_benchmark_names_are_refused_before_anything_runs(tmp_path):
 def test_rounds_refuse_unknown_benchmark_names_before_running_d3rlpy(tmp_path):
     import sys
 
-    from offrl.bench import run_bench_against_d3rlpy
+    from benchmarks.bench import run_bench_against_d3rlpy
     from offrl.errors import OfflineRLError
 
     script = tmp_path / "marks.py"
@@ -131,3 +100,22 @@ def test_rounds_refuse_unknown_benchmark_names_before_running_d3rlpy(tmp_path):
         run_bench_against_d3rlpy(tmp_path / "bench.csv", sys.executable, rounds=1, script=script,
                                  include=("updates", "matmull"))
     assert not (tmp_path / "ran").exists()
+
+
+def test_the_command_line_writes_the_rows_and_prints_them(tmp_path, capsys):
+    from benchmarks.bench import main
+
+    out = tmp_path / "bench.csv"
+    assert main(["--only", "critics", "--seconds", "0.01", "--out", str(out)]) == 0
+    assert "two plain MLPs" in capsys.readouterr().out
+    written = pd.read_csv(out)
+    assert set(written["command"]) == {f"python -m benchmarks.bench --only critics --seconds 0.01 --out {out}"}
+
+
+@pytest.mark.parametrize("argv", [["--only", "matmull"], ["--against-d3rlpy", "python", "--only", "matmul"]])
+def test_the_command_line_turns_refusals_into_exit_code_2(tmp_path, capsys, argv):
+    from benchmarks.bench import main
+
+    assert main([*argv, "--out", str(tmp_path / "bench.csv")]) == 2
+    assert "error: --" in capsys.readouterr().err
+    assert not (tmp_path / "bench.csv").exists()

@@ -1,18 +1,23 @@
-"""`offrl bench`: throughput of the parts that decide a user's wall time, measured in one sitting.
+"""`python -m benchmarks.bench`: throughput of the parts that decide a user's wall time, measured in one sitting.
 
 Rows: the machine's large-matmul peak; SAC and CQL-SAC updates/s at d3rlpy's size (2×256) and CORL's
 (3×256), fp32 and bf16 autocast, with analytic FLOPs, achieved GFLOP/s and the fraction of the peak;
 batch sampling as a fraction of a CQL update; raw env stepping vs. `collect` throughput; loading a
 1M-transition dataset. Results go to evaluation/bench.csv with the machine and the command.
+
+Run from the repository root: `python -m benchmarks.bench --help` (or `make bench`, `make bench-d3rlpy`).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import os
 import platform
+import shlex
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,14 +28,17 @@ import torch
 
 from offrl.algos.cql import CQLAgent, CQLConfig, compiled_cql_losses, cql_losses, cql_update
 from offrl.algos.sac import SACAgent, SACConfig, sac_update
+from offrl.cpu_kernels import fused_cpu_kernels
 from offrl.data.buffer import ReplayBuffer
 from offrl.errors import OfflineRLError
 from offrl.fileio import atomic_write_bytes, git_commit
-from offrl.nets import fused_cpu_kernels
+from offrl.flops import cql_update_flops, sac_update_flops
 
-__all__ = ["run_bench", "run_bench_against_d3rlpy", "sac_update_flops", "cql_update_flops", "cpu_model"]
+__all__ = ["main", "build_parser", "run_bench", "run_bench_against_d3rlpy", "matmul_peak", "cpu_model",
+           "ALL_BENCHMARKS"]
 
 OBS_DIM, ACT_DIM = 17, 6  # HalfCheetah
+PROGRAM = "python -m benchmarks.bench"
 
 
 def cpu_model() -> str:
@@ -39,51 +47,6 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
-
-
-def _linear_flops(rows: int, d_in: int, d_out: int) -> float:
-    return 2.0 * rows * d_in * d_out
-
-
-def _forward_flops(rows: int, dims: list[int]) -> float:
-    return sum(_linear_flops(rows, a, b) for a, b in zip(dims[:-1], dims[1:], strict=False))
-
-
-def _critic_forward_flops(rows: int, obs_dim: int, act_dim: int, hidden: tuple[int, ...]) -> float:
-    return _forward_flops(rows, [obs_dim + act_dim, *hidden, 1])
-
-
-def _critic_to_action_gradient_flops(rows: int, obs_dim: int, act_dim: int, hidden: tuple[int, ...]) -> float:
-    """Backward through one Q-network to its (observation, action) input only (the actor's loss; weights frozen)."""
-    return _forward_flops(rows, [*hidden, 1]) + _linear_flops(rows, hidden[0], obs_dim + act_dim)
-
-
-def _trained_forward_backward_flops(rows: int, dims: list[int]) -> float:
-    """Forward, weight gradients, and input gradients past the first layer (its input needs none)."""
-    return 2 * _forward_flops(rows, dims) + _forward_flops(rows, dims[1:])
-
-
-def sac_update_flops(batch: int, hidden: tuple[int, ...], obs_dim: int = OBS_DIM, act_dim: int = ACT_DIM) -> float:
-    """Matmul FLOPs of one `sac_update` as written (tests/test_bench.py checks them against torch's counter)."""
-    actor = [obs_dim, *hidden, 2 * act_dim]
-    critic = _critic_forward_flops(batch, obs_dim, act_dim, hidden)
-    target = _forward_flops(batch, actor) + 2 * critic  # π(s′), both target critics, no grad
-    critic_step = 2 * (2 * critic + _forward_flops(batch, [*hidden, 1]))
-    actor_step = (_trained_forward_backward_flops(batch, actor)
-                  + 2 * (critic + _critic_to_action_gradient_flops(batch, obs_dim, act_dim, hidden)))
-    return target + critic_step + actor_step
-
-
-def cql_update_flops(batch: int, critic_hidden: tuple[int, ...], actor_hidden: tuple[int, ...], n_actions: int,
-                     obs_dim: int = OBS_DIM, act_dim: int = ACT_DIM) -> float:
-    """Matmul FLOPs of one `cql_update` as written (tests/test_bench.py checks them against torch's counter)."""
-    grid_rows = (3 * n_actions + 1) * batch
-    actor = [obs_dim, *actor_hidden, 2 * act_dim]
-    per_state = _critic_forward_flops(batch, obs_dim, act_dim, critic_hidden)
-    return (_trained_forward_backward_flops(batch, actor) + _forward_flops(batch, actor)  # π(·|s), π(·|s′)
-            + 2 * per_state  # target critics
-            + 2 * (per_state + _critic_to_action_gradient_flops(batch, obs_dim, act_dim, critic_hidden))  # actor
-            + 2 * _trained_forward_backward_flops(grid_rows, [obs_dim + act_dim, *critic_hidden, 1]))  # the grid
 
 
 def _filled_buffer(rows: int = 100_000, device: torch.device | str = "cpu") -> ReplayBuffer:
@@ -172,7 +135,7 @@ def run_bench(out: Path, seconds: float = 20.0,
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
                "device": torch.cuda.get_device_name(device_) if device_.type == "cuda" else "cpu",
                "torch": torch.__version__, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-               "git_commit": git_commit(), "command": command or "offrl bench"}
+               "git_commit": git_commit(), "command": command or PROGRAM}
     rows: list[dict] = []
     peak = {}
     if "matmul" in include or "updates" in include:
@@ -227,11 +190,11 @@ def run_bench(out: Path, seconds: float = 20.0,
 def _pretrain_loop_rows(training_steps: int = 2_000) -> list[dict]:
     """The SAC pretrain loop as `offrl pretrain` runs it on HalfCheetah-v5 (policy action, env step, buffer
     insert, one 2x256 update per step), in updates/s over a window with no evaluation in it."""
-    from offrl.train.online import PretrainConfig, pretrain
+    from offrl.train.online import PretrainSettings, pretrain
 
-    config = PretrainConfig(env_id="HalfCheetah-v5", steps=1_000 + training_steps, learning_starts=1_000,
-                            eval_every=10**9, eval_episodes=1, log_every=training_steps // 2,
-                            checkpoint_every=10**9, buffer_capacity=1_000 + training_steps)
+    config = PretrainSettings(env_id="HalfCheetah-v5", env_steps=1_000 + training_steps, learning_starts=1_000,
+                              eval_every=10**9, eval_episodes=1, log_every=training_steps // 2,
+                              checkpoint_every=10**9, buffer_capacity=1_000 + training_steps)
     with tempfile.TemporaryDirectory() as run_dir:
         pretrain(config, Path(run_dir), show_progress=False)
         rate = pd.read_csv(Path(run_dir) / "metrics.csv")["updates_per_s"].iloc[-1]
@@ -240,7 +203,7 @@ def _pretrain_loop_rows(training_steps: int = 2_000) -> list[dict]:
 
 
 def _fusion_rows(seconds: float) -> list[dict]:
-    """The CPU fast path (`offrl.nets.linear_relu` and the bf16-input head) against the plain operators it
+    """The CPU fast path (`offrl.cpu_kernels`: `linear_relu` and the bf16-input head) against the plain operators it
     replaces: the same CQL update at d3rlpy's size, timed back to back, fp32 and bf16."""
     buffer = _filled_buffer()
     rows = []
@@ -336,7 +299,7 @@ def _data_rows() -> list[dict]:
     return rows
 
 
-D3RLPY_SCRIPT = Path(__file__).resolve().parents[1] / "evaluation" / "scripts" / "bench_d3rlpy.py"
+D3RLPY_SCRIPT = Path(__file__).resolve().with_name("bench_d3rlpy.py")
 ROUND_KEY = ["impl", "benchmark", "precision", "device"]
 
 
@@ -427,3 +390,75 @@ def with_d3rlpy_ratios(frame: pd.DataFrame) -> pd.DataFrame:
     ratio = pd.Series(np.where(is_offrl, frame["value"] / d3rlpy_rate, np.nan), index=frame.index)
     frame["vs_d3rlpy_fp32"] = frame["vs_d3rlpy_fp32"].fillna(ratio) if "vs_d3rlpy_fp32" in frame else ratio
     return frame
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROGRAM, description="Measure update, sampling, collection and loading "
+                                     "throughput; merge the rows into a CSV (run from the repository root).")
+    parser.add_argument("--out", default="evaluation/bench.csv",
+                        help="CSV the rows are merged into (default: %(default)s)")
+    parser.add_argument("--seconds", type=float, default=20.0,
+                        help="timing window per update benchmark (default: %(default)s)")
+    parser.add_argument("--only", default=None,
+                        help=f"comma list of: {', '.join(ALL_BENCHMARKS)} (default: all of them)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu or cuda (GPU rows are kept apart from CPU rows) (default: %(default)s)")
+    parser.add_argument("--against-d3rlpy", metavar="PYTHON", default=None,
+                        help="python of a venv with d3rlpy 2.8.1: alternate its timings with offrl's "
+                             "(see --rounds) (default: off, offrl only)")
+    parser.add_argument("--rounds", type=_positive_int, default=3,
+                        help="d3rlpy/offrl alternations; rows keep the median (default: %(default)s)")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the CQL losses (torch.compile; CUDA graphs on CUDA). Slower than eager on CPU "
+                             "(default: off)")
+    return parser
+
+
+def _run(args: argparse.Namespace, command: str) -> pd.DataFrame:
+    if args.against_d3rlpy:
+        if args.only or args.device != "cpu" or args.compile:
+            raise OfflineRLError("--against-d3rlpy: runs the CPU eager rows in full; drop --only/--device/--compile")
+        return run_bench_against_d3rlpy(Path(args.out), args.against_d3rlpy, seconds=args.seconds,
+                                        rounds=args.rounds, command=command)
+    include = tuple(args.only.split(",")) if args.only else ALL_BENCHMARKS
+    return run_bench(Path(args.out), seconds=args.seconds, include=include, command=command,
+                     device=args.device, compile_update=args.compile)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark program. Runs with the process settings of the `offrl` commands (glibc keeps freed
+    memory mapped; OFFRL_THREADS sets torch's intra-op threads) so its rates are the ones users get."""
+    from offrl.runtime import keep_freed_memory_mapped
+
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    keep_freed_memory_mapped()
+    if os.environ.get("OFFRL_THREADS"):
+        torch.set_num_threads(int(os.environ["OFFRL_THREADS"]))
+    try:
+        frame = _run(args, f"{PROGRAM} {shlex.join(argv)}".rstrip())
+    except OfflineRLError as exc:
+        print(f"{PROGRAM}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROGRAM}: interrupted", file=sys.stderr)
+        return 130
+    columns = [c for c in ("benchmark", "impl", "precision", "value", "unit", "gflops", "peak_fraction",
+                           "vs_d3rlpy_fp32") if c in frame]
+    print(frame[columns].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

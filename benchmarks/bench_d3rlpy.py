@@ -1,7 +1,7 @@
 """d3rlpy 2.8.1's CQL and SAC update rate at offrl's benchmark sizes, on the same synthetic HalfCheetah-shaped
 data. Runs in its own venv (.venv-d3rlpy: d3rlpy pins gymnasium 1.0.0); `make bench-d3rlpy` runs
-`offrl bench --against-d3rlpy`, which calls this script and offrl's own timings in alternation, round after
-round, so every ratio in evaluation/bench.csv comes from neighbouring measurements of one sitting.
+`python -m benchmarks.bench --against-d3rlpy`, which calls this script and offrl's own timings in alternation,
+round after round, so every ratio in evaluation/bench.csv comes from neighbouring measurements of one sitting.
 
 Timing covers what d3rlpy's own `fit` loop does per step: sample a mini-batch from its replay buffer and
 update (sampling included, as offrl's rows include theirs).

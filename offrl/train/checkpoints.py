@@ -1,20 +1,16 @@
-"""Pieces every training loop shares: atomic files, checkpoints, RNG state, the CSV metrics log."""
+"""Checkpoint files: where a run keeps its checkpoint, reading one back safely, and the RNG state inside it."""
 
 from __future__ import annotations
 
-import csv
 import random
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from offrl.errors import OfflineRLError
-from offrl.fileio import atomic_write_bytes
 
-__all__ = ["load_checkpoint", "rng_state", "set_rng_state", "MetricsLog", "run_checkpoint_path"]
+__all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "rng_state", "set_rng_state", "run_checkpoint_path"]
 
 CHECKPOINT_FORMAT = "offrl-checkpoint"
 
@@ -54,39 +50,3 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-
-
-class MetricsLog:
-    """Append-only CSV of metrics rows. On resume, rows logged after the checkpoint are dropped
-    so the file reads as if the run had never been interrupted."""
-
-    def __init__(self, path: Path, resume_step: int | None = None):
-        self.path = Path(path)
-        self.fieldnames: list[str] | None = None
-        if resume_step is None:
-            self.path.unlink(missing_ok=True)
-        elif self.path.exists():
-            with self.path.open(newline="") as f:
-                reader = csv.DictReader(f)
-                self.fieldnames = reader.fieldnames
-                kept = [row for row in reader if int(float(row["step"])) <= resume_step]
-            self._rewrite(kept)
-
-    def _rewrite(self, rows: list[dict]) -> None:
-        with tempfile.SpooledTemporaryFile(mode="w+", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.fieldnames or [])
-            writer.writeheader()
-            writer.writerows(rows)
-            f.seek(0)
-            text = f.read()
-        atomic_write_bytes(self.path, text.encode())
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self.fieldnames is None:
-            self.fieldnames = list(row)
-        new_file = not self.path.exists()
-        with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.fieldnames, extrasaction="ignore")
-            if new_file:
-                writer.writeheader()
-            writer.writerow(row)

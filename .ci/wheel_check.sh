@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The library as a user gets it: build the wheel, install it (plus torch) into a fresh venv outside the
+# repository, and from an empty folder run README's first ```python block unchanged, `offrl --version` and a
+# tiny `offrl train-cql`. Everything the user's files need (store, leaderboard) lives under a temp OFFRL_HOME.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+python=${PYTHON:-python3}
+torch_spec=${TORCH_SPEC:-torch==2.13.0}
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+.venv/bin/pip wheel --quiet --no-deps --wheel-dir "$scratch/dist" "$repo"
+wheel=$(ls "$scratch"/dist/offrl-*.whl)
+unzip -l "$wheel" | grep -q "offrl/_shipped/policies/HalfCheetah-v5/medium.pt" || { echo "wheel lacks the shipped policies" >&2; exit 1; }
+unzip -l "$wheel" | grep -q "offrl/configs/cql/fast.yaml" || { echo "wheel lacks the configs" >&2; exit 1; }
+$python -m venv "$scratch/venv"
+"$scratch/venv/bin/pip" install --quiet --upgrade pip
+"$scratch/venv/bin/pip" install --quiet $torch_spec
+"$scratch/venv/bin/pip" install --quiet "$wheel"
+mkdir -p "$scratch/empty"
+awk '/^```python$/{inside=1; next} /^```$/{if (inside) exit} inside' README.md > "$scratch/readme_example.py"
+test -s "$scratch/readme_example.py" || { echo "README has no python block" >&2; exit 1; }
+cd "$scratch/empty"
+export OFFRL_HOME="$scratch/home"
+unset OFFRL_DATASETS_PATH OFFRL_LEADERBOARD OFFRL_POLICIES_PATH
+"$scratch/venv/bin/offrl" --version
+start=$(date +%s)
+"$scratch/venv/bin/python" "$scratch/readme_example.py"
+echo "README example: $(( $(date +%s) - start )) s"
+"$scratch/venv/bin/offrl" train-cql --dataset halfcheetah/medium-v0 --config fast --steps 50 --set batch_size=64 \
+    --set bc_steps=10 --log-every 25 --eval-every 1000 --final-eval-episodes 1 --quiet --out "$scratch/empty/run"
+"$scratch/venv/bin/offrl" datasets list
+echo "wheel check passed"

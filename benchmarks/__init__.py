@@ -1,0 +1,1 @@
+"""Benchmark programs, run from the repository root: `python -m benchmarks.bench --help`."""

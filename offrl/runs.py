@@ -1,0 +1,189 @@
+"""Run directories: the record a training run leaves, its final report, restoring it, and its leaderboard row.
+
+A run directory holds `run.json` (the record: algorithm, resolved config, dataset id and sha256, git commit,
+seed, command), `normalizer.json`, `metrics.csv`, `evaluations.csv`, `checkpoint.pt` and, once finished,
+`final.json` (the `TrainingReport`). "Run" always means such a directory or what is restored from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from offrl import __version__
+from offrl.errors import OfflineRLError
+from offrl.evaluation.leaderboard import ONLINE_COLUMNS, append_row
+from offrl.evaluation.report import evaluate_in_env
+from offrl.evaluation.scores import reference_scores_from_card
+from offrl.fileio import atomic_write_bytes
+from offrl.train.checkpoints import load_checkpoint
+
+__all__ = ["RUN_RECORD", "CHECKPOINT_NAME", "TrainingReport", "Run", "read_run_record", "write_run_record",
+           "restore_run", "evaluate_run", "leaderboard_row", "append_report"]
+
+RUN_RECORD = "run.json"
+CHECKPOINT_NAME = "checkpoint.pt"
+OFFLINE_KIND = "offline"
+
+
+@dataclass
+class TrainingReport:
+    """What a finished run reports (run_dir/final.json); fields that do not apply stay None."""
+
+    run_id: str
+    run_dir: str | None
+    dataset_id: str
+    algorithm: str
+    updates: int  # gradient updates of the offline phase
+    reference: str  # the reference scores' source, "raw" (scores are raw returns) or "no env"
+    final_normalized_return: float | None = None
+    best_normalized_return: float | None = None
+    mean_return: float | None = None
+    return_std: float | None = None
+    eval_episodes: int = 0
+    q_bias_mean: float | None = None
+    q_bias_normalized_mean: float | None = None
+    q_bias_normalized_std: float | None = None
+    q_bias_states: int | None = None
+    q_bias_rule: str | None = None
+    average_value_estimate: float | None = None
+    initial_state_value_estimate: float | None = None
+    wall_time_s: float | None = None
+    updates_per_s: float | None = None
+    # offline → online fine-tuning only
+    online_steps: int = 0  # env steps of the online phase
+    before_normalized_return: float | None = None
+    before_q_bias_normalized_mean: float | None = None
+    unlearning_dip: float | None = None
+    online_auc: float | None = None
+    calibrated: bool | None = None
+    offline_ratio: float | str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def write(self, path: Path) -> None:
+        atomic_write_bytes(Path(path), json.dumps(self.to_dict(), indent=2).encode())
+
+    @classmethod
+    def read(cls, path: Path) -> TrainingReport:
+        values = json.loads(Path(path).read_text())
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+
+def write_run_record(run_dir: Path, record: dict[str, Any]) -> None:
+    atomic_write_bytes(Path(run_dir) / RUN_RECORD, json.dumps(record, indent=2).encode())
+
+
+def read_run_record(run_dir: Path, kind: str = OFFLINE_KIND) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_RECORD
+    if not path.is_file():
+        raise OfflineRLError(f"{run_dir} is not an offrl {kind} run: {RUN_RECORD} is missing")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise OfflineRLError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(record, dict) or record.get("kind") != kind:
+        found = record.get("kind") if isinstance(record, dict) else None
+        raise OfflineRLError(f"{run_dir} is a {found!r} run, not an offrl {kind} run")
+    return record
+
+
+@dataclass
+class Run:
+    """An offline run restored from disk: its record, its checkpoint's update count and the trained agent."""
+
+    run_dir: Path
+    record: dict[str, Any]
+    updates: int
+    agent: Any  # offrl.agents.Agent
+    checkpoint: dict[str, Any]
+
+    @property
+    def card(self) -> dict[str, Any]:
+        return self.record.get("dataset_card") or {"id": self.record["dataset_id"]}
+
+
+def restore_run(target: Path, device: str = "cpu", verify_dataset: bool = True) -> Run:
+    """Load RUN_DIR or RUN_DIR/checkpoint.pt; with `verify_dataset`, the dataset must still be the one
+    trained on (a registered dataset's sha256 is checked against the record)."""
+    from offrl.agents import CQL, SAC, CalQL
+    from offrl.config import config_from_dict
+    from offrl.data.dataset import ObservationNormalizer
+
+    target = Path(target)
+    if not target.exists():
+        raise OfflineRLError(f"{target}: no such run directory or checkpoint")
+    run_dir = target if target.is_dir() else target.parent
+    checkpoint_path = target / CHECKPOINT_NAME if target.is_dir() else target
+    record = read_run_record(run_dir)
+    checkpoint = load_checkpoint(checkpoint_path, OFFLINE_KIND)
+    classes = {cls.algorithm: cls for cls in (CQL, CalQL, SAC)}
+    classes["SAC-offline"] = SAC
+    if record.get("agent_class") not in classes:
+        raise OfflineRLError(f"{run_dir / RUN_RECORD}: unknown agent class {record.get('agent_class')!r}")
+    cls = classes[record["agent_class"]]
+    agent = cls(config_from_dict(cls.config_class, record["config"], str(run_dir / RUN_RECORD)), device=device)
+    agent.config_name = record["config_name"]
+    normalizer = ObservationNormalizer.load(run_dir / "normalizer.json", device)
+    agent.build(record["obs_dim"], record["act_dim"], normalizer, record["reward_scale"], record.get("env_id"))
+    agent.networks.load_state_dict(checkpoint["agent"])
+    if verify_dataset and record.get("dataset_registered", True):
+        from offrl.data.registry import verify_dataset as verify
+
+        card = verify(record["dataset_id"], structural=False)
+        if card["sha256"] != record["dataset_sha256"]:
+            raise OfflineRLError(f"dataset {record['dataset_id']} now has sha256 {card['sha256'][:12]}, the run was "
+                                 f"trained on {record['dataset_sha256'][:12]}")
+    return Run(run_dir, record, checkpoint["loop"]["step"], agent, checkpoint)
+
+
+def evaluate_run(target: Path, episodes: int, leaderboard: Path | None, device: str = "cpu") -> TrainingReport:
+    """`offrl evaluate RUN_DIR|CHECKPOINT`: evaluate a saved agent in its env, optionally append a row."""
+    run = restore_run(target, device)
+    record = run.record
+    if not record.get("env_id"):
+        raise OfflineRLError(f"{run.run_dir}: the run's dataset has no env, so it cannot be evaluated by rollouts")
+    reference = reference_scores_from_card(run.card)
+    result = evaluate_in_env(run.agent.policy, record["env_id"], episodes, record["seed"], reference,
+                             run.agent.config.gamma, device, with_q_bias=True)
+    final_path = run.run_dir / "final.json"
+    previous = TrainingReport.read(final_path) if final_path.is_file() else None
+    best = result.normalized_return
+    if previous is not None and previous.best_normalized_return is not None:
+        best = max(best, previous.best_normalized_return)
+    report = TrainingReport(run_id=record["run_id"], run_dir=str(run.run_dir), dataset_id=record["dataset_id"],
+                            algorithm=record["algorithm"], updates=run.updates, reference=result.reference,
+                            final_normalized_return=result.normalized_return, best_normalized_return=best,
+                            mean_return=result.return_mean, return_std=result.return_std, eval_episodes=episodes,
+                            q_bias_mean=result.q_bias_mean, q_bias_normalized_mean=result.q_bias_normalized_mean,
+                            q_bias_normalized_std=result.q_bias_normalized_std, q_bias_states=result.q_bias_states,
+                            q_bias_rule=result.q_bias_rule,
+                            updates_per_s=previous.updates_per_s if previous is not None else None)
+    if leaderboard is not None:
+        append_report(leaderboard, record, report, phase="offline")
+    return report
+
+
+def leaderboard_row(record: dict[str, Any], report: TrainingReport, phase: str) -> dict[str, Any]:
+    return {"run_id": report.run_id, "phase": phase, "online_steps": report.online_steps,
+            "dataset_id": record["dataset_id"], "dataset_version": record.get("dataset_version"),
+            "dataset_sha256": record["dataset_sha256"], "algorithm": report.algorithm,
+            "config_name": record["config_name"], "config_hash": record["config_hash"], "seed": record["seed"],
+            "steps": report.updates, "final_normalized_return": report.final_normalized_return,
+            "best_normalized_return": report.best_normalized_return, "mean_return": report.mean_return,
+            "reference": report.reference, "q_bias_mean": report.q_bias_mean,
+            "q_bias_normalized_mean": report.q_bias_normalized_mean,
+            "q_bias_normalized_std": report.q_bias_normalized_std, "wall_time_s": report.wall_time_s,
+            "updates_per_s": report.updates_per_s, "device": record["device"], "offrl_version": __version__,
+            "git_commit": record.get("git_commit"),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "run_dir": report.run_dir,
+            **{name: getattr(report, name) for name in ONLINE_COLUMNS}}
+
+
+def append_report(leaderboard: Path, record: dict[str, Any], report: TrainingReport, phase: str) -> None:
+    append_row(Path(leaderboard), leaderboard_row(record, report, phase))

@@ -11,8 +11,11 @@ scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 .venv/bin/pip wheel --quiet --no-deps --wheel-dir "$scratch/dist" "$repo"
 wheel=$(ls "$scratch"/dist/offrl-*.whl)
-unzip -l "$wheel" | grep -q "offrl/_shipped/policies/HalfCheetah-v5/medium.pt" || { echo "wheel lacks the shipped policies" >&2; exit 1; }
-unzip -l "$wheel" | grep -q "offrl/configs/cql/fast.yaml" || { echo "wheel lacks the configs" >&2; exit 1; }
+contents=$(unzip -l "$wheel")
+for needed in offrl/_shipped/policies/HalfCheetah-v5/medium.pt offrl/_shipped/halfcheetah/medium-v0.json \
+              offrl/configs/cql/fast.yaml; do
+    grep -qF "$needed" <<<"$contents" || { echo "the wheel lacks $needed" >&2; exit 1; }
+done
 $python -m venv "$scratch/venv"
 "$scratch/venv/bin/pip" install --quiet --upgrade pip
 "$scratch/venv/bin/pip" install --quiet $torch_spec
@@ -27,7 +30,7 @@ unset OFFRL_DATASETS_PATH OFFRL_LEADERBOARD OFFRL_POLICIES_PATH
 start=$(date +%s)
 "$scratch/venv/bin/python" "$scratch/readme_example.py"
 echo "README example: $(( $(date +%s) - start )) s"
-"$scratch/venv/bin/offrl" train-cql --dataset halfcheetah/medium-v0 --config fast --steps 50 --set batch_size=64 \
+"$scratch/venv/bin/offrl" train-cql --dataset halfcheetah/random-v0 --config fast --steps 50 --set batch_size=64 \
     --set bc_steps=10 --log-every 25 --eval-every 1000 --final-eval-episodes 1 --quiet --out "$scratch/empty/run"
 "$scratch/venv/bin/offrl" datasets list
 echo "wheel check passed"

@@ -28,11 +28,13 @@ import torch
 
 from offrl.algos.cql import CQLAgent, CQLConfig, compiled_cql_losses, cql_losses, cql_update
 from offrl.algos.sac import SACAgent, SACConfig, sac_update
+from offrl.cli import positive_int
 from offrl.cpu_kernels import fused_cpu_kernels
 from offrl.data.buffer import ReplayBuffer
 from offrl.errors import OfflineRLError
 from offrl.fileio import atomic_write_bytes, git_commit
 from offrl.flops import cql_update_flops, sac_update_flops
+from offrl.runtime import configure_process
 
 __all__ = ["main", "build_parser", "run_bench", "run_bench_against_d3rlpy", "matmul_peak", "cpu_model",
            "ALL_BENCHMARKS"]
@@ -392,16 +394,6 @@ def with_d3rlpy_ratios(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROGRAM, description="Measure update, sampling, collection and loading "
                                      "throughput; merge the rows into a CSV (run from the repository root).")
@@ -416,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--against-d3rlpy", metavar="PYTHON", default=None,
                         help="python of a venv with d3rlpy 2.8.1: alternate its timings with offrl's "
                              "(see --rounds) (default: off, offrl only)")
-    parser.add_argument("--rounds", type=_positive_int, default=3,
+    parser.add_argument("--rounds", type=positive_int, default=3,
                         help="d3rlpy/offrl alternations; rows keep the median (default: %(default)s)")
     parser.add_argument("--compile", action="store_true",
                         help="compile the CQL losses (torch.compile; CUDA graphs on CUDA). Slower than eager on CPU "
@@ -438,14 +430,10 @@ def _run(args: argparse.Namespace, command: str) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     """The benchmark program. Runs with the process settings of the `offrl` commands (glibc keeps freed
     memory mapped; OFFRL_THREADS sets torch's intra-op threads) so its rates are the ones users get."""
-    from offrl.runtime import keep_freed_memory_mapped
-
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    keep_freed_memory_mapped()
-    if os.environ.get("OFFRL_THREADS"):
-        torch.set_num_threads(int(os.environ["OFFRL_THREADS"]))
     try:
+        configure_process()
         frame = _run(args, f"{PROGRAM} {shlex.join(argv)}".rstrip())
     except OfflineRLError as exc:
         print(f"{PROGRAM}: error: {exc}", file=sys.stderr)

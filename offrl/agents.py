@@ -27,7 +27,7 @@ from offrl.data.dataset import ObservationNormalizer, OfflineDataset, load_datas
 from offrl.errors import OfflineRLError
 from offrl.fileio import atomic_torch_save
 
-__all__ = ["Agent", "CQL", "CalQL", "SAC", "load_agent", "AgentPolicy"]
+__all__ = ["Agent", "CQL", "CalQL", "SAC", "load_agent", "agent_class", "AgentPolicy"]
 
 AGENT_FORMAT = "offrl-agent"
 
@@ -199,10 +199,15 @@ def load_agent(path: str | Path, device: str | torch.device = "cpu") -> Agent:
             from None
     if not isinstance(state, dict) or state.get("format") != AGENT_FORMAT:
         raise OfflineRLError(f"agent {path}: not an offrl agent file")
+    return agent_class(state.get("algorithm"), f"agent {path}").from_state(state, device, str(path))
+
+
+def agent_class(algorithm: str | None, where: str) -> type[Agent]:
+    """The agent class an agent file or run record names (its `algorithm`)."""
     classes = {cls.algorithm: cls for cls in (CQL, CalQL, SAC)}
-    if state.get("algorithm") not in classes:
-        raise OfflineRLError(f"agent {path}: unknown algorithm {state.get('algorithm')!r}")
-    return classes[state["algorithm"]].from_state(state, device, str(path))
+    if algorithm not in classes:
+        raise OfflineRLError(f"{where}: unknown algorithm {algorithm!r}; known: {', '.join(classes)}")
+    return classes[algorithm]
 
 
 class CQL(Agent):

@@ -3,66 +3,38 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+from offrl.runtime import configure_process, parse_integer_at_least
+
+__all__ = ["main", "build_parser", "positive_int", "non_negative_int"]
 
 LEADERBOARD_HELP = ("leaderboard CSV to append the run's row to "
                     "(default: $OFFRL_LEADERBOARD, else ~/.offrl/leaderboard.csv)")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {value}")
-    return value
+def _integer_at_least(minimum: int):
+    """An argparse type: an integer >= minimum, refused in one line otherwise."""
+    def parse(text: str) -> int:
+        try:
+            return parse_integer_at_least(text, minimum)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = "integer"
+    return parse
+
+
+positive_int = _integer_at_least(1)
+non_negative_int = _integer_at_least(0)
 
 
 def _leaderboard(value: str | None) -> Path:
     from offrl.shipped import default_leaderboard
 
     return Path(value) if value else default_leaderboard()
-
-
-def _threads_from_environment() -> int | None:
-    from offrl.errors import OfflineRLError
-
-    text = os.environ.get("OFFRL_THREADS", "").strip()
-    if not text:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise OfflineRLError(f"OFFRL_THREADS={text!r}: expected a positive integer (torch intra-op threads)") from None
-    if value < 1:
-        raise OfflineRLError(f"OFFRL_THREADS={text!r}: expected a positive integer (torch intra-op threads)")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {value}")
-    return value
-
-
-def _configure_runtime(threads: int | None) -> None:
-    import torch
-
-    from offrl.runtime import keep_freed_memory_mapped
-
-    keep_freed_memory_mapped()
-    if threads:
-        torch.set_num_threads(threads)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -227,9 +199,11 @@ def _number(value, digits: int = 1) -> str:
 
 
 def _print_report(report, leaderboard: Path | None) -> None:
+    from offrl.evaluation.scores import RAW
+
     rows = [("run", report.run_dir), ("dataset", report.dataset_id), ("updates", report.updates)]
     if report.final_normalized_return is not None:
-        score = "return" if report.reference == "raw" else "normalized return"
+        score = "return" if report.reference == RAW else "normalized return"
         rows += [(f"{score} (final)", _number(report.final_normalized_return)),
                  (f"{score} (best)", _number(report.best_normalized_return)),
                  ("return", f"{_number(report.mean_return)} ± {_number(report.return_std)} "
@@ -364,17 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="offrl", description="Dataset-centric offline reinforcement learning.",
                                      formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"offrl {__version__}")
-    parser.add_argument("--threads", type=_positive_int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch intra-op threads (default: $OFFRL_THREADS, else torch's choice)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _sub(sub, "pretrain", "train a SAC behaviour policy online")
     p.add_argument("--env", required=True, help="Gymnasium env id, e.g. HalfCheetah-v5")
-    p.add_argument("--steps", type=_positive_int, required=True, help="env steps")
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of torch, numpy and the env")
+    p.add_argument("--steps", type=positive_int, required=True, help="env steps")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of torch, numpy and the env")
     p.add_argument("--out", help="run directory (default: runs/pretrain/<env>-seed<seed>)")
-    p.add_argument("--eval-every", type=_positive_int, default=10_000, help="env steps between evaluations")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=25_000,
+    p.add_argument("--eval-every", type=positive_int, default=10_000, help="env steps between evaluations")
+    p.add_argument("--checkpoint-every", type=positive_int, default=25_000,
                    help="env steps between checkpoints (taken at the next episode end)")
     _set_option(p, "SACConfig")
     _common_run_options(p, "run")
@@ -383,17 +357,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "ship-policies", "pick the expert and medium policies of a pretrain run and write their cards")
     p.add_argument("--run", required=True, help="pretrain run directory")
     p.add_argument("--dest", help="policy root (default: $OFFRL_POLICIES_PATH, else the shipped policies)")
-    p.add_argument("--episodes", type=_positive_int, default=20, help="deterministic episodes for the card's return")
+    p.add_argument("--episodes", type=positive_int, default=20, help="deterministic episodes for the card's return")
     p.set_defaults(func=cmd_ship_policies)
 
     p = _sub(sub, "collect", "roll a shipped policy out into a new dataset version")
     p.add_argument("--env", required=True, help="Gymnasium env id, e.g. HalfCheetah-v5")
     p.add_argument("--tier", required=True, help="random, medium, medium-replay, expert, medium-expert, or all")
-    p.add_argument("--transitions", type=_positive_int, default=1_000_000, help="rows in the dataset")
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the rollouts")
-    p.add_argument("--version", type=_non_negative_int, default=0, help="dataset version N in <env>/<tier>-vN")
+    p.add_argument("--transitions", type=positive_int, default=1_000_000, help="rows in the dataset")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the rollouts")
+    p.add_argument("--version", type=non_negative_int, default=0, help="dataset version N in <env>/<tier>-vN")
     p.add_argument("--namespace", default=None, help="optional id namespace (<namespace>/<env>/<tier>-vN)")
-    p.add_argument("--num-envs", type=_positive_int, default=16, help="envs stepped in lockstep")
+    p.add_argument("--num-envs", type=positive_int, default=16, help="envs stepped in lockstep")
     p.add_argument("--replay-file", default=None,
                    help="medium-replay: the SAC replay export (default: the path on the medium policy's card)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -403,8 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True,
                    help="dataset id, e.g. halfcheetah/medium-v0, or a Minari id in the local Minari store "
                         "(imported on first use)")
-    p.add_argument("--steps", type=_positive_int, required=True, help="gradient updates")
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of torch, numpy and evaluation")
+    p.add_argument("--steps", type=positive_int, required=True, help="gradient updates")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of torch, numpy and evaluation")
     p.add_argument("--config", default=None, help="shipped config name (fast, corl, halfcheetah-medium, ...) or a "
                                                   "YAML path (default: the dataset's own config, else corl)")
     _set_option(p, "CQLConfig")
@@ -417,12 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compile the CQL losses (torch.compile; CUDA graphs on CUDA); slower than eager on CPU")
     p.add_argument("--leaderboard", default=None, help=LEADERBOARD_HELP)
     p.add_argument("--no-leaderboard", action="store_true", help="append no leaderboard row")
-    p.add_argument("--eval-every", type=_positive_int, default=5_000, help="updates between evaluations")
-    p.add_argument("--eval-episodes", type=_positive_int, default=10, help="episodes per evaluation")
-    p.add_argument("--final-eval-episodes", type=_positive_int, default=10,
+    p.add_argument("--eval-every", type=positive_int, default=5_000, help="updates between evaluations")
+    p.add_argument("--eval-episodes", type=positive_int, default=10, help="episodes per evaluation")
+    p.add_argument("--final-eval-episodes", type=positive_int, default=10,
                    help="episodes of the final evaluation (with Q bias)")
-    p.add_argument("--log-every", type=_positive_int, default=1_000, help="updates between metrics rows")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=5_000, help="updates between checkpoints")
+    p.add_argument("--log-every", type=positive_int, default=1_000, help="updates between metrics rows")
+    p.add_argument("--checkpoint-every", type=positive_int, default=5_000, help="updates between checkpoints")
     p.add_argument("--collect-missing", action="store_true",
                    help="collect the dataset from its shipped policy and card first if it is one of offrl's ids and "
                         "absent from the store")
@@ -431,30 +405,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(sub, "finetune", "fine-tune an offline CQL run online with mixed offline/online batches")
     p.add_argument("--from", dest="from_run", required=True, help="offline CQL run directory or its checkpoint")
-    p.add_argument("--online-steps", type=_positive_int, required=True, help="env steps of the online phase")
+    p.add_argument("--online-steps", type=positive_int, required=True, help="env steps of the online phase")
     p.add_argument("--offline-ratio", default="0.5", help="fraction of each batch from the dataset, or proportional")
-    p.add_argument("--utd", type=_positive_int, default=1, help="updates per env step")
+    p.add_argument("--utd", type=positive_int, default=1, help="updates per env step")
     p.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=None,
                    help="Cal-QL: calibrate the conservative term (default: as the offline run was trained)")
     p.add_argument("--cql-alpha-online", type=float, default=None,
                    help="α_cql once the online phase starts (default: the offline run's)")
-    p.add_argument("--seed", type=_non_negative_int, default=None, help="seed (default: the offline run's)")
+    p.add_argument("--seed", type=non_negative_int, default=None, help="seed (default: the offline run's)")
     p.add_argument("--compile", action="store_true", help="compile the CQL losses (torch.compile)")
     p.add_argument("--out", default=None,
                    help="run directory (default: <offline run>/finetune-ratio<r>-utd<k>-<steps>)")
     p.add_argument("--leaderboard", default=None, help=LEADERBOARD_HELP)
     p.add_argument("--no-leaderboard", action="store_true", help="append no leaderboard row")
-    p.add_argument("--eval-every", type=_positive_int, default=5_000, help="env steps between evaluations")
-    p.add_argument("--eval-episodes", type=_positive_int, default=10, help="episodes per evaluation")
-    p.add_argument("--log-every", type=_positive_int, default=1_000, help="env steps between metrics rows")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=5_000,
+    p.add_argument("--eval-every", type=positive_int, default=5_000, help="env steps between evaluations")
+    p.add_argument("--eval-episodes", type=positive_int, default=10, help="episodes per evaluation")
+    p.add_argument("--log-every", type=positive_int, default=1_000, help="env steps between metrics rows")
+    p.add_argument("--checkpoint-every", type=positive_int, default=5_000,
                    help="env steps between checkpoints (taken at the next episode end)")
     _common_run_options(p, "fine-tuning run")
     p.set_defaults(func=cmd_finetune)
 
     p = _sub(sub, "evaluate", "evaluate a CQL run or checkpoint: normalized return and Q bias")
     p.add_argument("target", help="run directory or checkpoint file")
-    p.add_argument("--episodes", type=_positive_int, default=10, help="deterministic evaluation episodes")
+    p.add_argument("--episodes", type=positive_int, default=10, help="deterministic evaluation episodes")
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     p.add_argument("--leaderboard", default=None, help=LEADERBOARD_HELP)
     p.add_argument("--no-leaderboard", action="store_true", help="append no leaderboard row")
@@ -501,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        _configure_runtime(args.threads or _threads_from_environment())
+        configure_process(args.threads)
         return args.func(args)
     except OfflineRLError as exc:
         print(f"offrl: error: {exc}", file=sys.stderr)

@@ -104,11 +104,12 @@ def ship_policies(run_dir: Path, dest_root: Path | None = None, episodes: int = 
     `episodes` deterministic episodes, write weights + cards, and export the replay buffer up to the
     medium snapshot (compressed HDF5, in the run directory) for the medium-replay tier."""
     from offrl.data.hdf5 import write_replay_prefix
+    from offrl.runs import read_run_record
     from offrl.train.checkpoints import load_checkpoint
-    from offrl.train.online import read_pretrain_record
+    from offrl.train.online import ONLINE_KIND
 
     run_dir = Path(run_dir)
-    run = read_pretrain_record(run_dir)
+    run = read_run_record(run_dir, ONLINE_KIND)
     evals_path = run_dir / "evaluations.csv"
     if not evals_path.is_file():
         raise OfflineRLError(f"{run_dir} is not a pretrain run: {evals_path.name} is missing")

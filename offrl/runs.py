@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,7 @@ class Run:
 def restore_run(target: Path, device: str = "cpu", verify_dataset: bool = True) -> Run:
     """Load RUN_DIR or RUN_DIR/checkpoint.pt; with `verify_dataset`, the dataset must still be the one
     trained on (a registered dataset's sha256 is checked against the record)."""
-    from offrl.agents import CQL, SAC, CalQL
+    from offrl.agents import agent_class
     from offrl.config import config_from_dict
     from offrl.data.dataset import ObservationNormalizer
 
@@ -122,11 +123,7 @@ def restore_run(target: Path, device: str = "cpu", verify_dataset: bool = True) 
     checkpoint_path = target / CHECKPOINT_NAME if target.is_dir() else target
     record = read_run_record(run_dir)
     checkpoint = load_checkpoint(checkpoint_path, OFFLINE_KIND)
-    classes = {cls.algorithm: cls for cls in (CQL, CalQL, SAC)}
-    classes["SAC-offline"] = SAC
-    if record.get("agent_class") not in classes:
-        raise OfflineRLError(f"{run_dir / RUN_RECORD}: unknown agent class {record.get('agent_class')!r}")
-    cls = classes[record["agent_class"]]
+    cls = agent_class(record.get("agent_class"), str(run_dir / RUN_RECORD))
     agent = cls(config_from_dict(cls.config_class, record["config"], str(run_dir / RUN_RECORD)), device=device)
     agent.config_name = record["config_name"]
     normalizer = ObservationNormalizer.load(run_dir / "normalizer.json", device)
@@ -186,4 +183,9 @@ def leaderboard_row(record: dict[str, Any], report: TrainingReport, phase: str) 
 
 
 def append_report(leaderboard: Path, record: dict[str, Any], report: TrainingReport, phase: str) -> None:
-    append_row(Path(leaderboard), leaderboard_row(record, report, phase))
+    """Append the run's row; a row with a non-finite number (a diverged run) is refused, never written."""
+    row = leaderboard_row(record, report, phase)
+    bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise OfflineRLError(f"run {report.run_id}: non-finite {', '.join(bad)}; no leaderboard row written")
+    append_row(Path(leaderboard), row)

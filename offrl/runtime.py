@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
-__all__ = ["keep_freed_memory_mapped"]
+__all__ = ["keep_freed_memory_mapped", "parse_integer_at_least", "configure_process"]
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
@@ -30,3 +31,33 @@ def keep_freed_memory_mapped() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)
                 and mallopt(_M_TOP_PAD, 64 << 20))
+
+
+def parse_integer_at_least(text: str, minimum: int) -> int:
+    """`text` as an integer >= minimum; ValueError with a one-line reason otherwise."""
+    expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"expected {expected}, found {text!r}") from None
+    if value < minimum:
+        raise ValueError(f"expected {expected}, found {value}")
+    return value
+
+
+def configure_process(threads: int | None = None) -> None:
+    """The settings every offrl program runs with: glibc keeps freed memory mapped, and torch uses `threads`
+    intra-op threads (default: OFFRL_THREADS, else torch's choice). A bad OFFRL_THREADS is an OfflineRLError."""
+    import torch
+
+    from offrl.errors import OfflineRLError
+
+    text = os.environ.get("OFFRL_THREADS", "").strip()
+    if threads is None and text:
+        try:
+            threads = parse_integer_at_least(text, 1)
+        except ValueError as exc:
+            raise OfflineRLError(f"OFFRL_THREADS={text!r}: {exc} (torch intra-op threads)") from None
+    keep_freed_memory_mapped()
+    if threads:
+        torch.set_num_threads(threads)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["PACKAGE_DIR", "shipped_root", "shipped_policies_root", "shipped_cards_root", "default_dataset_store",
+__all__ = ["PACKAGE_DIR", "shipped_root", "shipped_policies_root", "default_dataset_store",
            "default_leaderboard", "user_home"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -28,11 +28,6 @@ def shipped_root() -> Path:
 
 def shipped_policies_root() -> Path:
     return shipped_root() / "policies"
-
-
-def shipped_cards_root() -> Path:
-    """The cards of offrl's own dataset ids (`<env>/<tier>-vN.json`): what `--collect-missing` rebuilds from."""
-    return shipped_root()
 
 
 def user_home() -> Path:

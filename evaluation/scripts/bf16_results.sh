@@ -4,6 +4,8 @@
 # Usage: bash evaluation/scripts/bf16_results.sh [STEPS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# the repository's store and leaderboard, as the Makefile sets them
+export OFFRL_DATASETS_PATH="$PWD/datasets" OFFRL_LEADERBOARD="$PWD/evaluation/leaderboard.csv"
 STEPS=${1:-5000}
 OUT="runs/results/precision-$(git rev-parse --short HEAD)"  # a new directory per commit: earlier runs stay
 run() {

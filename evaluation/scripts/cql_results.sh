@@ -3,6 +3,8 @@
 # time with one torch thread each (2-core machine). Usage: bash evaluation/scripts/cql_results.sh [STEPS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# the repository's store and leaderboard, as the Makefile sets them
+export OFFRL_DATASETS_PATH="$PWD/datasets" OFFRL_LEADERBOARD="$PWD/evaluation/leaderboard.csv"
 STEPS=${1:-5000}
 run() {
   local dataset=$1 seed=$2

@@ -7,6 +7,8 @@
 # script continues where it stopped. Usage: bash evaluation/scripts/finetune_results.sh [ONLINE_STEPS] [OFFLINE_STEPS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# the repository's store and leaderboard, as the Makefile sets them
+export OFFRL_DATASETS_PATH="$PWD/datasets" OFFRL_LEADERBOARD="$PWD/evaluation/leaderboard.csv"
 ONLINE_STEPS=${1:-10000}
 OFFLINE_STEPS=${2:-5000}
 mkdir -p runs/results

@@ -19,7 +19,7 @@ from offrl import __version__
 from offrl.data.hdf5 import FORMAT_VERSION, episode_ends, read_transitions, write_transitions
 from offrl.errors import OfflineRLError
 from offrl.fileio import atomic_write_bytes, git_commit, sha256_file
-from offrl.shipped import default_dataset_store, shipped_cards_root
+from offrl.shipped import default_dataset_store, shipped_root
 
 __all__ = ["DatasetId", "dataset_root", "parse_dataset_id", "card_path", "data_path", "read_card", "list_cards",
            "register_dataset", "verify_dataset", "episode_returns", "return_stats", "env_short_name", "shipped_card",
@@ -66,7 +66,7 @@ def dataset_root() -> Path:
 
 def shipped_card(dataset_id: str | DatasetId) -> dict | None:
     """The card offrl ships for one of its own dataset ids (the file is collected from it), or None."""
-    path = shipped_cards_root() / f"{dataset_id}.json"
+    path = shipped_root() / f"{dataset_id}.json"  # the cards of offrl's own ids
     if "policies" in Path(str(dataset_id)).parts or not path.is_file():
         return None
     try:
@@ -77,7 +77,7 @@ def shipped_card(dataset_id: str | DatasetId) -> dict | None:
 
 
 def shipped_cards() -> list[dict]:
-    return list_cards(shipped_cards_root())
+    return list_cards(shipped_root())
 
 
 def card_path(dataset_id: str | DatasetId, root: Path | None = None) -> Path:

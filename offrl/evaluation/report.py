@@ -6,7 +6,6 @@ estimates Q on raw observations.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -14,9 +13,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from offrl.errors import OfflineRLError
 from offrl.evaluation.q_bias import dropped_tail, q_bias, q_estimates
 from offrl.evaluation.rollout import rollout_episodes
-from offrl.evaluation.scores import ReferenceScores, normalized_return
+from offrl.evaluation.scores import ReferenceScores, normalized_return, reference_scores_from_card
 
 __all__ = ["EVAL_SEED", "Q_BIAS_TAIL_TOLERANCE", "Policy", "EvaluationReport", "evaluate", "evaluate_in_env",
            "dataset_diagnostics"]
@@ -53,9 +53,6 @@ class EvaluationReport:
     def to_dict(self) -> dict[str, Any]:
         """The numbers (without the per-timestep Q-bias curve), for JSON and CSV rows."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "q_bias_curve"}
-
-    def is_finite(self) -> bool:
-        return all(v is None or not isinstance(v, float) or math.isfinite(v) for v in self.to_dict().values())
 
 
 def evaluate_in_env(policy: Policy, env_id: str, episodes: int, seed: int, reference: ReferenceScores,
@@ -102,9 +99,6 @@ def evaluate(agent: Any, dataset: Any = None, env_id: str | None = None, episode
     episodes against `reference` (default: the dataset's reference scores, else raw returns) and the Q-estimate
     bias against Monte-Carlo returns. On a dataset: d3rlpy's env-free value estimates too. With neither an env
     nor a dataset there is nothing to measure."""
-    from offrl.errors import OfflineRLError
-    from offrl.evaluation.scores import reference_scores_from_card
-
     policy = getattr(agent, "policy", agent)
     card = getattr(dataset, "card", None) or {}
     env_id = env_id or card.get("env_id") or getattr(agent, "env_id", None)

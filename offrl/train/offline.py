@@ -7,7 +7,6 @@ logged, checkpointed and resumable (offrl.runs describes the files); without one
 from __future__ import annotations
 
 import dataclasses
-import math
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,12 +72,10 @@ def fit_offline(agent: Agent, dataset: OfflineDataset, n_steps: int, *, seed: in
                 command: str | None = None) -> TrainingReport:
     """Train `agent` for `n_steps` updates on `dataset`; see `offrl.agents.Agent.fit`."""
     config = agent.config
-    for name, value in (("n_steps", n_steps), ("eval_episodes", eval_episodes), ("seed", seed + 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise OfflineRLError(f"{name} must be an integer >= {1 if name != 'seed' else 0}, found "
-                                 f"{value if name != 'seed' else seed!r}")
-    schedule = Schedule(steps=n_steps, log_every=min(log_every, n_steps), eval_every=eval_every,
-                        checkpoint_every=checkpoint_every)
+    for name, value, minimum in (("n_steps", n_steps, 1), ("eval_episodes", eval_episodes, 1), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise OfflineRLError(f"{name} must be an integer >= {minimum}, found {value!r}")
+    schedule = Schedule(steps=n_steps, log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every)
     schedule.validate()
     final_eval_episodes = final_eval_episodes or eval_episodes
     if resume and run_dir is None:
@@ -175,9 +172,6 @@ def fit_offline(agent: Agent, dataset: OfflineDataset, n_steps: int, *, seed: in
     report.wall_time_s = state.elapsed_s
     metrics_log.close()
     eval_log.close()
-    if not all(v is None or not isinstance(v, float) or math.isfinite(v)
-               for k, v in report.to_dict().items() if k != "updates_per_s"):
-        raise OfflineRLError(f"run {record['run_id']}: the final report holds non-finite numbers; no row written")
     if out_dir is not None:
         report.write(out_dir / "final.json")
     if leaderboard is not None:

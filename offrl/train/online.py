@@ -19,12 +19,12 @@ from offrl.envs import env_spec, make_env, seed_everything
 from offrl.errors import OfflineRLError
 from offrl.evaluation.rollout import evaluate_policy
 from offrl.fileio import atomic_torch_save, git_commit
-from offrl.runs import RUN_RECORD, read_run_record, write_run_record
+from offrl.runs import read_run_record, write_run_record
 from offrl.train.checkpoints import load_checkpoint, run_checkpoint_path
 from offrl.train.logs import MetricsLog
 from offrl.train.loop import EnvSteps, Schedule, run_loop
 
-__all__ = ["PretrainSettings", "pretrain", "read_pretrain_record", "CHECKPOINT_NAME", "ONLINE_KIND"]
+__all__ = ["PretrainSettings", "pretrain", "CHECKPOINT_NAME", "ONLINE_KIND"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 ONLINE_KIND = "sac-online"
@@ -143,9 +143,3 @@ def pretrain(settings: PretrainSettings, out_dir: Path, resume: bool = False, sh
     eval_log.close()
     return out_dir
 
-
-def read_pretrain_record(run_dir: Path) -> dict:
-    """A pretrain run's record (run.json), for ship-policies."""
-    if not (Path(run_dir) / RUN_RECORD).is_file():
-        raise OfflineRLError(f"{run_dir} is not a pretrain run: {RUN_RECORD} is missing")
-    return read_run_record(run_dir, ONLINE_KIND)

@@ -232,9 +232,8 @@ def cql_losses(agent: CQLAgent, batch: Batch, config: CQLConfig, behaviour_cloni
 
 def compiled_cql_losses(device: torch.device | str):
     """`cql_losses` under torch.compile: forward and backward as compiled graphs, replayed as CUDA graphs on
-    CUDA (mode "reduce-overhead": one launch instead of hundreds of small kernels per update). On these
-    CPUs the compiled update measured 2.3x slower than eager (3.2 vs 7.3 updates/s, 1 thread, 2x256, one
-    after the other under the same load), so CPU runs stay eager unless asked."""
+    CUDA (mode "reduce-overhead": one launch instead of hundreds of small kernels per update). On CPU it is
+    slower than eager (`python -m benchmarks.bench --only updates --compile`), so CPU runs stay eager unless asked."""
     on_cuda = torch.device(device).type == "cuda"
     compiled = torch.compile(cql_losses, mode="reduce-overhead" if on_cuda else None)
 

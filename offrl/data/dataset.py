@@ -50,15 +50,16 @@ def load_dataset(dataset_id: str, device: torch.device | str = "cpu", root: Path
     """A registered dataset on `device`, its file's sha256 checked against its card (refused on mismatch).
 
     An id that is not in the store is imported from the local Minari store when Minari has it (checksummed and
-    carded on first use); with `collect_missing`, one of offrl's shipped ids is collected from its shipped
-    policy and card."""
-    if root is None and not card_path(dataset_id).exists():
+    carded on first use); with `collect_missing`, one of offrl's ids whose file is absent is collected from its
+    shipped policy and card (the store's card, or the one offrl ships)."""
+    if root is None and not data_path(dataset_id).exists():
         from offrl.data.minari_io import import_minari_if_local
 
-        if import_minari_if_local(dataset_id) is None and collect_missing:
+        imported = not card_path(dataset_id).exists() and import_minari_if_local(dataset_id) is not None
+        if not imported and collect_missing:
             from offrl.data.collect import collect_shipped
 
-            collect_shipped(dataset_id)
+            collect_shipped(dataset_id)  # also rebuilds a file whose card is in the store (a source checkout)
     card = verify_dataset(dataset_id, root, structural=False)
     arrays, _ = read_transitions(data_path(dataset_id, root))
     if len(arrays["rewards"]) != card["transitions"]:

@@ -1,6 +1,8 @@
 import numpy as np
+import pytest
 
 from offrl.data.dataset import returns_to_go
+from offrl.errors import OfflineRLError
 
 
 def test_returns_to_go_restart_at_terminals_and_truncations():
@@ -30,3 +32,17 @@ def test_a_training_buffer_holds_normalized_observations_scaled_rewards_and_thei
     torch.testing.assert_close(batch.observations, normalizer(torch.as_tensor(arrays["observations"][rows])))
     torch.testing.assert_close(batch.mc_returns, torch.as_tensor(expected_rtg[rows], dtype=torch.float32))
     assert buffer_from_dataset(dataset).sample(4).mc_returns is None
+
+
+def test_collect_missing_rebuilds_a_file_whose_card_is_in_the_store():
+    from offrl.data.collect import CollectConfig, collect
+    from offrl.data.dataset import load_dataset
+    from offrl.data.registry import data_path
+
+    card = collect(CollectConfig(env_id="Pendulum-v1", tier="random", transitions=400, num_envs=2),
+                   show_progress=False, command="test")
+    data_path(card["id"]).unlink()  # a source checkout: the card is tracked, the file is not
+    with pytest.raises(OfflineRLError, match="data file .* is missing"):
+        load_dataset(card["id"])
+    dataset = load_dataset(card["id"], collect_missing=True)
+    assert dataset.card["sha256"] == card["sha256"] and len(dataset) == 400

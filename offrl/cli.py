@@ -72,7 +72,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     for tier in tiers:
         config = CollectConfig(env_id=args.env, tier=tier, transitions=args.transitions, seed=args.seed,
                                version=args.version, namespace=args.namespace, num_envs=args.num_envs,
-                               replay_file=args.replay_file)
+                               replay_file=args.replay_file, sampler=args.sampler)
         try:
             card = collect(config, show_progress=not args.quiet, command=_command_line())
         except Exception as exc:
@@ -370,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-envs", type=positive_int, default=16, help="envs stepped in lockstep")
     p.add_argument("--replay-file", default=None,
                    help="medium-replay: the SAC replay export (default: the path on the medium policy's card)")
+    p.add_argument("--sampler", choices=["portable", "torch"], default="portable",
+                   help="how policy actions are computed: portable (bit-identical on every CPU) or torch (faster, "
+                        "bytes depend on the CPU; the v0 cards); rebuilding a card follows the card")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_collect)
 

@@ -8,6 +8,7 @@ end early is not over-represented, as it would be if episodes were taken in the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import shlex
@@ -22,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from offrl.data.hdf5 import read_transitions, write_transitions
+from offrl.data.portable import SAMPLER_VERSION, PortableActor, PortableNormal
 from offrl.data.registry import (
     card_path,
     data_path,
@@ -36,13 +38,19 @@ from offrl.envs import env_spec, make_env, versions
 from offrl.errors import OfflineRLError
 from offrl.evaluation.rollout import evaluate_policy, uniform_random_policy
 from offrl.fileio import atomic_write_bytes, sha256_file
-from offrl.nets import TanhGaussianActor, tanh_gaussian_log_prob
+from offrl.nets import LOG_STD_MAX, LOG_STD_MIN, TanhGaussianActor, tanh_gaussian_log_prob
 from offrl.policies import CARD_EVAL_SEED, load_policy, policy_path
 
-__all__ = ["TIERS", "CollectConfig", "collect", "collect_shipped", "rollout_transitions", "reference_scores"]
+__all__ = ["TIERS", "SAMPLERS", "CollectConfig", "collect", "collect_shipped", "card_sampler", "rollout_transitions",
+           "reference_scores"]
 
 TIERS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 REFERENCE_EPISODES = 20
+# How a stochastic policy's actions are computed (card field `collection.sampler`):
+# - "portable": offrl.data.portable, bit-identical on every CPU (the default since the v1 datasets);
+# - "torch": the actor's own float32 forward and torch's normal generator, as the v0 cards were made: faster,
+#   but its bytes depend on the CPU's vector units, so a v0 card rebuilds only on a host like its own.
+SAMPLERS = ("portable", "torch")
 
 
 @dataclass
@@ -55,6 +63,7 @@ class CollectConfig:
     namespace: str | None = None
     num_envs: int = 16  # lockstep envs: enough to amortise the policy's forward pass
     replay_file: str | None = None  # medium-replay: the SAC replay buffer export; default from the medium card
+    sampler: str = "portable"  # see SAMPLERS
 
     @property
     def dataset_id(self) -> str:
@@ -70,6 +79,8 @@ class CollectConfig:
             raise OfflineRLError(f"--version must be >= 0, found {self.version}")
         if self.num_envs < 1:
             raise OfflineRLError(f"num_envs must be >= 1, found {self.num_envs}")
+        if self.sampler not in SAMPLERS:
+            raise OfflineRLError(f"--sampler {self.sampler!r} is not one of {', '.join(SAMPLERS)}")
 
 
 @contextlib.contextmanager
@@ -85,23 +96,30 @@ def _single_thread():
 
 
 def rollout_transitions(env_id: str, actor: TanhGaussianActor | None, transitions: int, seed: int,
-                        num_envs: int = 16, show_progress: bool = False) -> tuple[dict[str, np.ndarray], float]:
-    """Exactly `transitions` rows from stochastic rollouts of `actor` (uniform actions when None).
+                        num_envs: int = 16, show_progress: bool = False, sampler: str = "portable"
+                        ) -> tuple[dict[str, np.ndarray], float]:
+    """Exactly `transitions` rows from stochastic rollouts of `actor` (uniform actions when None), its actions
+    computed by `sampler` (see SAMPLERS).
 
     Returns the arrays and the measured transitions/s (env steps including those discarded at the end).
     """
+    if sampler not in SAMPLERS:
+        raise OfflineRLError(f"sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
     with _single_thread():
-        return _rollout_transitions(env_id, actor, transitions, seed, num_envs, show_progress)
+        return _rollout_transitions(env_id, actor, transitions, seed, num_envs, show_progress, sampler)
 
 
 def _rollout_transitions(env_id: str, actor: TanhGaussianActor | None, transitions: int, seed: int,
-                         num_envs: int, show_progress: bool) -> tuple[dict[str, np.ndarray], float]:
+                         num_envs: int, show_progress: bool, sampler: str) -> tuple[dict[str, np.ndarray], float]:
     envs = [make_env(env_id) for _ in range(num_envs)]
     spec = env_spec(envs[0])
     max_len = spec.max_episode_steps or transitions
     act_dim = spec.act_dim
     generator = torch.Generator().manual_seed(seed)
     action_rng = np.random.default_rng(seed)
+    portable = None
+    if actor is not None and sampler == "portable":
+        portable = PortableActor(actor.state_dict(), LOG_STD_MIN, LOG_STD_MAX), PortableNormal(seed)
     uniform_log_prob = act_dim * math.log(0.5)
     is_mujoco = hasattr(envs[0].unwrapped, "data") and hasattr(envs[0].unwrapped.data, "qpos")
 
@@ -141,6 +159,9 @@ def _rollout_transitions(env_id: str, actor: TanhGaussianActor | None, transitio
         if actor is None:
             actions = action_rng.uniform(-1.0, 1.0, (len(active), act_dim)).astype(np.float32)
             log_probs = np.full(len(active), uniform_log_prob, dtype=np.float32)
+        elif portable is not None:
+            actions, log_probs = portable[0].sample(obs[active], portable[1])
+            actions = actions.astype(np.float32)  # the stored action is exactly the one the env is stepped with
         else:
             with torch.no_grad():
                 mean, log_std = actor.distribution_params(torch.as_tensor(obs[active]))
@@ -264,6 +285,9 @@ def collect(config: CollectConfig, show_progress: bool = True, command: str | No
         rebuild_card = read_card(dataset_id)  # card tracked in git, file not: rebuild it and check the bytes
     else:
         rebuild_card = shipped_card(dataset_id)  # one of offrl's own ids: rebuilt from its shipped card
+    if rebuild_card is not None:  # a rebuild follows the card's sampler and lockstep width, not the defaults
+        config = dataclasses.replace(config, sampler=card_sampler(rebuild_card),
+                                     num_envs=rebuild_card.get("collection", {}).get("num_envs", config.num_envs))
 
     spec = env_spec(make_env(config.env_id))
     fields: dict = {"env_id": config.env_id, **versions(), "tier": config.tier, "seed": config.seed,
@@ -276,7 +300,7 @@ def collect(config: CollectConfig, show_progress: bool = True, command: str | No
     elif config.tier in ("medium", "expert"):
         actor, fields["policy"] = _policy_fields(config.env_id, config.tier)
         arrays, rate = rollout_transitions(config.env_id, actor, config.transitions, config.seed, config.num_envs,
-                                           show_progress)
+                                           show_progress, config.sampler)
         fields["policy"]["actions"] = "sampled stochastically from the tanh-Gaussian"
     elif config.tier == "medium-replay":
         arrays, fields["policy"] = _medium_replay_arrays(config)
@@ -289,6 +313,8 @@ def collect(config: CollectConfig, show_progress: bool = True, command: str | No
                              f"{arrays['actions'].shape[1]}, env {config.env_id} has {spec.obs_dim}/{spec.act_dim}")
     if rate is not None:
         fields["collection"] = {"num_envs": config.num_envs, "transitions_per_s": round(rate, 1)}
+        if config.tier != "random":
+            fields["collection"]["sampler"] = SAMPLER_VERSION if config.sampler == "portable" else "torch"
     fields["reference_scores"] = reference_scores(config.env_id)
 
     if rebuild_card is not None:
@@ -316,6 +342,17 @@ def _rebuild(dataset_id: str, arrays: dict[str, np.ndarray], card: dict) -> dict
     return card
 
 
+def card_sampler(card: dict) -> str:
+    """The SAMPLERS entry that rebuilds a card: cards without the field predate the portable sampler."""
+    recorded = card.get("collection", {}).get("sampler", "torch")
+    if recorded == "torch":
+        return "torch"
+    if recorded != SAMPLER_VERSION:
+        raise OfflineRLError(f"dataset {card.get('id')}: collected with sampler {recorded!r}; this offrl has "
+                             f"{SAMPLER_VERSION!r} and cannot rebuild it (install the offrl version that made it)")
+    return "portable"
+
+
 def collect_shipped(dataset_id: str, show_progress: bool = True) -> dict:
     """Collect one of offrl's own dataset ids from its shipped policy, reproducing its card's bytes.
 
@@ -330,6 +367,7 @@ def collect_shipped(dataset_id: str, show_progress: bool = True) -> dict:
         raise OfflineRLError(f"dataset {dataset_id}: not in the store ({card_path(parsed)}) and not one of offrl's "
                              "shipped ids, so it cannot be collected; `offrl datasets list` shows what is here")
     config = CollectConfig(env_id=card.get("env_id", envs[parsed.env]), tier=parsed.tier,
-                           transitions=card["transitions"], seed=card.get("seed") or 0, version=parsed.version)
+                           transitions=card["transitions"], seed=card.get("seed") or 0, version=parsed.version,
+                           sampler=card_sampler(card))
     print(f"dataset {dataset_id} is not here: collecting it from the shipped {parsed.tier} policy", file=sys.stderr)
     return collect(config, show_progress=show_progress, command=card.get("command"))

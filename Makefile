@@ -13,9 +13,9 @@ STEPS ?= 300000
 SEED ?= 0
 # `make collect`: every tier at a size that collects in a few minutes on 2 cores
 TRANSITIONS ?= 200000
-VERSION ?= 0
+VERSION ?= 1
 # `make train-cql`: the main job. HalfCheetah medium with the CPU-sized config (its time: evaluation/RESULTS.md).
-DATASET ?= halfcheetah/medium-v0
+DATASET ?= halfcheetah/medium-v1
 CONFIG ?= fast
 CQL_STEPS ?= 6000
 
@@ -51,7 +51,8 @@ ship-policies: install
 
 collect: install
 	$(BIN)/offrl collect --env $(ENV) --tier all --transitions $(TRANSITIONS) --seed $(SEED) --version $(VERSION)
-	$(BIN)/offrl datasets verify
+	short=$$(echo $(ENV) | sed 's/-v[0-9]*$$//' | tr A-Z a-z); \
+	$(BIN)/offrl datasets verify $$(cd $(OFFRL_DATASETS_PATH) && ls $$short/*-v$(VERSION).json | sed 's/\.json$$//')
 
 datasets: install
 	$(BIN)/offrl datasets list

@@ -1,7 +1,7 @@
 """offrl: a dataset-centric offline reinforcement-learning toolkit.
 
     import offrl
-    dataset = offrl.load_dataset("halfcheetah/medium-v0", collect_missing=True)
+    dataset = offrl.load_dataset("halfcheetah/medium-v1", collect_missing=True)
     agent = offrl.CQL("fast")
     agent.fit(dataset, n_steps=1_000)
     offrl.evaluate(agent, dataset).normalized_return

@@ -135,7 +135,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         print(json.dumps(card, indent=2))
         return 0
     if args.datasets_command == "verify":
-        ids = [args.id] if args.id else [c["id"] for c in registry.list_cards()]
+        ids = args.id or [c["id"] for c in registry.list_cards()]
         rows, failed = [], 0
         for dataset_id in ids:
             try:
@@ -144,7 +144,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             except OfflineRLError as exc:
                 failed += 1
                 rows.append({"id": dataset_id, "sha256": "", "result": str(exc).splitlines()[0]})
-                if args.id:
+                if len(args.id) == 1:  # one id asked for: its error is the whole answer
                     raise
         _print_table(rows)
         return 2 if failed else 0
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(sub, "train-cql", "train CQL-SAC (or Cal-QL) offline on a dataset, evaluate, append a leaderboard row")
     p.add_argument("--dataset", required=True,
-                   help="dataset id, e.g. halfcheetah/medium-v0, or a Minari id in the local Minari store "
+                   help="dataset id, e.g. halfcheetah/medium-v1, or a Minari id in the local Minari store "
                         "(imported on first use)")
     p.add_argument("--steps", type=positive_int, required=True, help="gradient updates")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of torch, numpy and evaluation")
@@ -456,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = _sub(ds, "info", "a dataset's card")
     q.add_argument("id", help="dataset id")
     q = _sub(ds, "verify", "sha256 and structural checks (every dataset in the store without ID)")
-    q.add_argument("id", nargs="?", help="dataset id (default: all)")
+    q.add_argument("id", nargs="*", help="dataset ids (default: all)")
     q = _sub(ds, "import-d4rl", "register a D4RL HDF5 file")
     q.add_argument("file", help="the D4RL .hdf5 file")
     q.add_argument("--id", required=True, help="offrl id to register it as, e.g. d4rl/halfcheetah/medium-v2")

@@ -331,11 +331,15 @@ def _rebuild(dataset_id: str, arrays: dict[str, np.ndarray], card: dict) -> dict
         write_transitions(candidate, arrays, {"dataset_id": dataset_id, "env_id": card.get("env_id", "")})
         actual = sha256_file(candidate)
         if actual != card["sha256"]:
+            cpu_bound = (card.get("tier") in ("medium", "expert") and card_sampler(card) == "torch")
+            hint = (" This card was collected with the torch sampler, whose bytes depend on the CPU's vector units "
+                    "(AVX2, AVX-512, AMX): it rebuilds only on a host like the one that made it; ids collected with "
+                    "the portable sampler (`collection.sampler` on the card, e.g. the v1 datasets) rebuild anywhere."
+                    if cpu_bound else " Collect a new version instead.")
             raise OfflineRLError(
                 f"dataset {dataset_id}: recollected file does not reproduce the card's bytes\n  card says: "
                 f"{card['sha256']}\n  rebuilt:   {actual}\n(library versions now: {versions()}, card: gymnasium "
-                f"{card.get('gymnasium')}, mujoco {card.get('mujoco')}); nothing was written. Collect a new "
-                "version instead.")
+                f"{card.get('gymnasium')}, mujoco {card.get('mujoco')}); nothing was written.{hint}")
         candidate.replace(final)
     if not card_path(dataset_id).exists():
         atomic_write_bytes(card_path(dataset_id), (json.dumps(card, indent=2) + "\n").encode())

@@ -19,7 +19,7 @@ DATASET ?= halfcheetah/medium-v1
 CONFIG ?= fast
 CQL_STEPS ?= 6000
 
-.PHONY: install test wheel-check test-slow lint pretrain ship-policies collect datasets train-cql finetune leaderboard bench bench-d3rlpy clean
+.PHONY: install test wheel-check test-slow test-faults lint pretrain ship-policies collect datasets train-cql finetune leaderboard bench bench-d3rlpy clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ wheel-check: install
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
+
+# The kill matrix: every fault point of offrl/faults.py, SIGKILL then the same command again; concurrent writers.
+test-faults: install
+	$(BIN)/python -m pytest -q -m faults tests/test_faults.py
 
 lint: install
 	$(BIN)/ruff check offrl tests

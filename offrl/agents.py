@@ -26,6 +26,8 @@ from offrl.data.buffer import Batch
 from offrl.data.dataset import ObservationNormalizer, OfflineDataset, load_dataset
 from offrl.errors import OfflineRLError
 from offrl.fileio import atomic_torch_save
+from offrl.runtime import resolve_device
+from offrl.train.checkpoints import load_weights
 
 __all__ = ["Agent", "CQL", "CalQL", "SAC", "load_agent", "agent_class", "AgentPolicy"]
 
@@ -67,9 +69,7 @@ class Agent:
             raise OfflineRLError(f"config: expected a shipped config name or a {self.config_class.__name__}, "
                                  f"found {type(config).__name__}")
         self.config = config_with_overrides(config, overrides, f"{type(self).__name__} arguments")
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise OfflineRLError(f"device {device}: CUDA is not available on this machine")
+        self.device = resolve_device(device)
         self.networks: SACAgent | None = None
         self.normalizer: ObservationNormalizer | None = None
         self.reward_scale = 1.0
@@ -183,7 +183,7 @@ class Agent:
         normalizer = ObservationNormalizer(mean=state["normalizer"]["mean"].to(device),
                                            std=state["normalizer"]["std"].to(device))
         agent.build(state["obs_dim"], state["act_dim"], normalizer, state["reward_scale"], state.get("env_id"))
-        agent.networks.load_state_dict(state["networks"])
+        load_weights(agent.networks, state["networks"], source)
         return agent
 
 
@@ -199,6 +199,9 @@ def load_agent(path: str | Path, device: str | torch.device = "cpu") -> Agent:
             from None
     if not isinstance(state, dict) or state.get("format") != AGENT_FORMAT:
         raise OfflineRLError(f"agent {path}: not an offrl agent file")
+    missing = [k for k in ("config", "obs_dim", "act_dim", "reward_scale", "normalizer", "networks") if k not in state]
+    if missing:
+        raise OfflineRLError(f"agent {path}: an incomplete offrl agent file, missing {', '.join(missing)}")
     return agent_class(state.get("algorithm"), f"agent {path}").from_state(state, device, str(path))
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -31,6 +33,68 @@ positive_int = _integer_at_least(1)
 non_negative_int = _integer_at_least(0)
 
 
+def _device(text: str) -> str:
+    """An argparse type: a torch device this machine has (cpu, cuda, cuda:N), checked before any work."""
+    from offrl.errors import OfflineRLError
+    from offrl.runtime import resolve_device
+
+    try:
+        resolve_device(text)
+    except OfflineRLError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+_device.__name__ = "device"
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, found {text!r}")
+    return value
+
+
+_finite_float.__name__ = "number"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with offrl's convention for bad input: one line on stderr and exit code 2, no usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"offrl: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
+def _output_folder(path: Path, option: str) -> Path:
+    """Refuse at once, creating nothing, an output folder that cannot be made: a file, a path under a file, or
+    one whose nearest existing folder is not writable (before a dataset is loaded or collected)."""
+    from offrl.errors import OfflineRLError
+
+    if path.exists() and not path.is_dir():
+        raise OfflineRLError(f"{option} {path}: exists and is not a directory")
+    existing = next(folder for folder in (path, *path.parents, Path(".")) if folder.exists())
+    if not existing.is_dir():
+        raise OfflineRLError(f"{option} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OfflineRLError(f"{option} {path}: {existing} is not writable")
+    return path
+
+
+def _appendable_leaderboard(args: argparse.Namespace) -> Path | None:
+    """The leaderboard a command appends to (None with --no-leaderboard), refused before any work if a row
+    could not be appended to it."""
+    from offrl.evaluation.leaderboard import check_appendable
+
+    if args.no_leaderboard:
+        return None
+    path = _leaderboard(args.leaderboard)
+    check_appendable(path)
+    return path
+
+
 def _leaderboard(value: str | None) -> Path:
     from offrl.shipped import default_leaderboard
 
@@ -45,7 +109,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     sac = config_with_overrides(SACConfig(), parse_overrides(args.set), "--set")
     settings = PretrainSettings(env_id=args.env, env_steps=args.steps, seed=args.seed, device=args.device, sac=sac,
                                 eval_every=args.eval_every, checkpoint_every=args.checkpoint_every)
-    out = Path(args.out) if args.out else Path("runs") / "pretrain" / f"{args.env}-seed{args.seed}"
+    out = _output_folder(Path(args.out) if args.out else Path("runs") / "pretrain" / f"{args.env}-seed{args.seed}",
+                         "--out")
     run_dir = pretrain(settings, out, resume=args.resume, show_progress=not args.quiet, command=_command_line(),
                        tensorboard=args.tensorboard)
     print(f"run directory: {run_dir}")
@@ -55,7 +120,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_ship_policies(args: argparse.Namespace) -> int:
     from offrl.policies import describe, ship_policies
 
-    cards = ship_policies(Path(args.run), Path(args.dest) if args.dest else None, episodes=args.episodes)
+    dest = _output_folder(Path(args.dest), "--dest") if args.dest else None
+    cards = ship_policies(Path(args.run), dest, episodes=args.episodes)
     for card in cards.values():
         print(describe(card))
     return 0
@@ -106,27 +172,22 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
     if args.datasets_command == "list":
         rows = []
-        store = registry.list_cards()
-        present = {card["id"] for card in store}
+        entries = registry.store_entries()
+        present = {entry.dataset_id for entry in entries}
         for card in registry.shipped_cards():
             if card["id"] not in present:
-                stats = card.get("episode_return") or {}
-                rows.append({"id": card["id"], "version": card["version"], "env": card.get("env_id"),
-                             "transitions": card["transitions"], "episodes": card["episodes"],
-                             "return mean": _fmt(stats.get("mean")), "return std": _fmt(stats.get("std")),
-                             "min": _fmt(stats.get("min")), "max": _fmt(stats.get("max")),
-                             "status": "shipped, not collected (--collect-missing)"})
-        for card in store:
+                rows.append(_card_row(card, "shipped, not collected (--collect-missing)"))
+        for entry in entries:
+            if entry.card is None:  # listed, not hidden: the user has to see that this dataset is unusable
+                rows.append({**{key: "" for key in _card_row({}, "")}, "id": entry.dataset_id,
+                             "status": f"CORRUPT CARD: {entry.problem}"})
+                continue
             try:
-                registry.verify_dataset(card["id"], structural=False)
+                registry.verify_dataset(entry.dataset_id, structural=False)
                 status = "verified"
             except OfflineRLError as exc:
                 status = "MISSING FILE" if "missing" in str(exc) else "SHA256 MISMATCH"
-            stats = card.get("episode_return") or {}
-            rows.append({"id": card["id"], "version": card["version"], "env": card.get("env_id"),
-                         "transitions": card["transitions"], "episodes": card["episodes"],
-                         "return mean": _fmt(stats.get("mean")), "return std": _fmt(stats.get("std")),
-                         "min": _fmt(stats.get("min")), "max": _fmt(stats.get("max")), "status": status})
+            rows.append(_card_row(entry.card, status))
         print(f"store: {registry.dataset_root()}")
         _print_table(rows)
         return 0
@@ -135,7 +196,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         print(json.dumps(card, indent=2))
         return 0
     if args.datasets_command == "verify":
-        ids = args.id or [c["id"] for c in registry.list_cards()]
+        ids = args.id or [entry.dataset_id for entry in registry.store_entries()]
         rows, failed = [], 0
         for dataset_id in ids:
             try:
@@ -181,10 +242,11 @@ def cmd_train_cql(args: argparse.Namespace) -> int:
         config_name = own if shipped_config_path("cql", own).is_file() else "corl"
     agent_class = CalQL if args.calibrated else CQL
     agent = agent_class(config_name, device=args.device, compile=args.compile, **parse_overrides(args.set))
-    dataset = load_dataset(args.dataset, args.device, collect_missing=args.collect_missing)
     out = Path(args.out) if args.out else Path("runs") / "cql" / f"{parsed.env}-{parsed.tier}-v{parsed.version}-" \
         f"{agent.config_name}{'-calql' if agent.config.calibrated else ''}-seed{args.seed}"
-    leaderboard = None if args.no_leaderboard else _leaderboard(args.leaderboard)
+    _output_folder(out, "--out")
+    leaderboard = _appendable_leaderboard(args)
+    dataset = load_dataset(args.dataset, args.device, collect_missing=args.collect_missing)
     report = agent.fit(dataset, args.steps, seed=args.seed, eval_every=args.eval_every,
                        eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
                        log_every=args.log_every, checkpoint_every=args.checkpoint_every, run_dir=out,
@@ -229,7 +291,7 @@ def _print_report(report, leaderboard: Path | None) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from offrl.runs import evaluate_run
 
-    leaderboard = None if args.no_leaderboard else _leaderboard(args.leaderboard)
+    leaderboard = _appendable_leaderboard(args)
     report = evaluate_run(Path(args.target), args.episodes, leaderboard, device=args.device)
     _print_report(report, leaderboard)
     return 0
@@ -245,6 +307,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     )
 
     path = _leaderboard(args.leaderboard)
+    if args.append:
+        from offrl.runs import append_finished_run
+
+        for run_dir in args.append:
+            written = append_finished_run(Path(run_dir), path)
+            print(f"{run_dir}: {'row appended to' if written else 'its row is already in'} {path}")
     frame = read_leaderboard(path)
     summary = aggregate(frame)
     out = path.parent
@@ -252,6 +320,32 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     for plot in [*plot_leaderboard(frame, out), *plot_finetuning(frame, out)]:
         print(f"plot: {plot}")
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from offrl.sweep import SweepSpec, parse_seeds, run_sweep, summary_table
+
+    names = {"--datasets": args.datasets, "--algorithms": args.algorithms, "--configs": args.configs}
+    lists = {name: [v.strip() for v in value.split(",") if v.strip()] for name, value in names.items()}
+    # The store and the other locations the workers must see as this process does (paths must exist on every node).
+    shared = ("OFFRL_DATASETS_PATH", "OFFRL_HOME", "OFFRL_POLICIES_PATH", "OFFRL_FAULT", "MINARI_DATASETS_PATH")
+    forwarded = {k: v for k, v in os.environ.items() if k in shared}
+    spec = SweepSpec(datasets=lists["--datasets"], algorithms=lists["--algorithms"], configs=lists["--configs"],
+                     seeds=parse_seeds(args.seeds), steps=args.steps, out=Path(args.out),
+                     leaderboard=_leaderboard(args.leaderboard).resolve(), address=args.address,
+                     cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent, retries=args.retries,
+                     eval_every=args.eval_every, eval_episodes=args.eval_episodes,
+                     final_eval_episodes=args.final_eval_episodes, log_every=args.log_every,
+                     checkpoint_every=args.checkpoint_every, collect_missing=args.collect_missing,
+                     command=_command_line(), env_vars=forwarded)
+    spec.out = spec.out.resolve()
+    result = run_sweep(spec, echo=lambda line: print(line, flush=True))
+    print(f"sweep {result.sweep_id}: {len(result.finished)} finished, {len(result.skipped)} already done, "
+          f"{len(result.failed)} failed, {result.wall_time_s:.0f} s")
+    print(summary_table(spec))
+    for name, error in result.failed.items():
+        print(f"failed: {name}: {error}", file=sys.stderr)
+    return 0 if result.ok else 1
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -273,8 +367,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     source = Path(args.from_run)
     calibration = "" if args.calibrated is None else "-calql" if args.calibrated else "-uncalibrated"
     tag = f"ratio{ratio}-utd{args.utd}-{args.online_steps}{calibration}"
-    out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / f"finetune-{tag}"
-    leaderboard = None if args.no_leaderboard else _leaderboard(args.leaderboard)
+    out = _output_folder(Path(args.out) if args.out else (source if source.is_dir() else source.parent)
+                         / f"finetune-{tag}", "--out")
+    leaderboard = _appendable_leaderboard(args)
     report = finetune(source, settings, out, resume=args.resume, leaderboard=leaderboard,
                       show_progress=not args.quiet, command=_command_line(), tensorboard=args.tensorboard)
     rows = [("run", report.run_dir), ("dataset", report.dataset_id), ("online steps", report.online_steps),
@@ -295,13 +390,24 @@ def cmd_export_policy(args: argparse.Namespace) -> int:
     from offrl.export import export_policy
 
     formats = ("torchscript", "onnx") if args.format == "both" else (args.format,)
-    for path in export_policy(Path(args.run_dir), Path(args.out) if args.out else None, formats=formats):
+    out = _output_folder(Path(args.out), "--out") if args.out else None
+    for path in export_policy(Path(args.run_dir), out, formats=formats):
         print(f"wrote {path}")
     return 0
 
 
 def _fmt(value) -> str:
-    return "" if value is None else f"{value:.1f}"
+    if value is None:
+        return ""
+    return f"{value:.1f}" if isinstance(value, int | float) else str(value)
+
+
+def _card_row(card: dict, status: str) -> dict:
+    stats = card.get("episode_return") or {}
+    return {"id": card.get("id"), "version": card.get("version"), "env": card.get("env_id"),
+            "transitions": card.get("transitions"), "episodes": card.get("episodes"),
+            "return mean": _fmt(stats.get("mean")), "return std": _fmt(stats.get("std")),
+            "min": _fmt(stats.get("min")), "max": _fmt(stats.get("max")), "status": status}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -320,7 +426,7 @@ def _sub(sub, name: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def _common_run_options(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    p.add_argument("--device", type=_device, default="cpu", help="torch device: cpu, cuda or cuda:N")
     p.add_argument("--resume", action="store_true", help=f"continue the {what} in --out from its checkpoint")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard event files under <out>/tensorboard (pip install 'offrl[tensorboard]')")
@@ -335,8 +441,8 @@ def _set_option(p: argparse.ArgumentParser, config: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from offrl import __version__
 
-    parser = argparse.ArgumentParser(prog="offrl", description="Dataset-centric offline reinforcement learning.",
-                                     formatter_class=_HelpFormatter)
+    parser = _Parser(prog="offrl", description="Dataset-centric offline reinforcement learning.",
+                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"offrl {__version__}")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch intra-op threads (default: $OFFRL_THREADS, else torch's choice)")
@@ -413,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--utd", type=positive_int, default=1, help="updates per env step")
     p.add_argument("--calibrated", action=argparse.BooleanOptionalAction, default=None,
                    help="Cal-QL: calibrate the conservative term (default: as the offline run was trained)")
-    p.add_argument("--cql-alpha-online", type=float, default=None,
+    p.add_argument("--cql-alpha-online", type=_finite_float, default=None,
                    help="α_cql once the online phase starts (default: the offline run's)")
     p.add_argument("--seed", type=non_negative_int, default=None, help="seed (default: the offline run's)")
     p.add_argument("--compile", action="store_true", help="compile the CQL losses (torch.compile)")
@@ -429,10 +535,41 @@ def build_parser() -> argparse.ArgumentParser:
     _common_run_options(p, "fine-tuning run")
     p.set_defaults(func=cmd_finetune)
 
+    p = _sub(sub, "sweep", "train a grid of datasets x algorithms x configs x seeds as Ray tasks (pip install "
+                           "'offrl[ray]'); one leaderboard row per trial, resumable")
+    p.add_argument("--datasets", required=True, help="comma-separated dataset ids")
+    p.add_argument("--algorithms", required=True, help="comma-separated: cql, calql, sac (offline SAC)")
+    p.add_argument("--configs", required=True,
+                   help="comma-separated shipped CQL config names or YAML paths (offline SAC takes the actor "
+                        "sizes and rates of the same config; 'default' for SACConfig's)")
+    p.add_argument("--seeds", required=True, help="seeds: a range 0-4, a list 0,3,7, or both")
+    p.add_argument("--steps", type=positive_int, required=True, help="gradient updates per trial")
+    p.add_argument("--out", required=True, help="folder of the trials' run folders (shared storage on a cluster)")
+    p.add_argument("--leaderboard", default=None, help=LEADERBOARD_HELP + "; only the driver appends")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join: auto, or ray://HOST:PORT (default: start Ray here with this "
+                        "machine's cores)")
+    p.add_argument("--cpus-per-trial", type=positive_int, default=1,
+                   help="CPUs Ray reserves per trial, also its torch thread count")
+    p.add_argument("--max-concurrent", type=positive_int, default=None,
+                   help="trials running at once (default: as many as the CPUs allow)")
+    p.add_argument("--retries", type=non_negative_int, default=1,
+                   help="times a trial whose worker died runs again, resuming from its checkpoint")
+    p.add_argument("--eval-every", type=positive_int, default=None,
+                   help="updates between evaluations (default: only the final one)")
+    p.add_argument("--eval-episodes", type=positive_int, default=10, help="episodes per evaluation")
+    p.add_argument("--final-eval-episodes", type=positive_int, default=10,
+                   help="episodes of the final evaluation (with Q bias)")
+    p.add_argument("--log-every", type=positive_int, default=1_000, help="updates between metrics rows")
+    p.add_argument("--checkpoint-every", type=positive_int, default=5_000, help="updates between checkpoints")
+    p.add_argument("--collect-missing", action="store_true",
+                   help="collect offrl's own dataset ids from their shipped cards when absent")
+    p.set_defaults(func=cmd_sweep)
+
     p = _sub(sub, "evaluate", "evaluate a CQL run or checkpoint: normalized return and Q bias")
     p.add_argument("target", help="run directory or checkpoint file")
     p.add_argument("--episodes", type=positive_int, default=10, help="deterministic evaluation episodes")
-    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    p.add_argument("--device", type=_device, default="cpu", help="torch device: cpu, cuda or cuda:N")
     p.add_argument("--leaderboard", default=None, help=LEADERBOARD_HELP)
     p.add_argument("--no-leaderboard", action="store_true", help="append no leaderboard row")
     p.set_defaults(func=cmd_evaluate)
@@ -447,6 +584,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "leaderboard", "aggregate the leaderboard over seeds; write summary and plots beside it")
     p.add_argument("--leaderboard", default=None,
                    help="leaderboard CSV (default: $OFFRL_LEADERBOARD, else ~/.offrl/leaderboard.csv)")
+    p.add_argument("--append", nargs="+", metavar="RUN_DIR", default=None,
+                   help="first append the rows of these finished runs (train-cql or finetune folders with a "
+                        "final.json), once each: for a run trained with --no-leaderboard or a leaderboard it "
+                        "could not write")
     p.set_defaults(func=cmd_leaderboard)
 
     p = _sub(sub, "datasets", "list, inspect, verify, import and export datasets")
@@ -473,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from offrl.errors import OfflineRLError
+    from offrl.errors import OfflineRLError, TrainingInterrupted
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -483,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     except OfflineRLError as exc:
         print(f"offrl: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:
+        print(f"offrl: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("offrl: interrupted", file=sys.stderr)
         return 130

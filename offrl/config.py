@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -75,7 +76,13 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise OfflineRLError(f"{where} must be a number, found {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise OfflineRLError(f"{where} must be a finite number, found {value!r}")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise OfflineRLError(f"{where} must be a string, found {value!r}")
@@ -100,8 +107,17 @@ def parse_overrides(assignments: list[str] | None) -> dict[str, Any]:
         try:
             overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError as exc:
-            raise OfflineRLError(f"--set {text!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+            raise OfflineRLError(f"--set {text!r}: the value is not valid YAML ({_yaml_problem(exc)})") from None
     return overrides
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's several-line message as one phrase: the problem and where."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def shipped_config_names(algorithm: str) -> list[str]:
@@ -122,7 +138,7 @@ def load_config(cls: type[T], algorithm: str, name_or_path: str) -> tuple[T, str
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise OfflineRLError(f"config {path}: not valid YAML ({exc})") from None
+        raise OfflineRLError(f"config {path}: not valid YAML ({_yaml_problem(exc)})") from None
     return config_from_dict(cls, values, str(path)), path.stem
 
 

@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
-__all__ = ["OfflineRLError"]
+__all__ = ["OfflineRLError", "TrainingInterrupted"]
 
 
 class OfflineRLError(Exception):
     """Bad input: a file, argument or dataset that cannot be used. The message names it and the problem."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a training loop after it checkpointed at an update boundary; `resume=True`
+    (`--resume`) continues it. A KeyboardInterrupt, so notebooks and scripts treat it as the interrupt it is."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str | None):
+        import signal
+
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        where = f"checkpoint saved at {checkpoint}, continue with --resume" if checkpoint else "no run folder to keep"
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; {where}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

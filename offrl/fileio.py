@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["temp_beside", "atomic_write_bytes", "atomic_torch_save", "sha256_file", "git_commit"]
+__all__ = ["temp_beside", "remove_orphan_temps", "atomic_write_bytes", "atomic_torch_save", "sha256_file", "git_commit"]
 
 
 def _umask_mode() -> int:
@@ -28,6 +28,19 @@ def temp_beside(path: Path) -> str:
     os.close(fd)
     os.chmod(tmp, _umask_mode())
     return tmp
+
+
+def remove_orphan_temps(folder: Path, name: str | None = None) -> list[Path]:
+    """Delete the temp files a killed writer left in `folder` (all, or only those for file `name`).
+
+    Call it only while holding the lock that excludes every other writer of those files."""
+    pattern = f".*{name}.*.tmp" if name is not None else ".*.tmp"  # also a temp of a temp (".NAME.x.tmp.y.tmp")
+    removed = []
+    for orphan in Path(folder).glob(pattern):
+        if orphan.is_file():
+            orphan.unlink(missing_ok=True)
+            removed.append(orphan)
+    return removed
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

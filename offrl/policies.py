@@ -20,6 +20,7 @@ from offrl import __version__
 from offrl.envs import versions
 from offrl.errors import OfflineRLError
 from offrl.evaluation.rollout import evaluate_policy, uniform_random_policy
+from offrl.faults import fault_point
 from offrl.fileio import atomic_torch_save, atomic_write_bytes, git_commit, sha256_file
 from offrl.nets import TanhGaussianActor
 from offrl.shipped import shipped_policies_root
@@ -136,6 +137,7 @@ def ship_policies(run_dir: Path, dest_root: Path | None = None, episodes: int = 
         result = evaluate_policy(lambda o, a=actor: a.act(o, deterministic=True), env_id, episodes, CARD_EVAL_SEED)
         weights = policy_path(env_id, tier, dest_root)
         sha = save_policy(actor, env_id, weights)
+        fault_point("policy-written")
         cards[tier] = {
             "env_id": env_id, "env_version": env_id.rsplit("-v", 1)[-1], "tier": tier, **versions(),
             "torch": torch.__version__, "offrl_version": __version__, "git_commit": run.get("git_commit", "unknown"),

@@ -15,16 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from offrl import __version__
 from offrl.errors import OfflineRLError
 from offrl.evaluation.leaderboard import ONLINE_COLUMNS, append_row
 from offrl.evaluation.report import evaluate_in_env
 from offrl.evaluation.scores import reference_scores_from_card
 from offrl.fileio import atomic_write_bytes
-from offrl.train.checkpoints import load_checkpoint
+from offrl.train.checkpoints import load_checkpoint, load_weights
 
 __all__ = ["RUN_RECORD", "CHECKPOINT_NAME", "TrainingReport", "Run", "read_run_record", "write_run_record",
-           "restore_run", "evaluate_run", "leaderboard_row", "append_report"]
+           "restore_run", "evaluate_run", "leaderboard_row", "append_report", "append_finished_run"]
 
 RUN_RECORD = "run.json"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -86,11 +88,12 @@ def read_run_record(run_dir: Path, kind: str = OFFLINE_KIND) -> dict[str, Any]:
         raise OfflineRLError(f"{run_dir} is not an offrl {kind} run: {RUN_RECORD} is missing")
     try:
         record = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise OfflineRLError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(record, dict) or record.get("kind") != kind:
-        found = record.get("kind") if isinstance(record, dict) else None
-        raise OfflineRLError(f"{run_dir} is a {found!r} run, not an offrl {kind} run")
+    if not isinstance(record, dict):
+        raise OfflineRLError(f"{path}: not a run record (a JSON {type(record).__name__}, expected an object)")
+    if record.get("kind") != kind:
+        raise OfflineRLError(f"{run_dir} is a {record.get('kind')!r} run, not an offrl {kind} run")
     return record
 
 
@@ -122,13 +125,23 @@ def restore_run(target: Path, device: str = "cpu", verify_dataset: bool = True) 
     run_dir = target if target.is_dir() else target.parent
     checkpoint_path = target / CHECKPOINT_NAME if target.is_dir() else target
     record = read_run_record(run_dir)
+    missing = [k for k in ("run_id", "algorithm", "dataset_id", "dataset_sha256", "config", "config_name", "obs_dim",
+                           "act_dim", "reward_scale", "seed") if k not in record]
+    if missing:
+        raise OfflineRLError(f"{run_dir / RUN_RECORD}: missing key(s) {', '.join(missing)}; the run record is damaged")
     checkpoint = load_checkpoint(checkpoint_path, OFFLINE_KIND)
     cls = agent_class(record.get("agent_class"), str(run_dir / RUN_RECORD))
     agent = cls(config_from_dict(cls.config_class, record["config"], str(run_dir / RUN_RECORD)), device=device)
     agent.config_name = record["config_name"]
-    normalizer = ObservationNormalizer.load(run_dir / "normalizer.json", device)
+    normalizer = ObservationNormalizer.load(run_dir / "normalizer.json", device, record["obs_dim"])
     agent.build(record["obs_dim"], record["act_dim"], normalizer, record["reward_scale"], record.get("env_id"))
-    agent.networks.load_state_dict(checkpoint["agent"])
+    non_finite = [name for name, value in checkpoint["agent"].items()
+                  if torch.is_tensor(value) and value.is_floating_point() and not bool(value.isfinite().all())]
+    if non_finite:
+        raise OfflineRLError(f"checkpoint {checkpoint_path}: non-finite weights ({non_finite[0]}"
+                             f"{f' and {len(non_finite) - 1} more' if len(non_finite) > 1 else ''}); the run diverged, "
+                             "refusing to evaluate or continue it")
+    load_weights(agent.networks, checkpoint["agent"], f"checkpoint {checkpoint_path}")
     if verify_dataset and record.get("dataset_registered", True):
         from offrl.data.registry import verify_dataset as verify
 
@@ -166,7 +179,8 @@ def evaluate_run(target: Path, episodes: int, leaderboard: Path | None, device: 
     return report
 
 
-def leaderboard_row(record: dict[str, Any], report: TrainingReport, phase: str) -> dict[str, Any]:
+def leaderboard_row(record: dict[str, Any], report: TrainingReport, phase: str,
+                    sweep_id: str | None = None) -> dict[str, Any]:
     return {"run_id": report.run_id, "phase": phase, "online_steps": report.online_steps,
             "dataset_id": record["dataset_id"], "dataset_version": record.get("dataset_version"),
             "dataset_sha256": record["dataset_sha256"], "algorithm": report.algorithm,
@@ -179,13 +193,41 @@ def leaderboard_row(record: dict[str, Any], report: TrainingReport, phase: str) 
             "updates_per_s": report.updates_per_s, "device": record["device"], "offrl_version": __version__,
             "git_commit": record.get("git_commit"),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "run_dir": report.run_dir,
-            **{name: getattr(report, name) for name in ONLINE_COLUMNS}}
+            **{name: getattr(report, name) for name in ONLINE_COLUMNS}, "sweep_id": sweep_id}
 
 
-def append_report(leaderboard: Path, record: dict[str, Any], report: TrainingReport, phase: str) -> None:
-    """Append the run's row; a row with a non-finite number (a diverged run) is refused, never written."""
-    row = leaderboard_row(record, report, phase)
+def append_report(leaderboard: Path, record: dict[str, Any], report: TrainingReport, phase: str,
+                  once: bool = False, sweep_id: str | None = None) -> bool:
+    """Append the run's row; a row with a non-finite number (a diverged run) is refused, never written.
+    `once`: not if the run's row for `phase` is already there (see `append_row`)."""
+    row = leaderboard_row(record, report, phase, sweep_id)
     bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
         raise OfflineRLError(f"run {report.run_id}: non-finite {', '.join(bad)}; no leaderboard row written")
-    append_row(Path(leaderboard), row)
+    return append_row(Path(leaderboard), row, once=once)
+
+
+def append_finished_run(run_dir: Path, leaderboard: Path) -> bool:
+    """Append the row of a finished offline or fine-tuning run from its run.json and final.json, unless its row
+    is already there. Returns whether a row was written."""
+    run_dir = Path(run_dir)
+    final_path = run_dir / "final.json"
+    record_path = run_dir / RUN_RECORD
+    if not record_path.is_file():
+        raise OfflineRLError(f"{run_dir} is not an offrl run: {RUN_RECORD} is missing")
+    if not final_path.is_file():
+        raise OfflineRLError(f"{run_dir}: not finished ({final_path.name} is missing); finish it with --resume first")
+    try:
+        kind = json.loads(record_path.read_text()).get("kind")
+        report = TrainingReport.read(final_path)
+    except (json.JSONDecodeError, TypeError, AttributeError) as exc:
+        raise OfflineRLError(f"{run_dir}: run.json or final.json is not valid ({exc})") from None
+    if kind == OFFLINE_KIND:
+        record, phase = read_run_record(run_dir), "offline"
+    elif kind == "finetune":
+        record, phase = read_run_record(Path(read_run_record(run_dir, "finetune")["from_run"])), "online"
+    else:
+        raise OfflineRLError(f"{run_dir}: a {kind!r} run has no leaderboard row (only train-cql and finetune runs)")
+    if report.final_normalized_return is None:
+        raise OfflineRLError(f"{run_dir}: the run was not evaluated in an env, so it has no leaderboard row")
+    return append_report(Path(leaderboard), record, report, phase, once=True)

@@ -7,7 +7,7 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["keep_freed_memory_mapped", "parse_integer_at_least", "configure_process"]
+__all__ = ["keep_freed_memory_mapped", "parse_integer_at_least", "resolve_device", "configure_process"]
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
@@ -43,6 +43,32 @@ def parse_integer_at_least(text: str, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"expected {expected}, found {value}")
     return value
+
+
+def resolve_device(device, name: str = "device"):
+    """`device` (a string or torch.device) as a torch.device this machine has: cpu, cuda or cuda:N (mps where
+    torch has it). Anything else is an OfflineRLError naming `name`, before a tensor or a file is made."""
+    import torch
+
+    from offrl.errors import OfflineRLError
+
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise OfflineRLError(f"{name} {device!r}: not a torch device; expected cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OfflineRLError(f"{name} {device}: CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise OfflineRLError(f"{name} {device}: this machine has {count} CUDA device(s), "
+                                 f"cuda:0 to cuda:{count - 1}")
+    elif resolved.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise OfflineRLError(f"{name} {device}: MPS is not available on this machine")
+    elif resolved.type != "cpu":
+        raise OfflineRLError(f"{name} {device!r}: offrl runs on cpu, cuda or cuda:N, not {resolved.type}")
+    return resolved
 
 
 def configure_process(threads: int | None = None) -> None:

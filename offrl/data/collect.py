@@ -13,7 +13,6 @@ import json
 import math
 import shlex
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from offrl.data.portable import SAMPLER_VERSION, PortableActor, PortableNormal
 from offrl.data.registry import (
     card_path,
     data_path,
+    dataset_writer,
     env_short_name,
     parse_dataset_id,
     read_card,
@@ -37,7 +37,7 @@ from offrl.data.registry import (
 from offrl.envs import env_spec, make_env, versions
 from offrl.errors import OfflineRLError
 from offrl.evaluation.rollout import evaluate_policy, uniform_random_policy
-from offrl.fileio import atomic_write_bytes, sha256_file
+from offrl.fileio import atomic_write_bytes, sha256_file, temp_beside
 from offrl.nets import LOG_STD_MAX, LOG_STD_MIN, TanhGaussianActor, tanh_gaussian_log_prob
 from offrl.policies import CARD_EVAL_SEED, load_policy, policy_path
 
@@ -245,8 +245,8 @@ def _medium_replay_arrays(config: CollectConfig) -> tuple[dict[str, np.ndarray],
         run = f"runs/pretrain/{config.env_id}-seed{medium_card.get('seed', 0)}"
         raise OfflineRLError(
             f"medium-replay for {config.env_id} needs the SAC replay buffer up to the medium checkpoint, which is not "
-            f"here ({replay or 'no path recorded'}). Produce it with:\n  {medium_card.get('command', 'offrl pretrain')}"
-            f" --out {run}\n  offrl ship-policies --run {run}\nor pass --replay-file FILE")
+            f"here ({replay or 'no path recorded'}); produce it with `{medium_card.get('command', 'offrl pretrain')}"
+            f" --out {run}` then `offrl ship-policies --run {run}`, or pass --replay-file FILE")
     arrays, _ = read_transitions(Path(replay))
     source = {"path": str(replay), "sha256": sha256_file(Path(replay)), "transitions": len(arrays["rewards"]),
               "medium_policy_sha256": medium_card.get("sha256"),
@@ -273,8 +273,14 @@ def _merge_sources(config: CollectConfig) -> tuple[dict[str, np.ndarray], list[d
 
 
 def collect(config: CollectConfig, show_progress: bool = True, command: str | None = None) -> dict:
-    """Collect one dataset version and register it; returns its card."""
+    """Collect one dataset version and register it; returns its card. The id is locked from the start (a
+    second writer of the same id fails at once) until its card is written."""
     config.validate()
+    with dataset_writer(config.dataset_id):
+        return _collect(config, show_progress, command)
+
+
+def _collect(config: CollectConfig, show_progress: bool, command: str | None) -> dict:
     dataset_id = config.dataset_id
     existing = card_path(dataset_id)
     rebuild_card = None
@@ -326,8 +332,8 @@ def _rebuild(dataset_id: str, arrays: dict[str, np.ndarray], card: dict) -> dict
     """Recreate a card's missing file; keep it only if its bytes hash to the card's sha256."""
     final = data_path(dataset_id)
     final.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=final.parent) as tmp:
-        candidate = Path(tmp) / final.name
+    candidate = Path(temp_beside(final))  # a killed rebuild leaves a temp file that the id's next writer removes
+    try:
         write_transitions(candidate, arrays, {"dataset_id": dataset_id, "env_id": card.get("env_id", "")})
         actual = sha256_file(candidate)
         if actual != card["sha256"]:
@@ -337,10 +343,12 @@ def _rebuild(dataset_id: str, arrays: dict[str, np.ndarray], card: dict) -> dict
                     "the portable sampler (`collection.sampler` on the card, e.g. the v1 datasets) rebuild anywhere."
                     if cpu_bound else " Collect a new version instead.")
             raise OfflineRLError(
-                f"dataset {dataset_id}: recollected file does not reproduce the card's bytes\n  card says: "
-                f"{card['sha256']}\n  rebuilt:   {actual}\n(library versions now: {versions()}, card: gymnasium "
+                f"dataset {dataset_id}: the recollected file does not reproduce the card's bytes (card sha256 "
+                f"{card['sha256'][:16]}…, rebuilt {actual[:16]}…; library versions now {versions()}, card: gymnasium "
                 f"{card.get('gymnasium')}, mujoco {card.get('mujoco')}); nothing was written.{hint}")
         candidate.replace(final)
+    finally:
+        candidate.unlink(missing_ok=True)
     if not card_path(dataset_id).exists():
         atomic_write_bytes(card_path(dataset_id), (json.dumps(card, indent=2) + "\n").encode())
     return card

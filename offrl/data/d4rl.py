@@ -12,12 +12,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from offrl.data.registry import env_short_name, parse_dataset_id, register_dataset
+from offrl.data.hdf5 import validate_transitions
+from offrl.data.registry import card_path, check_writable_store, env_short_name, parse_dataset_id, register_dataset
 from offrl.envs import env_spec, make_env, versions
 from offrl.errors import OfflineRLError
 from offrl.fileio import sha256_file
 
-__all__ = ["D4RL_REFERENCE_SCORES", "D4RL_ENVS", "read_d4rl_file", "qlearning_transitions", "import_d4rl"]
+__all__ = ["D4RL_REFERENCE_SCORES", "D4RL_ENVS", "check_raw_arrays", "read_d4rl_file", "qlearning_transitions",
+           "import_d4rl"]
 
 # D4RL's d4rl/infos.py REF_MIN_SCORE / REF_MAX_SCORE (identical across its v0-v2 locomotion datasets).
 D4RL_REFERENCE_SCORES = {
@@ -31,6 +33,56 @@ D4RL_ENVS = {"halfcheetah": "HalfCheetah-v5", "hopper": "Hopper-v5", "walker2d":
 D4RL_MAX_EPISODE_STEPS = 1000
 
 
+D4RL_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
+FLAG_KEYS = ("terminals", "timeouts")
+MATRIX_KEYS = ("observations", "actions", "next_observations")
+
+
+def check_raw_arrays(arrays: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """Check D4RL-style rows (the input of `qlearning_transitions`) before anything is derived from them;
+    returns them with rewards and flags as 1-D arrays (flags as bool). Every refusal names `source`."""
+    checked = {}
+    for key, value in arrays.items():
+        value = np.asarray(value)
+        if value.ndim == 0:
+            raise OfflineRLError(f"{source}: {key} must be an array with one row per step, found a scalar")
+        if key in MATRIX_KEYS and value.ndim != 2:
+            raise OfflineRLError(f"{source}: {key} must be 2-D (rows, features), found shape {value.shape}")
+        if key not in MATRIX_KEYS:
+            if value.ndim == 2 and value.shape[1] == 1:
+                value = value[:, 0]
+            if value.ndim != 1:
+                raise OfflineRLError(f"{source}: {key} must hold one value per row, shape (N,) or (N, 1), found "
+                                     f"shape {value.shape}")
+        if key in FLAG_KEYS:
+            if value.dtype != np.bool_:
+                if not np.issubdtype(value.dtype, np.number):
+                    raise OfflineRLError(f"{source}: {key} must be 0/1 or booleans, found dtype {value.dtype}")
+                bad = np.flatnonzero(~np.isin(value, (0, 1)))
+                if len(bad):
+                    raise OfflineRLError(f"{source}: {key} must be 0/1 or booleans, found {value[bad[0]].item()!r} "
+                                         f"at row {bad[0]} ({len(bad)} such rows)")
+            value = value.astype(bool)
+        else:
+            if not np.issubdtype(value.dtype, np.number) or np.issubdtype(value.dtype, np.complexfloating):
+                raise OfflineRLError(f"{source}: {key} must be numeric, found dtype {value.dtype}")
+            finite = np.isfinite(value).all(axis=tuple(range(1, value.ndim)))
+            if not finite.all():
+                raise OfflineRLError(f"{source}: {key} holds NaN or inf (first at row {np.flatnonzero(~finite)[0]})")
+        checked[key] = value
+    lengths = {key: len(value) for key, value in checked.items()}
+    n = lengths.get("rewards", next(iter(lengths.values()), 0))
+    for key, length in lengths.items():
+        if length != n:
+            raise OfflineRLError(f"{source}: {key} has {length} rows, rewards has {n}; arrays must be equal length")
+    if n == 0:
+        raise OfflineRLError(f"{source}: holds no transitions (0 rows)")
+    if "next_observations" in checked and checked["next_observations"].shape[1] != checked["observations"].shape[1]:
+        raise OfflineRLError(f"{source}: next_observations have {checked['next_observations'].shape[1]} columns, "
+                             f"observations {checked['observations'].shape[1]}")
+    return checked
+
+
 def read_d4rl_file(path: Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
@@ -40,20 +92,14 @@ def read_d4rl_file(path: Path) -> dict[str, np.ndarray]:
             missing = [k for k in ("observations", "actions", "rewards", "terminals") if k not in f]
             if missing:
                 raise OfflineRLError(f"{path}: not a D4RL file, missing key(s) {', '.join(missing)}")
-            arrays = {k: f[k][()] for k in ("observations", "actions", "rewards", "terminals", "timeouts",
-                                             "next_observations") if k in f}
+            groups = [k for k in D4RL_KEYS if k in f and not isinstance(f[k], h5py.Dataset)]
+            if groups:
+                raise OfflineRLError(f"{path}: {', '.join(groups)} must be an array (an HDF5 dataset), found an "
+                                     "HDF5 group")
+            arrays = {k: f[k][()] for k in D4RL_KEYS if k in f}
     except OSError as exc:
         raise OfflineRLError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {exc}") from None
-    n = len(arrays["rewards"])
-    for key, value in arrays.items():
-        if len(value) != n:
-            raise OfflineRLError(f"{path}: {key} has {len(value)} rows, rewards has {n}; arrays must be equal length")
-        if key in ("observations", "actions", "next_observations") and value.ndim != 2:
-            raise OfflineRLError(f"{path}: {key} must be 2-D, found shape {value.shape}")
-        if key not in ("terminals", "timeouts") and not np.issubdtype(value.dtype, np.number):
-            raise OfflineRLError(f"{path}: {key} must be numeric, found dtype {value.dtype}")
-    arrays["rewards"] = arrays["rewards"].reshape(n)
-    return arrays
+    return check_raw_arrays(arrays, str(path))
 
 
 def qlearning_transitions(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -101,8 +147,17 @@ def import_d4rl(path: Path, dataset_id: str, env_id: str | None = None) -> dict:
     if env_id is None:
         raise OfflineRLError(f"dataset id {dataset_id!r}: env {parsed.env!r} is not one of D4RL's "
                              f"({', '.join(D4RL_ENVS)}); pass --env with a Gymnasium env id")
+    existing = card_path(parsed)
+    if existing.exists():
+        raise OfflineRLError(f"dataset {dataset_id} already exists ({existing}); versions are immutable, so import "
+                             f"the file under another id (--id), e.g. {parsed.name}-v{parsed.version + 1}")
+    check_writable_store()
     raw = read_d4rl_file(path)
     transitions = qlearning_transitions(raw)
+    if len(transitions["rewards"]) == 0:
+        raise OfflineRLError(f"{path}: no transition has a known next observation ({len(raw['rewards'])} row(s), "
+                             "no next_observations key), so nothing can be imported")
+    validate_transitions(transitions, str(path))  # refusals name the user's file, not the store's
     spec = env_spec(make_env(env_id))
     if (transitions["observations"].shape[1], transitions["actions"].shape[1]) != (spec.obs_dim, spec.act_dim):
         raise OfflineRLError(f"{path}: obs/act dims {transitions['observations'].shape[1]}/"

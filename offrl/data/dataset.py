@@ -12,8 +12,9 @@ import torch
 
 from offrl.data.buffer import Batch, ReplayBuffer
 from offrl.data.hdf5 import episode_ends, read_transitions, validate_transitions
-from offrl.data.registry import card_path, data_path, verify_dataset
+from offrl.data.registry import card_path, check_writable_store, data_path, parse_dataset_id, verify_dataset
 from offrl.errors import OfflineRLError
+from offrl.runtime import resolve_device
 
 __all__ = ["OfflineDataset", "load_dataset", "dataset_from_arrays", "buffer_from_dataset", "MixedSampler",
            "ObservationNormalizer", "returns_to_go"]
@@ -52,12 +53,18 @@ def load_dataset(dataset_id: str, device: torch.device | str = "cpu", root: Path
     An id that is not in the store is imported from the local Minari store when Minari has it (checksummed and
     carded on first use); with `collect_missing`, one of offrl's ids whose file is absent is collected from its
     shipped policy and card (the store's card, or the one offrl ships)."""
+    if not isinstance(dataset_id, str):
+        raise OfflineRLError(f"dataset_id: expected a dataset id string, found {type(dataset_id).__name__}")
+    device = resolve_device(device)
+    parse_dataset_id(dataset_id)
     if root is None and not data_path(dataset_id).exists():
         from offrl.data.minari_io import import_minari_if_local
 
         imported = not card_path(dataset_id).exists() and import_minari_if_local(dataset_id) is not None
         if not imported and collect_missing:
             from offrl.data.collect import collect_shipped
+
+            check_writable_store()  # before collecting, not after
 
             collect_shipped(dataset_id)  # also rebuilds a file whose card is in the store (a source checkout)
     card = verify_dataset(dataset_id, root, structural=False)
@@ -79,24 +86,26 @@ def dataset_from_arrays(observations: np.ndarray, actions: np.ndarray, rewards: 
     observation (an episode's last row then needs `next_observations`, so it is dropped, as D4RL's
     `qlearning_dataset` drops it). Actions must lie in [-1, 1] (offrl's policy space). `env_id` enables
     evaluation in that env; `reference_scores` (random, expert) turn returns into normalized scores."""
+    from offrl.data.d4rl import check_raw_arrays, qlearning_transitions
+
+    device = resolve_device(device)
     arrays = {"observations": observations, "actions": actions, "rewards": rewards, "terminals": terminals,
               "timeouts": timeouts}
+    if next_observations is not None:
+        arrays["next_observations"] = next_observations
     for key, value in arrays.items():
         if value is None:
             raise OfflineRLError(f"dataset_from_arrays: {key} is required")
-    arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    for key in ("rewards", "terminals", "timeouts"):
-        if arrays[key].ndim == 2 and arrays[key].shape[1] == 1:
-            arrays[key] = arrays[key][:, 0]
+    try:
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    except ValueError as exc:  # ragged nested lists
+        raise OfflineRLError(f"dataset_from_arrays: every argument must be an array ({exc})") from None
+    arrays = check_raw_arrays(arrays, "dataset_from_arrays")  # flags 0/1 before anything is derived from them
     if next_observations is None:
-        from offrl.data.d4rl import qlearning_transitions
-
-        lengths = {k: len(v) for k, v in arrays.items()}
-        if len(set(lengths.values())) != 1:
-            raise OfflineRLError(f"dataset_from_arrays: arrays of unequal length {lengths}")
         arrays = qlearning_transitions(arrays)
-    else:
-        arrays["next_observations"] = np.asarray(next_observations)
+        if len(arrays["rewards"]) == 0:
+            raise OfflineRLError("dataset_from_arrays: no row has a known next observation (pass next_observations "
+                                 "or more than one row per episode)")
     arrays = {k: (v.astype(bool) if k in ("terminals", "timeouts") and v.dtype != np.bool_ and
                   np.isin(v, (0, 1)).all() else v) for k, v in arrays.items()}
     arrays = {k: (v.astype(np.float32) if np.issubdtype(v.dtype, np.integer) else v) for k, v in arrays.items()}
@@ -116,7 +125,11 @@ def dataset_from_arrays(observations: np.ndarray, actions: np.ndarray, rewards: 
                 raise OfflineRLError(f"dataset_from_arrays: {key} have {arrays[key].shape[1]} columns, env {env_id} "
                                      f"has {expected}")
     if reference_scores is not None:
-        low, high = (float(x) for x in reference_scores)
+        try:
+            low, high = (float(x) for x in reference_scores)
+        except (TypeError, ValueError):
+            raise OfflineRLError(f"dataset_from_arrays: reference_scores must be two numbers (random, expert), "
+                                 f"found {reference_scores!r}") from None
         if not (np.isfinite(low) and np.isfinite(high)) or low == high:
             raise OfflineRLError(f"dataset_from_arrays: reference_scores must be two different finite numbers "
                                  f"(random, expert), found {reference_scores!r}")
@@ -254,8 +267,22 @@ class ObservationNormalizer:
         atomic_write_bytes(Path(path), json.dumps(self.to_dict(), indent=2).encode())
 
     @classmethod
-    def load(cls, path: Path, device: torch.device | str = "cpu") -> ObservationNormalizer:
-        return cls.from_dict(json.loads(Path(path).read_text()), device)
+    def load(cls, path: Path, device: torch.device | str = "cpu", obs_dim: int | None = None
+             ) -> ObservationNormalizer:
+        """Read a normalizer file; with `obs_dim`, its statistics must have that width. One error naming the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise OfflineRLError(f"{path}: no such file (the run's observation statistics)")
+        try:
+            normalizer = cls.from_dict(json.loads(path.read_text()), device)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise OfflineRLError(f"{path}: not a valid normalizer file ({type(exc).__name__}: "
+                                 f"{' '.join(str(exc).split())[:120]})") from None
+        widths = {tuple(normalizer.mean.shape), tuple(normalizer.std.shape)}
+        if obs_dim is not None and widths != {(obs_dim,)}:
+            raise OfflineRLError(f"{path}: mean and std must hold {obs_dim} numbers each (the run's observation "
+                                 f"width), found shapes {sorted(widths)}")
+        return normalizer
 
 
 def returns_to_go(rewards: np.ndarray, terminals: np.ndarray, timeouts: np.ndarray, gamma: float) -> np.ndarray:

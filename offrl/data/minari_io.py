@@ -82,6 +82,9 @@ def episodes_to_transitions(episodes, action_space: gym.spaces.Box) -> dict[str,
 def _load(minari_id: str, download: bool):
     import minari
 
+    if not download and not minari_root().is_dir():  # asked first: Minari would create an empty store folder
+        raise OfflineRLError(f"Minari dataset {minari_id!r} is not in the local Minari store ({minari_root()} does "
+                             "not exist); pass --download to fetch it (needs network) or set MINARI_DATASETS_PATH")
     try:
         return minari.load_dataset(minari_id, download=download)
     except FileNotFoundError:
@@ -219,6 +222,13 @@ def export_minari(dataset_id: str, minari_id: str | None = None) -> str:
     arrays, _ = read_transitions(data_path(dataset_id))
     parsed = parse_dataset_id(dataset_id)
     minari_id = minari_id or f"offrl/{parsed.env}/{parsed.tier}-v{parsed.version}"
+    from minari.dataset.minari_dataset import parse_dataset_id as parse_minari_id
+
+    try:
+        parse_minari_id(minari_id)
+    except ValueError:
+        raise OfflineRLError(f"--minari-id {minari_id!r}: not a Minari id; expected [namespace/]name-vN, "
+                             "e.g. offrl/halfcheetah/medium-v0") from None
     final_dir = minari_root() / minari_id
     if final_dir.exists():
         raise OfflineRLError(f"Minari dataset {minari_id} already exists at {final_dir}; pass another --minari-id")

@@ -7,23 +7,29 @@ so a dataset exists exactly when its card does; the card's sha256 pins the file'
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from offrl import __version__
 from offrl.data.hdf5 import FORMAT_VERSION, episode_ends, read_transitions, write_transitions
 from offrl.errors import OfflineRLError
-from offrl.fileio import atomic_write_bytes, git_commit, sha256_file
+from offrl.faults import fault_point
+from offrl.fileio import atomic_write_bytes, git_commit, remove_orphan_temps, sha256_file
 from offrl.shipped import default_dataset_store, shipped_root
 
 __all__ = ["DatasetId", "dataset_root", "parse_dataset_id", "card_path", "data_path", "read_card", "list_cards",
-           "register_dataset", "verify_dataset", "episode_returns", "return_stats", "env_short_name", "shipped_card",
-           "shipped_cards"]
+           "dataset_writer", "register_dataset", "verify_dataset", "episode_returns", "return_stats", "env_short_name",
+           "shipped_card", "shipped_cards", "card_problem", "StoreEntry", "store_entries",
+           "check_writable_store"]
 
 _ID_PATTERN = re.compile(
     r"^(?:(?P<namespace>[a-z0-9_.-]+)/)?(?P<env>[a-z0-9_.-]+)/(?P<tier>[a-z0-9_.-]+)-v(?P<version>\d+)$")
@@ -88,9 +94,79 @@ def data_path(dataset_id: str | DatasetId, root: Path | None = None) -> Path:
     return (root or dataset_root()) / f"{dataset_id}.hdf5"
 
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+CARD_INT_FIELDS = ("version", "transitions", "episodes")  # what readers of a card rely on, beside id and sha256
+
+
+def card_problem(card: object, dataset_id: str | DatasetId) -> str | None:
+    """Why a parsed card cannot be used for `dataset_id` (its fields that offrl relies on), or None."""
+    if not isinstance(card, dict):
+        return f"expected a JSON object, found {type(card).__name__}"
+    if card.get("card_type") != "offrl-dataset":
+        return f"card_type is {card.get('card_type')!r}, expected 'offrl-dataset'"
+    missing = [k for k in ("id", "sha256", *CARD_INT_FIELDS) if k not in card]
+    if missing:
+        return f"missing field(s) {', '.join(missing)}"
+    if card["id"] != str(dataset_id):
+        return f"id {card['id']!r} does not match its file name ({dataset_id})"
+    if not isinstance(card["sha256"], str) or not _SHA256.match(card["sha256"]):
+        return f"sha256 must be 64 lower-case hex digits, found {card['sha256']!r}"
+    for key in CARD_INT_FIELDS:
+        if isinstance(card[key], bool) or not isinstance(card[key], int) or card[key] < 0:
+            return f"{key} must be an integer >= 0, found {card[key]!r}"
+    return None
+
+
+def _parse_card(path: Path, dataset_id: str | DatasetId) -> tuple[dict | None, str | None]:
+    """(card, None) for a usable card file, else (None, what is wrong with it)."""
+    try:
+        card = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return None, f"not valid JSON ({exc})"
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    problem = card_problem(card, dataset_id)
+    return (None, problem) if problem else (card, None)
+
+
+def _load_card(path: Path, dataset_id: str | DatasetId) -> dict:
+    """A card file parsed and checked; one OfflineRLError naming the file otherwise."""
+    card, problem = _parse_card(path, dataset_id)
+    if problem:
+        raise OfflineRLError(f"dataset card {path}: {problem}; the card is corrupt (restore it from where it came "
+                             "from, e.g. git)")
+    return card
+
+
+def _store_name(root: Path) -> str:
+    from_env = os.environ.get("OFFRL_DATASETS_PATH")
+    return f"dataset store {root}" + (" (OFFRL_DATASETS_PATH)" if from_env and Path(from_env) == root else "")
+
+
+def _check_store(root: Path) -> None:
+    """A store that exists must be a folder (an unset store is simply empty)."""
+    for folder in (root, *root.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is a file" if folder == root else f"is inside {folder}, which is a file"
+                raise OfflineRLError(f"{_store_name(root)}: {where}, not a directory")
+            return
+
+
+def check_writable_store(root: Path | None = None) -> Path:
+    """Refuse, before a dataset is collected or imported, a store it could not be written into; creates nothing."""
+    root = root or dataset_root()
+    _check_store(root)
+    existing = next(folder for folder in (root, *root.parents) if folder.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OfflineRLError(f"{_store_name(root)}: {existing} is not writable")
+    return root
+
+
 def read_card(dataset_id: str, root: Path | None = None) -> dict:
     parsed = parse_dataset_id(dataset_id)
     path = card_path(parsed, root)
+    _check_store(root or dataset_root())
     if not path.is_file():
         if root is None and shipped_card(parsed) is not None:
             raise OfflineRLError(f"dataset {dataset_id} is one of offrl's shipped ids but is not collected in "
@@ -100,25 +176,41 @@ def read_card(dataset_id: str, root: Path | None = None) -> dict:
         hint = f"; versions present: {', '.join(known)}" if known else \
             f"; `offrl datasets list` shows what is in {root or dataset_root()}"
         raise OfflineRLError(f"unknown dataset {dataset_id!r}: no card at {path}{hint}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise OfflineRLError(f"dataset card {path}: not valid JSON ({exc})") from None
+    return _load_card(path, parsed)
+
+
+@dataclass(frozen=True)
+class StoreEntry:
+    """One card file in a store: its card, or why the card cannot be used (`problem`)."""
+
+    dataset_id: str
+    path: Path
+    card: dict | None
+    problem: str | None
+
+
+def store_entries(root: Path | None = None) -> list[StoreEntry]:
+    """Every dataset card in the store, usable or not: a corrupt card is reported, never skipped silently.
+
+    A card is a `<id>.json` file whose path is a dataset id (files under `policies/` or hidden folders are not)."""
+    root = root or dataset_root()
+    _check_store(root)
+    entries = []
+    for path in sorted(root.rglob("*.json")) if root.is_dir() else []:
+        relative = path.relative_to(root)
+        if "policies" in relative.parts or any(part.startswith(".") for part in relative.parts):
+            continue
+        try:
+            parsed = parse_dataset_id(relative.with_suffix("").as_posix())
+        except OfflineRLError:
+            continue
+        entries.append(StoreEntry(str(parsed), path, *_parse_card(path, parsed)))
+    return entries
 
 
 def list_cards(root: Path | None = None) -> list[dict]:
-    root = root or dataset_root()
-    cards = []
-    for path in sorted(root.rglob("*.json")) if root.is_dir() else []:
-        if "policies" in path.relative_to(root).parts:
-            continue
-        try:
-            card = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(card, dict) and card.get("card_type") == "offrl-dataset":
-            cards.append(card)
-    return cards
+    """The usable cards in the store (see `store_entries` for the corrupt ones too)."""
+    return [entry.card for entry in store_entries(root) if entry.card is not None]
 
 
 def episode_returns(rewards: np.ndarray, terminals: np.ndarray, timeouts: np.ndarray) -> np.ndarray:
@@ -135,16 +227,62 @@ def return_stats(returns: np.ndarray) -> dict:
             "max": float(returns.max())}
 
 
+_held_ids: dict[str, int] = {}  # ids this process holds the lock of (dataset_writer nests)
+
+
+@contextlib.contextmanager
+def dataset_writer(dataset_id: str | DatasetId, root: Path | None = None) -> Iterator[None]:
+    """Hold a dataset id's write lock: one writer per id at a time, across processes (so two `collect`s of one
+    id cannot both claim it); the loser gets one error at once. Under the lock, temp files that a killed
+    writer of this id left are removed. Nested use in one process is allowed."""
+    parsed = parse_dataset_id(str(dataset_id))
+    key = str(parsed)
+    if _held_ids.get(key):
+        _held_ids[key] += 1
+        try:
+            yield
+        finally:
+            _held_ids[key] -= 1
+        return
+    store = root or dataset_root()
+    lock_file = store / ".locks" / f"{key.replace('/', '--')}.lock"
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_file), timeout=0)
+        lock.acquire()
+    except Timeout:
+        raise OfflineRLError(f"dataset {key}: another offrl process is writing it (lock {lock_file}); versions "
+                             "are immutable, so wait for it and use what it wrote") from None
+    except OSError as exc:
+        raise OfflineRLError(f"dataset store {store}: cannot be written ({exc.strerror or exc})") from None
+    _held_ids[key] = 1
+    try:
+        fault_point("dataset-locked")
+        for path in (data_path(parsed, root), card_path(parsed, root)):
+            if path.parent.is_dir():
+                remove_orphan_temps(path.parent, path.name)
+        yield
+    finally:
+        _held_ids.pop(key, None)
+        lock.release()
+
+
 def register_dataset(dataset_id: str, arrays: dict[str, np.ndarray], card_fields: dict,
                      root: Path | None = None) -> dict:
     """Write a new, immutable dataset version and its card; refuses an id that already exists."""
+    with dataset_writer(dataset_id, root):
+        return _register(dataset_id, arrays, card_fields, root)
+
+
+def _register(dataset_id: str, arrays: dict[str, np.ndarray], card_fields: dict, root: Path | None) -> dict:
     parsed = parse_dataset_id(dataset_id)
     card_file, data_file = card_path(parsed, root), data_path(parsed, root)
     if card_file.exists():
         raise OfflineRLError(f"dataset {dataset_id} already exists ({card_file}); versions are immutable, "
-                             f"pass a new version (e.g. --version {parsed.version + 1})")
+                             f"register it under a new version, e.g. {parsed.name}-v{parsed.version + 1}")
     returns = episode_returns(arrays["rewards"], arrays["terminals"], arrays["timeouts"])
     write_transitions(data_file, arrays, {"dataset_id": str(parsed), "env_id": card_fields.get("env_id", "")})
+    fault_point("dataset-file-written")  # a file without its card: not a dataset; the next writer replaces it
     card = {
         "card_type": "offrl-dataset", "id": str(parsed), "name": parsed.name, "version": parsed.version,
         "namespace": parsed.namespace, **card_fields,
@@ -168,8 +306,8 @@ def verify_dataset(dataset_id: str, root: Path | None = None, structural: bool =
                              f"recreate it with the card's command: {card.get('command', 'unknown')}")
     actual = sha256_file(path)
     if actual != card["sha256"]:
-        raise OfflineRLError(f"dataset {dataset_id}: sha256 mismatch for {path}\n  card says: {card['sha256']}\n"
-                             f"  file has:  {actual}\nthe file was changed or damaged; refusing to use it")
+        raise OfflineRLError(f"dataset {dataset_id}: sha256 mismatch for {path} (card says: {card['sha256']}, "
+                             f"file has: {actual}); the file was changed or damaged, refusing to use it")
     if structural:
         arrays, _ = read_transitions(path)
         if len(arrays["rewards"]) != card["transitions"]:

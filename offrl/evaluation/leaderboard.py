@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,11 @@ import pandas as pd
 from filelock import FileLock
 
 from offrl.errors import OfflineRLError
-from offrl.fileio import atomic_write_bytes
+from offrl.faults import fault_point
+from offrl.fileio import atomic_write_bytes, remove_orphan_temps
 
-__all__ = ["COLUMNS", "append_row", "read_leaderboard", "iqm", "bootstrap_ci", "aggregate",
-           "write_summary", "plot_leaderboard", "plot_finetuning"]
+__all__ = ["COLUMNS", "append_row", "check_appendable", "has_row", "read_leaderboard", "iqm", "bootstrap_ci",
+           "aggregate", "write_summary", "plot_leaderboard", "plot_finetuning"]
 
 COLUMNS = [
     "run_id", "phase", "online_steps", "dataset_id", "dataset_version", "dataset_sha256", "algorithm", "config_name",
@@ -24,36 +26,131 @@ COLUMNS = [
     "reference", "q_bias_mean", "q_bias_normalized_mean", "q_bias_normalized_std", "wall_time_s", "updates_per_s",
     "device", "offrl_version", "git_commit", "date", "run_dir",
     "before_normalized_return", "before_q_bias_normalized_mean", "unlearning_dip", "online_auc",  # phase=online only
+    "sweep_id",  # the `offrl sweep` that produced the row (empty for a run started by hand)
 ]
+# The header before `sweep_id` existed: still read, and upgraded (an empty sweep_id per row) on the next append.
+LEGACY_COLUMNS = COLUMNS[:-1]
 GROUP = ["dataset_id", "algorithm", "config_name", "phase"]
 ONLINE_COLUMNS = ("before_normalized_return", "before_q_bias_normalized_mean", "unlearning_dip", "online_auc")
 
 
+NUMERIC_COLUMNS = ("online_steps", "dataset_version", "seed", "steps", "final_normalized_return",
+                   "best_normalized_return", "mean_return", "q_bias_mean", "q_bias_normalized_mean",
+                   "q_bias_normalized_std", "wall_time_s", "updates_per_s", *ONLINE_COLUMNS)
+REQUIRED_COLUMNS = ("run_id", "phase", "dataset_id", "steps")  # what aggregation groups and counts by
+
+
 def _check_lines(path: Path, text: str) -> None:
-    """Refuse a leaderboard we cannot append to safely, naming the first bad line."""
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None:
-        return
-    if header != COLUMNS:
-        raise OfflineRLError(f"{path}: line 1 is not the leaderboard header (expected {len(COLUMNS)} columns "
-                             f"starting {', '.join(COLUMNS[:3])}); refusing to append")
-    for number, fields in enumerate(reader, start=2):
-        if len(fields) != len(COLUMNS):
-            raise OfflineRLError(f"{path}: line {number} has {len(fields)} fields, expected {len(COLUMNS)}; "
-                                 "refusing to append until it is fixed")
+    """Refuse a leaderboard we cannot append to or aggregate safely, naming the first bad line: the header,
+    the field count, and numbers where numbers belong (an empty cell is a missing value)."""
+    numeric = [COLUMNS.index(name) for name in NUMERIC_COLUMNS]
+    required = [COLUMNS.index(name) for name in REQUIRED_COLUMNS]
+    try:
+        reader = csv.reader(io.StringIO(text))
+        header = next(reader, None)
+        if header is None:
+            return
+        if header not in (COLUMNS, LEGACY_COLUMNS):
+            raise OfflineRLError(f"{path}: line 1 is not the leaderboard header (expected {len(COLUMNS)} columns "
+                                 f"starting {', '.join(COLUMNS[:3])}); refusing to use it")
+        for number, fields in enumerate(reader, start=2):
+            if len(fields) != len(header):
+                raise OfflineRLError(f"{path}: line {number} has {len(fields)} fields, expected {len(header)}; "
+                                     "refusing to use it until it is fixed")
+            for index in required:
+                if not fields[index].strip():
+                    raise OfflineRLError(f"{path}: line {number}: {COLUMNS[index]} is empty; refusing to use it "
+                                         "until it is fixed")
+            for index in numeric:
+                if fields[index].strip() and not _is_number(fields[index]):
+                    raise OfflineRLError(f"{path}: line {number}: {COLUMNS[index]} is {fields[index][:40]!r}, not a "
+                                         "number; refusing to use it until it is fixed")
+    except csv.Error as exc:
+        raise OfflineRLError(f"{path}: not a CSV file ({exc})") from None
 
 
-def append_row(path: Path, row: dict) -> None:
-    """Append one row atomically: lock, check the existing file, write file + row to a temp file, rename."""
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _leaderboard_text(path: Path) -> str:
+    """The leaderboard file's text; one error naming it if it is not readable UTF-8 text."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OfflineRLError(f"{path}: not a text CSV file (byte {exc.start} is not UTF-8); is it the "
+                             "leaderboard?") from None
+    except OSError as exc:
+        raise OfflineRLError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _upgraded(text: str) -> str:
+    """A leaderboard with the legacy header rewritten with today's columns (new columns empty)."""
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or rows[0] != LEGACY_COLUMNS:
+        return text
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    writer.writerows(row + [""] * (len(COLUMNS) - len(row)) for row in rows[1:])
+    return out.getvalue()
+
+
+def _target(path: Path) -> Path:
+    """The file a leaderboard path stands for: a symlink is followed, so rows reach the shared file (the
+    rename in `append_row` would otherwise replace the link by a private copy)."""
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def check_appendable(path: Path) -> None:
+    """Refuse, before any training, a leaderboard that a finished run could not append to: not a file, not a
+    leaderboard CSV, or not writable (the file or the folder the atomic rename writes into)."""
     path = Path(path)
+    target = _target(path)
+    if target.exists():
+        if not target.is_file():
+            raise OfflineRLError(f"leaderboard {path}: is not a file")
+        _check_lines(path, _leaderboard_text(target))
+        if not os.access(target, os.W_OK):
+            raise OfflineRLError(f"leaderboard {path}: is not writable")
+    folder = target.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise OfflineRLError(f"leaderboard {path}: its folder {folder} is not a writable directory")
+
+
+def has_row(path: Path, run_id: str, phase: str) -> bool:
+    """Whether the leaderboard already holds this run's row for `phase` (a resumed run appends only once)."""
+    target = _target(path)
+    if not target.is_file():
+        return False
+    with target.open(newline="") as f:
+        return any(r.get("run_id") == run_id and r.get("phase") == phase for r in csv.DictReader(f))
+
+
+def append_row(path: Path, row: dict, once: bool = False) -> bool:
+    """Append one row atomically: lock, check the existing file, write file + row to a temp file, rename.
+
+    `once`: skip the row if one with the same run_id and phase is there (a resumed run that was killed after its
+    append). Returns whether a row was written."""
+    shown = Path(path)
+    path = _target(shown)
     unknown = set(row) - set(COLUMNS)
     if unknown:
         raise ValueError(f"unknown leaderboard column(s): {sorted(unknown)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        existing = path.read_text() if path.exists() else ""
-        _check_lines(path, existing)
+        remove_orphan_temps(path.parent, path.name)  # a killed append's temp file; we hold the lock
+        existing = _upgraded(_leaderboard_text(path)) if path.exists() else ""
+        _check_lines(shown, existing)
+        if once and any(r.get("run_id") == str(row.get("run_id")) and r.get("phase") == str(row.get("phase"))
+                        for r in csv.DictReader(io.StringIO(existing))):
+            return False
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
         if not existing:
@@ -61,7 +158,9 @@ def append_row(path: Path, row: dict) -> None:
         elif not existing.endswith("\n"):
             existing += "\n"
         writer.writerow({k: _cell(row.get(k)) for k in COLUMNS})
+        fault_point("leaderboard-append")
         atomic_write_bytes(path, (existing + out.getvalue()).encode())
+    return True
 
 
 def _cell(value) -> str:
@@ -74,10 +173,15 @@ def _cell(value) -> str:
 
 def read_leaderboard(path: Path) -> pd.DataFrame:
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise OfflineRLError(f"{path}: is not a file; --leaderboard (or OFFRL_LEADERBOARD) names the leaderboard CSV")
     if not path.is_file():
         raise OfflineRLError(f"{path}: no leaderboard yet; finished runs append to it")
-    _check_lines(path, path.read_text())
-    return pd.read_csv(path)
+    text = _leaderboard_text(path)
+    if not text.strip():
+        raise OfflineRLError(f"{path}: is empty (no header, no rows); finished runs append to it")
+    _check_lines(path, text)
+    return pd.read_csv(io.StringIO(_upgraded(text)))
 
 
 def iqm(values: np.ndarray) -> float:

@@ -99,11 +99,19 @@ def evaluate(agent: Any, dataset: Any = None, env_id: str | None = None, episode
     episodes against `reference` (default: the dataset's reference scores, else raw returns) and the Q-estimate
     bias against Monte-Carlo returns. On a dataset: d3rlpy's env-free value estimates too. With neither an env
     nor a dataset there is nothing to measure."""
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise OfflineRLError(f"evaluate: episodes must be an integer >= 1, found {episodes!r}")
     policy = getattr(agent, "policy", agent)
+    if not (callable(getattr(policy, "act", None)) and callable(getattr(policy, "q", None))):
+        raise OfflineRLError(f"evaluate: agent must be an offrl agent or a Policy (act and q), found "
+                             f"{type(agent).__name__}")
+    if dataset is not None and not isinstance(getattr(dataset, "tensors", None), dict):
+        raise OfflineRLError(f"evaluate: dataset must be an OfflineDataset, found {type(dataset).__name__}")
     card = getattr(dataset, "card", None) or {}
     env_id = env_id or card.get("env_id") or getattr(agent, "env_id", None)
     if env_id is None and dataset is None:
         raise OfflineRLError("evaluate: give env_id or a dataset (the agent was trained without an env)")
+    _check_dims(agent, dataset, env_id)
     reference = reference or reference_scores_from_card(card)
     gamma = getattr(getattr(agent, "config", None), "gamma", 0.99)
     device = getattr(agent, "device", "cpu")
@@ -117,3 +125,20 @@ def evaluate(agent: Any, dataset: Any = None, env_id: str | None = None, episode
         report.average_value_estimate = diagnostics["average_value_estimate"]
         report.initial_state_value_estimate = diagnostics["initial_state_value_estimate"]
     return report
+
+
+def _check_dims(agent: Any, dataset: Any, env_id: str | None) -> None:
+    """The agent's observation/action widths must match the env's and the dataset's (when the agent says them)."""
+    from offrl.envs import env_spec, make_env
+
+    dims = (getattr(agent, "obs_dim", None), getattr(agent, "act_dim", None))
+    if env_id is not None:
+        spec = env_spec(make_env(env_id))  # an unknown env id is one OfflineRLError
+        if dims[0] and (spec.obs_dim, spec.act_dim) != dims:
+            raise OfflineRLError(f"evaluate: the agent's obs/act dims {dims[0]}/{dims[1]} do not match env {env_id} "
+                                 f"({spec.obs_dim}/{spec.act_dim})")
+    if dataset is not None and dims[0]:
+        width = int(dataset.tensors["observations"].shape[1])
+        if width != dims[0]:
+            raise OfflineRLError(f"evaluate: the dataset's observations have {width} columns, the agent takes "
+                                 f"{dims[0]}")

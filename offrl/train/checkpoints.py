@@ -10,20 +10,9 @@ import torch
 
 from offrl.errors import OfflineRLError
 
-__all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "rng_state", "set_rng_state", "run_checkpoint_path"]
+__all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "load_weights", "rng_state", "set_rng_state"]
 
 CHECKPOINT_FORMAT = "offrl-checkpoint"
-
-
-def run_checkpoint_path(out_dir: Path, checkpoint_name: str, resume: bool) -> Path:
-    """Where a run keeps its checkpoint; refuses to start over an existing run, or to resume a missing one."""
-    out_dir = Path(out_dir)
-    checkpoint_path = out_dir / checkpoint_name
-    if not resume and (checkpoint_path.exists() or (out_dir.is_dir() and any(out_dir.iterdir()))):
-        raise OfflineRLError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and not checkpoint_path.exists():
-        raise OfflineRLError(f"--resume: no checkpoint at {checkpoint_path}")
-    return checkpoint_path
 
 
 def load_checkpoint(path: Path, kind: str) -> dict:
@@ -32,9 +21,11 @@ def load_checkpoint(path: Path, kind: str) -> dict:
     if not path.is_file():
         raise OfflineRLError(f"checkpoint {path}: no such file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise OfflineRLError(f"checkpoint {path}: cannot be read ({type(exc).__name__}: {exc})") from None
+        # weights_only: tensors and plain Python values only, so a checkpoint from elsewhere cannot run code.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged or tampered file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OfflineRLError(f"checkpoint {path}: cannot be read safely ({type(exc).__name__}: {reason})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise OfflineRLError(f"checkpoint {path}: not an offrl checkpoint")
     if state.get("kind") != kind:
@@ -42,11 +33,30 @@ def load_checkpoint(path: Path, kind: str) -> dict:
     return state
 
 
+def load_weights(module: torch.nn.Module, state: object, source: str) -> None:
+    """`module.load_state_dict(state)`, or one OfflineRLError saying that the weights in `source` (a checkpoint or
+    agent file) do not fit the networks its record describes: wrong tensor shapes, missing or extra keys."""
+    try:
+        module.load_state_dict(state)
+    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
+        reason = " ".join(str(exc).split())
+        reason = reason.removeprefix(f"Error(s) in loading state_dict for {type(module).__name__}: ")
+        raise OfflineRLError(f"{source}: its weights do not fit the networks its record describes ({reason[:300]})") \
+            from None
+
+
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The global RNGs as tensors and plain Python values (what a weights_only load accepts)."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+            "python": random.getstate()}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32),
+                         numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     random.setstate(state["python"])

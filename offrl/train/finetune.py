@@ -26,13 +26,15 @@ from offrl.data.buffer import ReplayBuffer
 from offrl.data.dataset import MixedSampler, buffer_from_dataset, load_dataset, returns_to_go
 from offrl.envs import env_spec, make_env, seed_everything
 from offrl.errors import OfflineRLError
+from offrl.evaluation.leaderboard import check_appendable
 from offrl.evaluation.report import evaluate_in_env
 from offrl.evaluation.scores import reference_scores_from_card
+from offrl.faults import fault_point
 from offrl.fileio import git_commit
 from offrl.runs import TrainingReport, append_report, restore_run, write_run_record
-from offrl.train.checkpoints import load_checkpoint, run_checkpoint_path
 from offrl.train.logs import MetricsLog
 from offrl.train.loop import EnvSteps, Schedule, run_loop
+from offrl.train.run_folder import RunFolder
 
 __all__ = ["FinetuneSettings", "finetune", "unlearning_dip", "online_auc"]
 
@@ -92,19 +94,27 @@ def finetune(from_run: Path, settings: FinetuneSettings, out_dir: Path, resume: 
              tensorboard: bool = False, callbacks: Sequence = ()) -> TrainingReport:
     """Fine-tune an offline run online (on the one loop, offrl.train.loop); returns the report."""
     settings.validate()
-    device = torch.device(settings.device)
     offline_run = restore_run(from_run, settings.device)
-    record, networks, normalizer = offline_run.record, offline_run.agent.networks, offline_run.agent.normalizer
-    out_dir = Path(out_dir)
-    checkpoint_path = run_checkpoint_path(out_dir, CHECKPOINT_NAME, resume)
+    record = offline_run.record
     env_id = record.get("env_id")
     if not env_id:
         raise OfflineRLError(f"{from_run}: the run's dataset has no env, so it cannot be fine-tuned online")
-    env = make_env(env_id)
-    spec = env_spec(env)
+    spec = env_spec(make_env(env_id))
     if (spec.obs_dim, spec.act_dim) != (record["obs_dim"], record["act_dim"]):
         raise OfflineRLError(f"{from_run}: the checkpoint has obs/act dims {record['obs_dim']}/{record['act_dim']}, "
                              f"env {env_id} has {spec.obs_dim}/{spec.act_dim}")
+    if leaderboard is not None:
+        check_appendable(Path(leaderboard))  # before the work, not after it
+    with RunFolder(Path(out_dir), resume, FINETUNE_KIND, CHECKPOINT_NAME) as folder:
+        return _finetune(offline_run, settings, folder, leaderboard, show_progress, command, tensorboard, callbacks)
+
+
+def _finetune(offline_run, settings: FinetuneSettings, folder: RunFolder, leaderboard: Path | None,
+              show_progress: bool, command: str | None, tensorboard: bool, callbacks: Sequence) -> TrainingReport:
+    device = torch.device(settings.device)
+    record, networks, normalizer = offline_run.record, offline_run.agent.networks, offline_run.agent.normalizer
+    out_dir, env_id = folder.path, record["env_id"]
+    env = make_env(env_id)
     offline_config = offline_run.agent.config
     calibrated = offline_config.calibrated if settings.calibrated is None else settings.calibrated
     config = dataclasses.replace(offline_config, calibrated=calibrated)
@@ -129,26 +139,35 @@ def finetune(from_run: Path, settings: FinetuneSettings, out_dir: Path, resume: 
     source = EnvSteps(env, act, online, episode_rows=lambda episode: _episode_rows(
         episode, normalizer, reward_scale, config.gamma, device))
     resume_state = None
-    if resume:
-        resume_state = load_checkpoint(checkpoint_path, FINETUNE_KIND)
-        if resume_state["from_run_id"] != record["run_id"]:
+    if folder.resume:
+        finished = folder.finished_report(settings.online_steps)
+        if finished is not None:  # killed after its report: only the row may be missing
+            report = TrainingReport(**{f.name: finished[f.name] for f in dataclasses.fields(TrainingReport)
+                                       if f.name in finished})
+            if leaderboard is not None:
+                append_report(leaderboard, record, report, phase="online", once=True)
+            return report
+        resume_state = folder.resume_state()
+        if resume_state is not None and resume_state["from_run_id"] != record["run_id"]:
             raise OfflineRLError(f"--resume: {out_dir} fine-tunes run {resume_state['from_run_id']}, "
                                  f"not {record['run_id']}")
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    if resume_state is None:  # a new run, or one killed before its first checkpoint: start (over)
         write_run_record(out_dir, {"kind": FINETUNE_KIND, "from_run": str(offline_run.run_dir),
                                    "from_run_id": record["run_id"], "offline_updates": offline_run.updates,
                                    "dataset_id": record["dataset_id"], "dataset_sha256": record["dataset_sha256"],
                                    "env_id": env_id, "settings": dataclasses.asdict(settings),
                                    "config": dataclasses.asdict(config), "seed": seed, "git_commit": git_commit(),
                                    "command": command})
+        fault_point("run-record-written")
         seed_everything(seed)
         source.start(seed)
 
     resume_step = resume_state["loop"]["step"] if resume_state is not None else None
+    # The final evaluation's row follows the last checkpoint (see train/offline.py).
+    eval_keep = resume_step - 1 if resume_step is not None and resume_step >= settings.online_steps else resume_step
     tensorboard_dir = out_dir / "tensorboard" if tensorboard else None
     metrics_log = MetricsLog(out_dir / "metrics.csv", resume_step, tensorboard_dir, "train")
-    eval_log = MetricsLog(out_dir / "evaluations.csv", resume_step, tensorboard_dir, "eval")
+    eval_log = MetricsLog(out_dir / "evaluations.csv", eval_keep, tensorboard_dir, "eval")
 
     def evaluate(step: int) -> tuple[float, dict]:
         result = evaluate_in_env(policy, env_id, settings.eval_episodes, seed, reference, config.gamma, device, True)
@@ -169,13 +188,16 @@ def finetune(from_run: Path, settings: FinetuneSettings, out_dir: Path, resume: 
     schedule = Schedule(steps=settings.online_steps, log_every=settings.log_every, eval_every=settings.eval_every,
                         checkpoint_every=settings.checkpoint_every, extra_eval_steps=dip_steps)
     state = run_loop(update=update, source=source, schedule=schedule, agent=networks, kind=FINETUNE_KIND,
-                     checkpoint_path=checkpoint_path, metrics_log=metrics_log, eval_log=eval_log, evaluate=evaluate,
+                     checkpoint_path=folder.checkpoint_path, metrics_log=metrics_log, eval_log=eval_log,
+                     evaluate=evaluate,
                      updates_per_step=settings.utd, checkpoint_extra={"from_run_id": record["run_id"]},
                      resume_state=resume_state, callbacks=callbacks, progress_desc=f"fine-tune {record['dataset_id']}",
                      show_progress=show_progress)
     env.close()
+    fault_point("final-evaluation")
     score, row = evaluate(state.step)
     eval_log.write({"step": state.step, **row})
+    fault_point("final-evaluation-row-written")
     curve = [(int(float(r["step"])), float(r["normalized_return"])) for r in eval_log.rows]
     evaluations = pd.DataFrame(eval_log.rows).astype({"normalized_return": float})
     first, last = evaluations.iloc[0].to_dict(), evaluations.iloc[-1].to_dict()
@@ -197,8 +219,9 @@ def finetune(from_run: Path, settings: FinetuneSettings, out_dir: Path, resume: 
     metrics_log.close()
     eval_log.close()
     report.write(out_dir / "final.json")
+    fault_point("final-report-written")
     if leaderboard is not None:
-        append_report(leaderboard, record, report, phase="online")
+        append_report(leaderboard, record, report, phase="online", once=True)
     return report
 
 

@@ -9,12 +9,20 @@ Per step, in this order: the source advances, the update runs, the source stores
 update (a finished episode), evaluation (if due), the log row (if due),
 a checkpoint (if due and the source is at a boundary: offline every step, online at episode ends, where the
 env's whole state is its RNG).
+
+Two guarantees (tests/train/test_loop.py, tests/test_faults.py):
+- a checkpoint never holds a diverged state: before every save, and at every log row, the latest metrics and
+  every parameter must be finite and the metrics below DIVERGENCE_LIMIT, else the loop stops with one error;
+- SIGINT and SIGTERM stop the loop at the next boundary with a checkpoint (`TrainingInterrupted`, exit
+  130/143 from the CLI); a second SIGINT interrupts at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,15 +33,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from offrl.errors import OfflineRLError
+from offrl.errors import OfflineRLError, TrainingInterrupted
+from offrl.faults import fault_point
 from offrl.fileio import atomic_torch_save
-from offrl.train.checkpoints import CHECKPOINT_FORMAT, rng_state, set_rng_state
+from offrl.train.checkpoints import CHECKPOINT_FORMAT, load_weights, rng_state, set_rng_state
 from offrl.train.logs import MetricsLog
 
 __all__ = ["Schedule", "LoopState", "StepSource", "OfflineSteps", "EnvSteps", "Callback", "run_loop"]
 
 # callback(event, step, row): event "log" (a metrics row) or "evaluation" (an evaluation row)
 Callback = Callable[[str, int, dict[str, Any]], None]
+# A metric this large is divergence even if finite: losses and Q-values of these tasks stay below ~1e6, and a
+# run that reached 1e31 (issue 12) produced "ordinary" rows with a Q bias of -8e11.
+DIVERGENCE_LIMIT = 1e10
 
 
 @dataclass
@@ -196,7 +208,7 @@ def run_loop(*, update: Callable[[int], dict[str, torch.Tensor] | None], source:
     schedule.validate()
     state = LoopState(next_checkpoint=schedule.checkpoint_every)
     if resume_state is not None:
-        agent.load_state_dict(resume_state["agent"])
+        load_weights(agent, resume_state["agent"], f"checkpoint {checkpoint_path}")
         for name, optimizer in agent.optimizers().items():
             optimizer.load_state_dict(resume_state["optimizers"][name])
         source.load_state_dict(resume_state["source"])
@@ -205,23 +217,59 @@ def run_loop(*, update: Callable[[int], dict[str, torch.Tensor] | None], source:
         set_rng_state(resume_state["rng"])
     start = time.perf_counter()
     elapsed_before = state.elapsed_s
+    saved_step = state.step if resume_state is not None else None
+    metrics: dict[str, torch.Tensor] = {}
+    checked_step = -1
+
+    def check_finite(step: int) -> dict[str, float]:
+        """The metrics as floats (the host sync), after refusing a diverged state."""
+        nonlocal checked_step
+        values = {k: float(v) for k, v in metrics.items()}
+        bad = [f"{k}={v:.3g}" for k, v in values.items() if not math.isfinite(v) or abs(v) > DIVERGENCE_LIMIT]
+        if not bad and not bool(torch.stack([p.isfinite().all() for p in agent.parameters()]).all()):
+            bad = ["non-finite parameters"]
+        if bad:
+            kept = (f"the last good checkpoint (step {saved_step}) is kept at {checkpoint_path}"
+                    if saved_step is not None else "no checkpoint had been written")
+            raise OfflineRLError(f"training diverged at step {step} ({', '.join(bad)}); stopped, no report or "
+                                 f"leaderboard row written; {kept}")
+        checked_step = step
+        return values
 
     def save_checkpoint() -> None:
+        nonlocal saved_step
         if checkpoint_path is None:
             return
+        if checked_step != state.step:
+            check_finite(state.step)
         state.elapsed_s = elapsed_before + time.perf_counter() - start
         atomic_torch_save({"format": CHECKPOINT_FORMAT, "kind": kind, "loop": dataclasses.asdict(state),
                            "agent": agent.state_dict(),
                            "optimizers": {k: o.state_dict() for k, o in agent.optimizers().items()},
                            "source": source.state_dict(), "rng": rng_state(), **(checkpoint_extra or {})},
                           checkpoint_path)
+        saved_step = state.step
+        fault_point("checkpoint-written")
+
+    stop_signal: list[int] = []
+
+    def on_signal(signum, frame) -> None:
+        stop_signal.append(signum)
+        if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+    previous_handlers = {signum: signal.signal(signum, on_signal) for signum in handled}
 
     window_updates, window_start, eval_time = 0, time.perf_counter(), 0.0
-    metrics: dict[str, torch.Tensor] = {}
     progress = tqdm(total=schedule.steps, initial=state.step, disable=not show_progress, unit=progress_unit,
                     desc=progress_desc, dynamic_ncols=True)
     try:
         while state.step < schedule.steps:
+            if stop_signal and source.at_boundary:
+                save_checkpoint()
+                raise TrainingInterrupted(stop_signal[0], state.step,
+                                          str(checkpoint_path) if checkpoint_path is not None else None)
             source.advance()
             result = update(state.step)
             source.after_update()
@@ -237,15 +285,12 @@ def run_loop(*, update: Callable[[int], dict[str, torch.Tensor] | None], source:
                 state.last_score, state.best_score = score, max(state.best_score, score)
                 state.curve.append((step, score))
                 eval_log.write({"step": step, **row})
+                fault_point("evaluation-row-written")
                 for callback in callbacks:
                     callback("evaluation", step, {"step": step, **row})
                 eval_time += time.perf_counter() - eval_start
             if step % schedule.log_every == 0 or step == schedule.steps:
-                values = {k: float(v) for k, v in metrics.items()}  # the host sync, once per log interval
-                bad = [k for k, v in values.items() if not math.isfinite(v)]
-                if bad:
-                    raise OfflineRLError(f"training diverged: non-finite {', '.join(bad)} at step {step}; stopped. "
-                                         f"The last checkpoint is kept at {checkpoint_path}")
+                values = check_finite(step)  # the host sync, once per log interval
                 now = time.perf_counter()
                 row = {"step": step, **values, **source.log_fields(),
                        "updates_per_s": window_updates / max(now - window_start - eval_time, 1e-9)}
@@ -258,7 +303,14 @@ def run_loop(*, update: Callable[[int], dict[str, torch.Tensor] | None], source:
                 while state.next_checkpoint <= step:
                     state.next_checkpoint += schedule.checkpoint_every
                 save_checkpoint()
+        if stop_signal:  # a signal during the last step: the final checkpoint is written, stop before the report
+            raise TrainingInterrupted(stop_signal[0], state.step,
+                                      str(checkpoint_path) if checkpoint_path is not None else None)
     finally:
         progress.close()
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+    if checked_step != state.step:
+        check_finite(state.step)
     state.elapsed_s = elapsed_before + time.perf_counter() - start
     return state

@@ -6,6 +6,7 @@ logged, checkpointed and resumable (offrl.runs describes the files); without one
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import uuid
 from collections.abc import Sequence
@@ -22,20 +23,21 @@ from offrl.data.dataset import ObservationNormalizer, OfflineDataset, buffer_fro
 from offrl.data.registry import episode_returns, parse_dataset_id
 from offrl.envs import env_spec, make_env, seed_everything
 from offrl.errors import OfflineRLError
+from offrl.evaluation.leaderboard import check_appendable
 from offrl.evaluation.report import dataset_diagnostics, evaluate_in_env
 from offrl.evaluation.scores import reference_scores_from_card
+from offrl.faults import fault_point
 from offrl.fileio import atomic_write_bytes, git_commit
 from offrl.runs import (
-    CHECKPOINT_NAME,
     OFFLINE_KIND,
     TrainingReport,
     append_report,
     read_run_record,
     write_run_record,
 )
-from offrl.train.checkpoints import load_checkpoint, run_checkpoint_path
 from offrl.train.logs import MetricsLog
 from offrl.train.loop import OfflineSteps, Schedule, run_loop
+from offrl.train.run_folder import RunFolder
 
 if TYPE_CHECKING:
     from offrl.agents import Agent
@@ -71,21 +73,38 @@ def fit_offline(agent: Agent, dataset: OfflineDataset, n_steps: int, *, seed: in
                 callbacks: Sequence = (), leaderboard: str | Path | None = None, show_progress: bool = True,
                 command: str | None = None) -> TrainingReport:
     """Train `agent` for `n_steps` updates on `dataset`; see `offrl.agents.Agent.fit`."""
-    config = agent.config
     for name, value, minimum in (("n_steps", n_steps, 1), ("eval_episodes", eval_episodes, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise OfflineRLError(f"{name} must be an integer >= {minimum}, found {value!r}")
     schedule = Schedule(steps=n_steps, log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every)
     schedule.validate()
-    final_eval_episodes = final_eval_episodes or eval_episodes
+    final_eval_episodes = eval_episodes if final_eval_episodes is None else final_eval_episodes
+    if isinstance(final_eval_episodes, bool) or not isinstance(final_eval_episodes, int) or final_eval_episodes < 1:
+        raise OfflineRLError(f"final_eval_episodes must be an integer >= 1 or None, found {final_eval_episodes!r}")
     if resume and run_dir is None:
         raise OfflineRLError("resume=True needs the run_dir of the run to continue")
-    out_dir = Path(run_dir) if run_dir is not None else None
-    checkpoint_path = run_checkpoint_path(out_dir, CHECKPOINT_NAME, resume) if out_dir is not None else None
-    if tensorboard and out_dir is None:
+    if tensorboard and run_dir is None:
         raise OfflineRLError("tensorboard=True needs a run_dir to write the event files into")
+    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Sequence) \
+            or not all(callable(c) for c in callbacks):
+        raise OfflineRLError(f"callbacks: expected a list of functions f(event, step, row), found {callbacks!r}")
+    if leaderboard is not None:
+        check_appendable(Path(leaderboard))  # before the work, not after it
     card = dataset.card
     env_id = _eval_env(dataset, eval_env)
+    folder = RunFolder(Path(run_dir), resume, OFFLINE_KIND) if run_dir is not None else None
+    with folder if folder is not None else contextlib.nullcontext():
+        return _fit(agent, dataset, card, env_id, schedule, folder, seed=seed, eval_episodes=eval_episodes,
+                    final_eval_episodes=final_eval_episodes, tensorboard=tensorboard, callbacks=callbacks,
+                    leaderboard=leaderboard, show_progress=show_progress, command=command)
+
+
+def _fit(agent: Agent, dataset: OfflineDataset, card: dict, env_id: str | None, schedule: Schedule,
+         folder: RunFolder | None, *, seed: int, eval_episodes: int, final_eval_episodes: int, tensorboard: bool,
+         callbacks: Sequence, leaderboard: str | Path | None, show_progress: bool, command: str | None
+         ) -> TrainingReport:
+    config = agent.config
+    out_dir = folder.path if folder is not None else None
     reference = reference_scores_from_card(card)
     device = agent.device
     t = {k: v.to(device) for k, v in dataset.tensors.items()}
@@ -103,12 +122,19 @@ def fit_offline(agent: Agent, dataset: OfflineDataset, n_steps: int, *, seed: in
     algorithm = agent.offline_name
     name_hash = config_hash(config)
     resume_state = None
-    if resume:
-        resume_state = load_checkpoint(checkpoint_path, OFFLINE_KIND)
+    if folder is not None and folder.resume:
         record = read_run_record(out_dir)
         if record["dataset_sha256"] != card["sha256"] or record["config_hash"] != name_hash:
             raise OfflineRLError(f"--resume: {out_dir} was trained on dataset sha256 {record['dataset_sha256'][:12]} "
                                  f"with config {record['config_hash']}; now {card['sha256'][:12]} / {name_hash}")
+        finished = folder.finished_report(schedule.steps)
+        if finished is not None:  # killed after its report: only the row may be missing
+            report = TrainingReport(**{f.name: finished[f.name] for f in dataclasses.fields(TrainingReport)
+                                       if f.name in finished})
+            if leaderboard is not None and report.final_normalized_return is not None:
+                append_report(Path(leaderboard), record, report, phase="offline", once=True)
+            return report
+        resume_state = folder.resume_state()  # None: killed before its first checkpoint, so it starts over
     else:
         env_name = parse_dataset_id(dataset.dataset_id).env if "/" in dataset.dataset_id else dataset.dataset_id
         record = {"kind": OFFLINE_KIND, "run_id": f"{env_name}-{agent.config_name}-s{seed}-{uuid.uuid4().hex[:6]}",
@@ -116,21 +142,25 @@ def fit_offline(agent: Agent, dataset: OfflineDataset, n_steps: int, *, seed: in
                   "dataset_version": card.get("version"), "dataset_sha256": card["sha256"],
                   "dataset_registered": "card_type" in card, "dataset_card": _card_summary(card),
                   "env_id": env_id, "config_name": agent.config_name, "config_hash": name_hash,
-                  "config": dataclasses.asdict(config), "updates": n_steps, "seed": seed, "device": str(device),
-                  "compile": getattr(agent, "compile", False), "eval_every": eval_every,
-                  "eval_episodes": eval_episodes, "final_eval_episodes": final_eval_episodes,
-                  "reward_scale": reward_scale, "reference": reference.source, "git_commit": git_commit(),
-                  "offrl_version": __version__, "command": command, "obs_dim": dataset.obs_dim,
-                  "act_dim": dataset.act_dim}
+                  "config": dataclasses.asdict(config), "updates": schedule.steps, "seed": seed,
+                  "device": str(device), "compile": getattr(agent, "compile", False),
+                  "eval_every": schedule.eval_every, "eval_episodes": eval_episodes,
+                  "final_eval_episodes": final_eval_episodes, "reward_scale": reward_scale,
+                  "reference": reference.source, "git_commit": git_commit(), "offrl_version": __version__,
+                  "command": command, "obs_dim": dataset.obs_dim, "act_dim": dataset.act_dim}
         if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
             write_run_record(out_dir, record)
-            normalizer.save(out_dir / "normalizer.json")
+            fault_point("run-record-written")
+    if out_dir is not None:
+        normalizer.save(out_dir / "normalizer.json")
 
     resume_step = resume_state["loop"]["step"] if resume_state is not None else None
+    # The final evaluation's row (at the last step) follows the last checkpoint: a run resumed at its last
+    # step evaluates again, so that row is dropped; an evaluation inside the loop precedes its checkpoint.
+    eval_keep = resume_step - 1 if resume_step is not None and resume_step >= schedule.steps else resume_step
     tensorboard_dir = out_dir / "tensorboard" if tensorboard else None
     metrics_log = MetricsLog(out_dir / "metrics.csv" if out_dir else None, resume_step, tensorboard_dir, "train")
-    eval_log = MetricsLog(out_dir / "evaluations.csv" if out_dir else None, resume_step, tensorboard_dir, "eval")
+    eval_log = MetricsLog(out_dir / "evaluations.csv" if out_dir else None, eval_keep, tensorboard_dir, "eval")
     policy = agent.policy
 
     def evaluate(step: int) -> tuple[float, dict]:
@@ -139,7 +169,8 @@ def fit_offline(agent: Agent, dataset: OfflineDataset, n_steps: int, *, seed: in
                                           "return_mean": result.return_mean, "return_std": result.return_std}
 
     state = run_loop(update=lambda step: agent.update(buffer.sample(config.batch_size), step), source=OfflineSteps(),
-                     schedule=schedule, agent=agent.networks, kind=OFFLINE_KIND, checkpoint_path=checkpoint_path,
+                     schedule=schedule, agent=agent.networks, kind=OFFLINE_KIND,
+                     checkpoint_path=folder.checkpoint_path if folder is not None else None,
                      metrics_log=metrics_log, eval_log=eval_log, evaluate=evaluate if env_id else None,
                      checkpoint_extra={"env_id": env_id, "obs_dim": dataset.obs_dim, "act_dim": dataset.act_dim},
                      resume_state=resume_state, callbacks=callbacks, progress_desc=f"{algorithm} {dataset.dataset_id}",
@@ -149,10 +180,12 @@ def fit_offline(agent: Agent, dataset: OfflineDataset, n_steps: int, *, seed: in
                             dataset_id=dataset.dataset_id, algorithm=algorithm, updates=state.step,
                             reference=reference.source if env_id else NO_ENV, eval_episodes=0)
     if env_id is not None:
+        fault_point("final-evaluation")
         final = evaluate_in_env(policy, env_id, final_eval_episodes, seed, reference, config.gamma, device, True)
         row = {"step": state.step, "normalized_return": final.normalized_return, "return_mean": final.return_mean,
                "return_std": final.return_std}
         eval_log.write(row)
+        fault_point("final-evaluation-row-written")
         for callback in callbacks:
             callback("evaluation", state.step, row)
         report.final_normalized_return = final.normalized_return
@@ -174,8 +207,9 @@ def fit_offline(agent: Agent, dataset: OfflineDataset, n_steps: int, *, seed: in
     eval_log.close()
     if out_dir is not None:
         report.write(out_dir / "final.json")
+        fault_point("final-report-written")
     if leaderboard is not None:
-        append_report(Path(leaderboard), record, report, phase="offline")
+        append_report(Path(leaderboard), record, report, phase="offline", once=True)
     return report
 
 

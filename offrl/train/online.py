@@ -18,11 +18,12 @@ from offrl.data.buffer import ReplayBuffer
 from offrl.envs import env_spec, make_env, seed_everything
 from offrl.errors import OfflineRLError
 from offrl.evaluation.rollout import evaluate_policy
+from offrl.faults import fault_point
 from offrl.fileio import atomic_torch_save, git_commit
 from offrl.runs import read_run_record, write_run_record
-from offrl.train.checkpoints import load_checkpoint, run_checkpoint_path
 from offrl.train.logs import MetricsLog
 from offrl.train.loop import EnvSteps, Schedule, run_loop
+from offrl.train.run_folder import RunFolder
 
 __all__ = ["PretrainSettings", "pretrain", "CHECKPOINT_NAME", "ONLINE_KIND"]
 
@@ -61,13 +62,18 @@ def pretrain(settings: PretrainSettings, out_dir: Path, resume: bool = False, sh
     """Train SAC online; returns the run directory. Writes run.json, metrics.csv, evaluations.csv,
     snapshots/actor_<step>.pt at each evaluation, and checkpoint.pt (with the replay buffer).
     `agent`: an `offrl.SAC` to train (its networks are built here); by default a new one."""
+    settings.validate()
+    env = make_env(settings.env_id)  # an unknown env is refused before the folder is made
+    with RunFolder(Path(out_dir), resume, ONLINE_KIND, CHECKPOINT_NAME) as folder:
+        return _pretrain(settings, folder, env, show_progress, command, tensorboard, callbacks, agent)
+
+
+def _pretrain(settings: PretrainSettings, folder: RunFolder, env, show_progress: bool, command: str | None,
+              tensorboard: bool, callbacks: Sequence, agent) -> Path:
     from offrl.agents import SAC
 
-    settings.validate()
-    out_dir = Path(out_dir)
-    checkpoint_path = run_checkpoint_path(out_dir, CHECKPOINT_NAME, resume)
+    out_dir, checkpoint_path = folder.path, folder.checkpoint_path
     device = torch.device(settings.device)
-    env = make_env(settings.env_id)
     spec = env_spec(env)
     obs_dim, act_dim = spec.obs_dim, spec.act_dim
     seed_everything(settings.seed)
@@ -82,9 +88,8 @@ def pretrain(settings: PretrainSettings, out_dir: Path, resume: bool = False, sh
         return networks.actor.act(obs_tensor)[0].cpu().numpy()
 
     source = EnvSteps(env, act, buffer, random_steps=settings.learning_starts)
-    resume_state = None
-    if resume:
-        resume_state = load_checkpoint(checkpoint_path, ONLINE_KIND)
+    resume_state = folder.resume_state()  # None for a new run or one killed before its first checkpoint
+    if resume_state is not None:
         if resume_state["env_id"] != settings.env_id:
             raise OfflineRLError(f"checkpoint {checkpoint_path}: trained on {resume_state['env_id']!r}, cannot resume "
                                  f"on {settings.env_id!r}")
@@ -97,7 +102,6 @@ def pretrain(settings: PretrainSettings, out_dir: Path, resume: bool = False, sh
         record["resumed_with"] = [*record.get("resumed_with", []), command]
         write_run_record(out_dir, record)
     else:
-        out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "snapshots").mkdir(exist_ok=True)
         write_run_record(out_dir, {"kind": ONLINE_KIND, "settings": dataclasses.asdict(settings),
                                    "git_commit": git_commit(), "obs_dim": obs_dim, "act_dim": act_dim,
@@ -137,6 +141,7 @@ def pretrain(settings: PretrainSettings, out_dir: Path, resume: bool = False, sh
     env.close()
     evaluated = [int(float(row["step"])) for row in eval_log.rows]
     if state.step not in evaluated:  # the final policy is always evaluated and kept
+        fault_point("final-evaluation")
         _, row = evaluate(state.step)
         eval_log.write({"step": state.step, **row})
     metrics_log.close()

@@ -37,7 +37,7 @@ def test_register_writes_file_and_card_with_statistics():
 def test_a_version_once_written_is_immutable():
     register_dataset("pendulum/test-v0", make_arrays(), {"env_id": "Pendulum-v1"})
     before = data_path("pendulum/test-v0").read_bytes()
-    with pytest.raises(OfflineRLError, match="already exists.*pass a new version .e.g. --version 1"):
+    with pytest.raises(OfflineRLError, match="already exists.*versions are immutable.*-v1"):
         register_dataset("pendulum/test-v0", make_arrays(seed=1), {"env_id": "Pendulum-v1"})
     assert data_path("pendulum/test-v0").read_bytes() == before
 

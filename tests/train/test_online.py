@@ -67,9 +67,10 @@ def test_cli_bad_input_exits_2_with_one_clear_line(tmp_path, capsys):
     assert main(["pretrain", "--env", "NoSuchEnv-v0", "--steps", "10", "--out", str(tmp_path / "a")]) == 2
     assert "unknown env id 'NoSuchEnv-v0'" in capsys.readouterr().err
     assert main(["pretrain", "--env", "Pendulum-v1", "--steps", "10", "--out", str(tmp_path / "b"), "--resume"]) == 2
-    assert "no checkpoint" in capsys.readouterr().err
+    assert "holds no run (no such folder)" in capsys.readouterr().err
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "c" / "run.json").write_text('{"kind": "sac-online"}')
     assert main(["pretrain", "--env", "Pendulum-v1", "--steps", "10", "--out", str(tmp_path / "c"), "--resume"]) == 2
     assert "cannot be read" in capsys.readouterr().err
     for bad in ("0", "-5"):

@@ -1,0 +1,332 @@
+"""`offrl sweep`: a grid of datasets × algorithms × configs × seeds as Ray tasks, on one machine or a cluster.
+
+A trial is exactly the `fit` call a user makes by hand (`offrl.agents`), in its own run folder under the sweep's
+`out`, with the thread count it was given. Trials are Ray core tasks, not Ray Tune trials: a trial already owns
+its checkpoints, exact resume and logs (offrl.train.run_folder), and Tune would add a second experiment state,
+trial folders and checkpoint scheme beside them. Tasks give what is missing: scheduling with `num_cpus` on any
+node of a cluster, results returned to the driver, and a retry (which resumes from the checkpoint) when a worker
+dies. Only the driver appends leaderboard rows, each tagged with the sweep's id, so no file is shared between
+machines except through the driver; the run folders under `out` must be on storage every node sees (the local
+disk for a one-machine sweep, a shared filesystem on a cluster) for a re-run to resume them.
+
+Re-running the same command skips trials whose rows are in the leaderboard, appends the row of a trial that
+finished without one, and resumes interrupted trials from their last checkpoint (same seed, same numbers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from offrl.errors import OfflineRLError, TrainingInterrupted
+
+__all__ = ["ALGORITHMS", "Trial", "SweepSpec", "SweepResult", "parse_seeds", "plan_trials", "run_trial",
+           "run_sweep"]
+
+# --algorithms names → the agent class that trains them offline.
+ALGORITHMS = {"cql": "CQL", "calql": "CalQL", "sac": "SAC"}
+
+
+def _agent(algorithm: str, config: str, device: str = "cpu"):
+    """The agent of one trial. CQL and Cal-QL take a shipped CQL config by name; offline SAC takes the SAC
+    networks and rates of the same named CQL config (its actor's sizes and learning rates), so a grid compares
+    the algorithms at one network size, or "default" for SACConfig's own defaults."""
+    from offrl import agents
+    from offrl.algos.cql import CQLConfig
+    from offrl.config import load_config
+
+    if algorithm not in ALGORITHMS:
+        raise OfflineRLError(f"--algorithms: unknown algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
+    cls = getattr(agents, ALGORITHMS[algorithm])
+    if cls is agents.SAC:
+        if config == "default":
+            return agents.SAC(device=device)
+        cql_config, _ = load_config(CQLConfig, "cql", config)
+        agent = agents.SAC(cql_config.sac_config(), device=device)
+        agent.config_name = config
+        return agent
+    return cls(config, device=device)
+
+
+@dataclass(frozen=True)
+class Trial:
+    dataset_id: str
+    algorithm: str  # a key of ALGORITHMS
+    config: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """Its run folder's name under the sweep's `out` (a YAML config path contributes its file name)."""
+        config = Path(self.config).stem if self.config.endswith((".yaml", ".yml")) else self.config
+        return f"{self.dataset_id.replace('/', '-')}-{self.algorithm}-{config}-seed{self.seed}"
+
+
+@dataclass
+class SweepSpec:
+    datasets: list[str]
+    algorithms: list[str]
+    configs: list[str]
+    seeds: list[int]
+    steps: int
+    out: Path
+    leaderboard: Path
+    address: str | None = None  # None: start Ray here with this machine's cores; "auto" or "ray://host:port"
+    cpus_per_trial: int = 1
+    max_concurrent: int | None = None  # None: as many as Ray can place
+    retries: int = 1  # a trial whose worker died runs again, resuming from its checkpoint
+    eval_every: int | None = None
+    eval_episodes: int = 10
+    final_eval_episodes: int | None = None
+    log_every: int = 1_000
+    checkpoint_every: int = 5_000
+    collect_missing: bool = False
+    command: str | None = None
+    env_vars: dict[str, str] = field(default_factory=dict)  # passed to every worker (e.g. OFFRL_DATASETS_PATH)
+
+    @property
+    def sweep_id(self) -> str:
+        """Stable across re-runs of the same grid: what its leaderboard rows carry."""
+        grid = {"datasets": self.datasets, "algorithms": self.algorithms, "configs": self.configs,
+                "seeds": self.seeds, "steps": self.steps}
+        return "sweep-" + hashlib.sha256(json.dumps(grid, sort_keys=True).encode()).hexdigest()[:10]
+
+    def fit_options(self) -> dict[str, Any]:
+        return {"eval_every": self.eval_every, "eval_episodes": self.eval_episodes,
+                "final_eval_episodes": self.final_eval_episodes, "log_every": self.log_every,
+                "checkpoint_every": self.checkpoint_every}
+
+
+@dataclass
+class SweepResult:
+    sweep_id: str
+    finished: list[str] = field(default_factory=list)  # trial names that finished in this invocation
+    skipped: list[str] = field(default_factory=list)  # already finished, row already there
+    failed: dict[str, str] = field(default_factory=dict)  # trial name → its error
+    wall_time_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def parse_seeds(text: str) -> list[int]:
+    """"0-4" → [0, 1, 2, 3, 4]; "0,3,7" → [0, 3, 7]; ranges and lists combine ("0-2,9")."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not match:
+            raise OfflineRLError(f"--seeds {text!r}: expected non-negative seeds like 0-4 or 0,3,7")
+        low, high = int(match[1]), int(match[2] or match[1])
+        if high < low:
+            raise OfflineRLError(f"--seeds {text!r}: the range {low}-{high} is empty")
+        seeds += [s for s in range(low, high + 1) if s not in seeds]
+    return seeds
+
+
+def plan_trials(spec: SweepSpec) -> list[Trial]:
+    """Every trial of the grid, after refusing (before anything runs) an unknown dataset, algorithm or config."""
+    from offrl.data.registry import card_path, parse_dataset_id, shipped_card
+
+    for name, values in (("--datasets", spec.datasets), ("--algorithms", spec.algorithms),
+                         ("--configs", spec.configs), ("--seeds", spec.seeds)):
+        if not values:
+            raise OfflineRLError(f"{name}: empty")
+    if spec.steps < 1:
+        raise OfflineRLError(f"--steps must be >= 1, found {spec.steps}")
+    for dataset_id in spec.datasets:
+        parsed = parse_dataset_id(dataset_id)
+        if not card_path(parsed).exists() and not (spec.collect_missing and shipped_card(parsed) is not None):
+            hint = " (pass --collect-missing to collect it from its shipped card)" if shipped_card(parsed) else ""
+            raise OfflineRLError(f"--datasets: {dataset_id} is not in the store{hint}; `offrl datasets list` shows "
+                                 "what is")
+    for algorithm in spec.algorithms:
+        for config in spec.configs:
+            _agent(algorithm, config)  # raises on an unknown algorithm or config name
+    return [Trial(d, a, c, s) for d in spec.datasets for a in spec.algorithms for c in spec.configs
+            for s in spec.seeds]
+
+
+def run_trial(trial: Trial, spec: SweepSpec, run_dir: Path) -> dict[str, Any]:
+    """One trial, where Ray placed it: fit (resuming if its folder holds a run), report back. Never raises: a
+    failure comes back as a status and one line, so it cannot stop the other trials."""
+    import torch
+
+    from offrl.data.dataset import load_dataset
+    from offrl.runs import read_run_record
+
+    os.environ.update(spec.env_vars)
+    torch.set_num_threads(spec.cpus_per_trial)
+    try:
+        agent = _agent(trial.algorithm, trial.config)
+        dataset = load_dataset(trial.dataset_id, collect_missing=spec.collect_missing)
+        report = agent.fit(dataset, spec.steps, seed=trial.seed, run_dir=run_dir,
+                           resume=(run_dir / "run.json").is_file(), show_progress=False,
+                           command=spec.command, **spec.fit_options())
+        return {"status": "ok", "trial": trial.name, "report": report.to_dict(), "record": read_run_record(run_dir)}
+    except TrainingInterrupted as exc:
+        return {"status": "interrupted", "trial": trial.name, "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - any failure of one trial is reported, the others go on
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {"status": "failed", "trial": trial.name, "error": f"{type(exc).__name__}: {message}"}
+
+
+def _finished_report(run_dir: Path, steps: int) -> dict | None:
+    path = run_dir / "final.json"
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return report if report.get("updates") == steps else None
+
+
+def _append(spec: SweepSpec, record: dict, report: dict) -> bool:
+    from offrl.runs import TrainingReport, append_report
+
+    values = {f.name: report[f.name] for f in dataclasses.fields(TrainingReport) if f.name in report}
+    return append_report(spec.leaderboard, record, TrainingReport(**values), "offline", once=True,
+                         sweep_id=spec.sweep_id)
+
+
+def _check_reachable(address: str) -> None:
+    """A host:port address (ray://HOST:PORT or HOST:PORT) must accept a connection within 5 s; Ray's own client
+    waits ~30 s before it gives up on an unreachable head."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)", address)
+    if match is None:
+        return  # "auto" and other forms: Ray itself says what is wrong, at once
+    try:
+        socket.create_connection((match[1], int(match[2])), timeout=5).close()
+    except OSError as exc:
+        raise OfflineRLError(f"--address {address}: cannot connect to a Ray cluster ({exc.strerror or exc})") from None
+
+
+def _start_ray(spec: SweepSpec):
+    try:
+        import ray
+    except ImportError:
+        raise OfflineRLError("offrl sweep needs Ray: pip install 'offrl[ray]'") from None
+    if spec.address is not None:
+        _check_reachable(spec.address)
+    runtime_env = {"env_vars": dict(spec.env_vars)} if spec.env_vars else None
+    try:
+        if spec.address is None:
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                     runtime_env=runtime_env, configure_logging=False)
+        else:
+            ray.init(address=spec.address, log_to_driver=False, runtime_env=runtime_env, configure_logging=False)
+    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError here
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OfflineRLError(f"--address {spec.address}: cannot connect to a Ray cluster ({message})") from None
+    return ray
+
+
+def run_sweep(spec: SweepSpec, echo: Callable[[str], None] = print) -> SweepResult:
+    """Run every trial of the grid that has no row yet; returns what happened (the CLI prints the summary)."""
+    from offrl.evaluation.leaderboard import check_appendable
+    from offrl.runs import read_run_record
+
+    if spec.cpus_per_trial < 1:
+        raise OfflineRLError(f"--cpus-per-trial must be >= 1, found {spec.cpus_per_trial}")
+    if spec.max_concurrent is not None and spec.max_concurrent < 1:
+        raise OfflineRLError(f"--max-concurrent must be >= 1, found {spec.max_concurrent}")
+    trials = plan_trials(spec)
+    check_appendable(spec.leaderboard)
+    if spec.out.exists() and not spec.out.is_dir():
+        raise OfflineRLError(f"--out {spec.out}: exists and is not a directory")
+    result = SweepResult(spec.sweep_id)
+    start = time.perf_counter()
+    to_run = []
+    for trial in trials:
+        run_dir = spec.out / trial.name
+        report = _finished_report(run_dir, spec.steps)
+        if report is None:
+            to_run.append(trial)
+        elif _append(spec, read_run_record(run_dir), report):
+            result.finished.append(trial.name)  # it had finished without its row: the row is there now
+            echo(f"{trial.name}: finished earlier, row appended")
+        else:
+            result.skipped.append(trial.name)
+    echo(f"sweep {spec.sweep_id}: {len(trials)} trials, {len(result.skipped)} already done, {len(to_run)} to run")
+    if to_run:
+        _run_remote(spec, to_run, result, echo)
+    result.wall_time_s = time.perf_counter() - start
+    return result
+
+
+def _run_remote(spec: SweepSpec, trials: Sequence[Trial], result: SweepResult, echo: Callable[[str], None]) -> None:
+    # ray.init installs its own SIGTERM/SIGINT handlers in the driver and does not restore them on shutdown
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        ray = _start_ray(spec)
+    except BaseException:
+        _restore(handlers)
+        raise
+    try:
+        spec.out.mkdir(parents=True, exist_ok=True)
+        task = ray.remote(num_cpus=spec.cpus_per_trial, max_retries=spec.retries)(run_trial)
+        limit = spec.max_concurrent or len(trials)
+        waiting = list(trials)
+        in_flight: dict[Any, Trial] = {}
+        done, total = 0, len(trials)
+        while waiting or in_flight:
+            while waiting and len(in_flight) < limit:
+                trial = waiting.pop(0)
+                in_flight[task.remote(trial, spec, spec.out / trial.name)] = trial
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            trial = in_flight.pop(ready[0])
+            done += 1
+            try:
+                outcome = ray.get(ready[0])
+            except Exception as exc:  # noqa: BLE001 - a worker that died (every retry spent) or a lost node
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                outcome = {"status": "failed", "error": f"{type(exc).__name__}: {message}"[:300]}
+            if outcome["status"] == "ok":
+                _append(spec, outcome["record"], outcome["report"])
+                report = outcome["report"]
+                score = report.get("final_normalized_return")
+                echo(f"[{done}/{total}] {trial.name}: "
+                     + (f"normalized return {score:.1f}" if score is not None else "finished (no env)")
+                     + f", {report.get('wall_time_s') or 0:.0f} s")
+                result.finished.append(trial.name)
+            else:
+                result.failed[trial.name] = outcome["error"]
+                echo(f"[{done}/{total}] {trial.name}: {outcome['status'].upper()} {outcome['error']}")
+    finally:
+        ray.shutdown()
+        _restore(handlers)
+
+
+def _restore(handlers: dict) -> None:
+    for signum, handler in handlers.items():
+        if handler is not None:
+            signal.signal(signum, handler)
+
+
+def summary_table(spec: SweepSpec) -> str:
+    """The leaderboard aggregation of this sweep's rows (mean ± std, IQM with its CI, per dataset/algorithm)."""
+    import pandas as pd
+
+    from offrl.evaluation.leaderboard import aggregate, read_leaderboard
+
+    if not spec.leaderboard.is_file():
+        return "(no rows)"
+    frame = read_leaderboard(spec.leaderboard)
+    frame = frame[frame["sweep_id"].astype(str) == spec.sweep_id]
+    if frame.empty:
+        return "(no rows)"
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        return aggregate(frame).to_string(index=False)
+
+

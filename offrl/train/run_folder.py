@@ -1,0 +1,100 @@
+"""A run folder opened by one writer: the lock, the start-or-resume decision and leftover temp files.
+
+Every training entry point (offline `fit`, `pretrain`, `finetune`) opens its folder through `RunFolder`, so
+they share one set of guarantees (tested by tests/test_faults.py):
+- one process at a time writes a folder: a second gets one line naming the lock, not interleaved logs;
+- a folder is either new (nothing in it), or a run that `resume=True` continues. A run killed before its
+  first checkpoint (`run.json` written, no `checkpoint.pt`) resumes from the start, since nothing else
+  happened in it; a finished run (`final.json` at the asked step count) is reported as finished, not redone;
+- temp files that a killed writer left (`.NAME.XXXX.tmp`, see offrl.fileio) are removed under the lock.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from offrl.errors import OfflineRLError
+from offrl.faults import fault_point
+from offrl.fileio import remove_orphan_temps
+from offrl.train.checkpoints import load_checkpoint
+
+__all__ = ["LOCK_NAME", "RunFolder"]
+
+LOCK_NAME = ".offrl.lock"
+RUN_RECORD = "run.json"
+FINAL_REPORT = "final.json"
+
+
+class RunFolder:
+    """`with RunFolder(out_dir, resume, kind) as folder:` holds the folder's lock for the whole run."""
+
+    def __init__(self, out_dir: Path, resume: bool, kind: str, checkpoint_name: str = "checkpoint.pt"):
+        self.path = Path(out_dir)
+        self.resume, self.kind = resume, kind
+        self.checkpoint_path = self.path / checkpoint_name
+        self._lock: FileLock | None = None
+        self._created = False
+
+    def __enter__(self) -> RunFolder:
+        self._created = not self.path.exists()
+        if self.path.exists() and not self.path.is_dir():
+            raise OfflineRLError(f"run folder {self.path}: exists and is not a directory")
+        if self.resume and not self.path.is_dir():
+            raise OfflineRLError(f"--resume: {self.path} holds no run (no such folder)")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock = FileLock(str(self.path / LOCK_NAME), timeout=0)
+            self._lock.acquire()
+        except Timeout:
+            raise OfflineRLError(f"run folder {self.path}: another offrl process is writing it (lock "
+                                 f"{self.path / LOCK_NAME}); wait for it or choose another --out") from None
+        except OSError as exc:
+            raise OfflineRLError(f"run folder {self.path}: cannot be written ({exc.strerror or exc})") from None
+        try:
+            fault_point("run-folder-locked")
+            remove_orphan_temps(self.path)
+            if self.resume and not (self.path / RUN_RECORD).is_file():
+                # Only a folder that a killed start left empty (the lock, temp files) resumes as a new run, so
+                # re-running the same command with --resume is always right; a wrong --out is still refused.
+                if any(p.name != LOCK_NAME for p in self.path.iterdir()):
+                    raise OfflineRLError(f"--resume: {self.path} holds no run ({RUN_RECORD} is missing)")
+                self.resume = False
+            if not self.resume and any(p.name != LOCK_NAME for p in self.path.iterdir()):
+                raise OfflineRLError(f"{self.path} already holds a run; pass --resume to continue it or choose "
+                                     "another --out")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+            # Bad input found after the folder was made leaves no trace of it: the folder goes if nothing else
+            # was written into it.
+            if exc_type is not None and self._created and {p.name for p in self.path.iterdir()} <= {LOCK_NAME}:
+                (self.path / LOCK_NAME).unlink(missing_ok=True)
+                self.path.rmdir()
+
+    def resume_state(self) -> dict | None:
+        """The checkpoint to continue from; None for a new run or one killed before its first checkpoint."""
+        if not self.resume or not self.checkpoint_path.exists():
+            return None
+        return load_checkpoint(self.checkpoint_path, self.kind)
+
+    def finished_report(self, steps: int) -> dict | None:
+        """final.json of a run that already finished `steps` steps, if there is one."""
+        path = self.path / FINAL_REPORT
+        if not self.resume or not path.is_file():
+            return None
+        try:
+            report = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise OfflineRLError(f"{path}: not valid JSON ({exc})") from None
+        done = report.get("online_steps") if self.kind == "finetune" else report.get("updates")
+        return report if done == steps else None

@@ -1,0 +1,156 @@
+"""offrl sweep on a local Ray (2 CPUs): rows, re-runs, resume after a killed trial, a failing trial, clean exit."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+from offrl.data.collect import rollout_transitions
+from offrl.data.registry import data_path, register_dataset
+from offrl.errors import OfflineRLError
+from offrl.sweep import SweepSpec, parse_seeds, plan_trials
+
+ray = pytest.importorskip("ray")
+
+TINY = {"actor_hidden": [16], "critic_hidden": [16], "n_actions": 2, "batch_size": 32, "bc_steps": 5}
+
+
+@pytest.fixture
+def world(tmp_path):
+    """Two small Pendulum datasets in the test's store, a tiny config file, and the sweep command's base."""
+    for tier, seed in (("random", 0), ("noisy", 1)):
+        arrays, _ = rollout_transitions("Pendulum-v1", None, 600, seed=seed, num_envs=2)
+        register_dataset(f"pendulum/{tier}-v0", arrays, {"env_id": "Pendulum-v1", "reference_scores": {
+            "random": {"return_mean": -1200.0, "source": "test"}, "expert": {"return_mean": -150.0, "source": "t"}}})
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    base = ["sweep", "--algorithms", "cql", "--configs", str(config), "--steps", "30", "--eval-every", "15",
+            "--eval-episodes", "1", "--final-eval-episodes", "1", "--log-every", "10", "--checkpoint-every", "10",
+            "--out", str(tmp_path / "sweep"), "--leaderboard", str(tmp_path / "lb.csv"), "--cpus-per-trial", "1"]
+    return tmp_path, base
+
+
+def _sweep(base, *extra, fault=None):
+    env = {**os.environ, "OFFRL_THREADS": "1"}
+    env.pop("OFFRL_FAULT", None)
+    if fault:
+        env["OFFRL_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "offrl.cli", *base, *extra], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _no_ray_processes_left() -> bool:
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        if not any(name in out for name in ("raylet", "gcs_server", "ray::")):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _numbers(leaderboard):
+    rows = pd.read_csv(leaderboard).sort_values("run_dir")
+    return rows[["run_dir", "seed", "steps", "final_normalized_return", "best_normalized_return", "q_bias_mean"]] \
+        .to_dict("records")
+
+
+def test_a_local_sweep_writes_a_row_per_trial_and_a_rerun_writes_none(world):
+    tmp_path, base = world
+    first = _sweep(base, "--datasets", "pendulum/random-v0", "--seeds", "0-1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    rows = pd.read_csv(tmp_path / "lb.csv")
+    assert sorted(rows["seed"]) == [0, 1] and rows["sweep_id"].nunique() == 1 and (rows["steps"] == 30).all()
+    assert "[2/2]" in first.stdout and "normalized return" in first.stdout
+    assert "CQL-SAC" in first.stdout  # the summary table
+    again = _sweep(base, "--datasets", "pendulum/random-v0", "--seeds", "0-1")
+    assert again.returncode == 0 and "2 already done, 0 to run" in again.stdout
+    assert len(pd.read_csv(tmp_path / "lb.csv")) == 2
+    assert _no_ray_processes_left()
+
+
+def test_a_killed_trial_resumes_to_the_numbers_of_an_uninterrupted_sweep(world, tmp_path_factory):
+    tmp_path, base = world
+    whole_dir = tmp_path_factory.mktemp("whole")
+    whole = [*base]
+    whole[whole.index("--out") + 1] = str(whole_dir / "sweep")
+    whole[whole.index("--leaderboard") + 1] = str(whole_dir / "lb.csv")
+    assert _sweep(whole, "--datasets", "pendulum/random-v0", "--seeds", "3").returncode == 0
+
+    killed = _sweep(base, "--datasets", "pendulum/random-v0", "--seeds", "3", "--retries", "0",
+                    fault="checkpoint-written:2")
+    assert killed.returncode == 1 and "FAILED" in killed.stdout  # the worker died at its second checkpoint
+    assert not (tmp_path / "lb.csv").exists() or len(pd.read_csv(tmp_path / "lb.csv")) == 0
+    resumed = _sweep(base, "--datasets", "pendulum/random-v0", "--seeds", "3")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    ours, theirs = _numbers(tmp_path / "lb.csv"), _numbers(whole_dir / "lb.csv")
+    for row in (*ours, *theirs):
+        row.pop("run_dir")
+    assert ours == theirs
+    assert (tmp_path / "sweep" / "pendulum-random-v0-cql-tiny-seed3" / "final.json").is_file()
+    assert _no_ray_processes_left()
+
+
+def test_a_trial_with_a_damaged_dataset_fails_alone(world):
+    tmp_path, base = world
+    data_path("pendulum/noisy-v0").write_bytes(b"damaged")  # its card stays: the sha256 check fails in the trial
+    result = _sweep(base, "--datasets", "pendulum/random-v0,pendulum/noisy-v0", "--seeds", "0")
+    assert result.returncode == 1
+    assert "pendulum-noisy-v0" in result.stdout and "sha256" in result.stdout
+    rows = pd.read_csv(tmp_path / "lb.csv")
+    assert rows["dataset_id"].tolist() == ["pendulum/random-v0"]
+    assert _no_ray_processes_left()
+
+
+def test_unknown_names_and_an_unreachable_cluster_are_refused_before_anything_runs(world, capsys):
+    from offrl.cli import main
+
+    tmp_path, base = world
+    for extra, message in (
+        (["--datasets", "pendulum/nope-v0", "--seeds", "0"], "--datasets: pendulum/nope-v0 is not in the store"),
+        (["--datasets", "pendulum/random-v0", "--seeds", "0", "--algorithms", "dqn"], "unknown algorithm 'dqn'"),
+        (["--datasets", "pendulum/random-v0", "--seeds", "0", "--configs", "nope"], "no such shipped config"),
+        (["--datasets", "pendulum/random-v0", "--seeds", "4-1"], "--seeds '4-1': the range 4-1 is empty"),
+        (["--datasets", "pendulum/random-v0", "--seeds", "0", "--address", "ray://127.0.0.1:1"],
+         "--address ray://127.0.0.1:1: cannot connect"),
+    ):
+        argv = list(base)
+        if "--algorithms" in extra:
+            argv[argv.index("--algorithms") + 1] = extra[extra.index("--algorithms") + 1]
+            extra = [e for i, e in enumerate(extra) if i not in (extra.index("--algorithms"),
+                                                                 extra.index("--algorithms") + 1)]
+        if "--configs" in extra:
+            argv[argv.index("--configs") + 1] = extra[extra.index("--configs") + 1]
+            extra = [e for i, e in enumerate(extra) if i not in (extra.index("--configs"),
+                                                                 extra.index("--configs") + 1)]
+        assert main([*argv, *extra]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "lb.csv").exists()
+
+
+def test_seeds_and_the_sweep_id():
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert parse_seeds("0,3,7") == [0, 3, 7]
+    assert parse_seeds("0-2,9,1") == [0, 1, 2, 9]
+    with pytest.raises(OfflineRLError, match="expected non-negative seeds"):
+        parse_seeds("-1")
+    spec = dict(datasets=["a/b-v0"], algorithms=["cql"], configs=["fast"], seeds=[0], steps=10)
+    one = SweepSpec(**spec, out="x", leaderboard="y")
+    assert one.sweep_id == SweepSpec(**spec, out="elsewhere", leaderboard="z").sweep_id
+    assert one.sweep_id != SweepSpec(**{**spec, "seeds": [1]}, out="x", leaderboard="y").sweep_id
+
+
+def test_plan_trials_is_the_whole_grid(world):
+    tmp_path, _ = world
+    spec = SweepSpec(datasets=["pendulum/random-v0", "pendulum/noisy-v0"], algorithms=["cql", "sac"],
+                     configs=["fast"], seeds=[0, 1, 2], steps=10, out=tmp_path / "o", leaderboard=tmp_path / "l")
+    trials = plan_trials(spec)
+    assert len(trials) == 12 and len({t.name for t in trials}) == 12
+    assert json.dumps([t.name for t in trials[:2]]) == json.dumps(["pendulum-random-v0-cql-fast-seed0",
+                                                                    "pendulum-random-v0-cql-fast-seed1"])

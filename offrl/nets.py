@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -11,8 +12,8 @@ from torch import nn
 
 from offrl.cpu_kernels import linear_relu, upcast_linear
 
-__all__ = ["mlp", "MLP", "TwinCritic", "TanhGaussianActor", "tanh_gaussian_log_prob", "sample_tanh_gaussian",
-           "action_log_prob"]
+__all__ = ["mlp", "MLP", "TwinCritic", "ActorParameterization", "ACTOR_OUTPUT_INITS", "TanhGaussianActor",
+           "tanh_gaussian_log_prob", "sample_tanh_gaussian", "action_log_prob"]
 
 LOG_STD_MIN = -5.0
 LOG_STD_MAX = 2.0
@@ -106,19 +107,56 @@ def action_log_prob(actions: torch.Tensor, mean: torch.Tensor, log_std: torch.Te
     return tanh_gaussian_log_prob(torch.atanh(actions.clamp(-1.0 + eps, 1.0 - eps)), mean, log_std)
 
 
+ACTOR_OUTPUT_INITS = ("default", "xavier", "orthogonal")
+
+
+@dataclass(frozen=True)
+class ActorParameterization:
+    """How the actor's last layer becomes (mean, log σ), and how that layer starts.
+
+    log σ = clamp(multiplier·raw + offset, log_std_min, log_std_max), where multiplier and offset are learnable
+    scalars starting at the given values (CORL, Cal-QL and young-geng/CQL) or absent (`multiplier=None`: log σ =
+    clamp(raw)). `output_init`: "default" (PyTorch's Linear init), "xavier" (CORL's TanhGaussianPolicy: xavier
+    uniform, gain 1e-2) or "orthogonal" (Cal-QL, young-geng: orthogonal, gain 1e-2); the last two zero the bias.
+    The defaults are offrl's original actor, which the shipped behaviour policies were trained with."""
+
+    log_std_min: float = LOG_STD_MIN
+    log_std_max: float = LOG_STD_MAX
+    multiplier: float | None = None
+    offset: float = 0.0
+    output_init: str = "default"
+
+
 class TanhGaussianActor(nn.Module):
     """Diagonal Gaussian squashed by tanh into [-1, 1]; sampling is reparameterised."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256)):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256),
+                 parameterization: ActorParameterization | None = None):
         super().__init__()
         self.obs_dim = obs_dim
         self.act_dim = act_dim
         self.hidden = tuple(hidden)
+        self.parameterization = parameterization = parameterization or ActorParameterization()
         self.net = mlp(obs_dim, hidden, 2 * act_dim)
+        output = self.net[-1]
+        if parameterization.output_init == "xavier":
+            nn.init.xavier_uniform_(output.weight, gain=1e-2)
+            nn.init.zeros_(output.bias)
+        elif parameterization.output_init == "orthogonal":
+            nn.init.orthogonal_(output.weight, gain=1e-2)
+            nn.init.zeros_(output.bias)
+        if parameterization.multiplier is not None:  # state_dict gains two keys only for this parameterisation
+            self.log_std_multiplier = nn.Parameter(torch.tensor(float(parameterization.multiplier)))
+            self.log_std_offset = nn.Parameter(torch.tensor(float(parameterization.offset)))
 
     def distribution_params(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self.net(obs).chunk(2, dim=-1)
-        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        p = self.parameterization
+        if p.multiplier is not None:
+            log_std = self.log_std_multiplier * log_std + self.log_std_offset
+        elif p.offset:
+            log_std = log_std + p.offset
+        return mean, log_std.clamp(p.log_std_min, p.log_std_max)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A reparameterised sample and its log-probability."""

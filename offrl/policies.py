@@ -6,6 +6,7 @@ next to `<tier>.json`, its card. Loading checks the weights' sha256 against the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -22,7 +23,7 @@ from offrl.errors import OfflineRLError
 from offrl.evaluation.rollout import evaluate_policy, uniform_random_policy
 from offrl.faults import fault_point
 from offrl.fileio import atomic_torch_save, atomic_write_bytes, git_commit, sha256_file
-from offrl.nets import TanhGaussianActor
+from offrl.nets import ActorParameterization, TanhGaussianActor
 from offrl.shipped import shipped_policies_root
 
 __all__ = ["ShippedPolicy", "policy_root", "policy_path", "load_policy", "save_policy",
@@ -53,9 +54,12 @@ def policy_path(env_id: str, tier: str, root: Path | None = None) -> Path:
 
 def save_policy(actor: TanhGaussianActor, env_id: str, path: Path) -> str:
     """Write the actor's weights and shape; returns the file's sha256."""
-    atomic_torch_save({"format": POLICY_FORMAT, "format_version": 1, "env_id": env_id, "obs_dim": actor.obs_dim,
-                       "act_dim": actor.act_dim, "hidden": list(actor.hidden),
-                       "actor": {k: v.detach().cpu() for k, v in actor.state_dict().items()}}, path)
+    blob = {"format": POLICY_FORMAT, "format_version": 1, "env_id": env_id, "obs_dim": actor.obs_dim,
+            "act_dim": actor.act_dim, "hidden": list(actor.hidden),
+            "actor": {k: v.detach().cpu() for k, v in actor.state_dict().items()}}
+    if actor.parameterization != ActorParameterization():  # files of the original actor keep their exact bytes
+        blob["parameterization"] = dataclasses.asdict(actor.parameterization)
+    atomic_torch_save(blob, path)
     return sha256_file(path)
 
 
@@ -82,7 +86,8 @@ def load_policy(path_or_env: str | Path, tier: str | None = None, device: str | 
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if blob.get("format") != POLICY_FORMAT:
             raise ValueError("not an offrl policy file")
-        actor = TanhGaussianActor(blob["obs_dim"], blob["act_dim"], tuple(blob["hidden"]))
+        actor = TanhGaussianActor(blob["obs_dim"], blob["act_dim"], tuple(blob["hidden"]),
+                                  ActorParameterization(**blob.get("parameterization", {})))
         actor.load_state_dict(blob["actor"])
     except Exception as exc:  # noqa: BLE001 - any failure here means a file we cannot use
         raise OfflineRLError(f"policy {path}: cannot be loaded ({type(exc).__name__}: {exc})") from None
@@ -104,6 +109,7 @@ def ship_policies(run_dir: Path, dest_root: Path | None = None, episodes: int = 
     """Pick the expert (best evaluated snapshot) and medium snapshots of a pretrain run, evaluate each over
     `episodes` deterministic episodes, write weights + cards, and export the replay buffer up to the
     medium snapshot (compressed HDF5, in the run directory) for the medium-replay tier."""
+    from offrl.algos.sac import SACConfig
     from offrl.data.hdf5 import write_replay_prefix
     from offrl.runs import read_run_record
     from offrl.train.checkpoints import load_checkpoint
@@ -131,7 +137,9 @@ def ship_policies(run_dir: Path, dest_root: Path | None = None, episodes: int = 
     for tier, row in (("expert", expert_row), ("medium", medium_row)):
         step = int(row["step"])
         snapshot = torch.load(run_dir / "snapshots" / f"actor_{step}.pt", map_location="cpu", weights_only=True)
-        actor = TanhGaussianActor(run["obs_dim"], run["act_dim"], tuple(settings["sac"]["hidden"]))
+        sac = SACConfig(**{k: tuple(v) if k == "hidden" else v for k, v in settings["sac"].items()
+                           if k in {f.name for f in dataclasses.fields(SACConfig)}})
+        actor = TanhGaussianActor(run["obs_dim"], run["act_dim"], sac.hidden, sac.actor_parameterization())
         actor.load_state_dict(snapshot["actor"])
         actor.eval()
         result = evaluate_policy(lambda o, a=actor: a.act(o, deterministic=True), env_id, episodes, CARD_EVAL_SEED)

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from offrl.algos.sac import SACAgent, SACConfig, frozen_critic_q, make_optimizer, polyak_update, temperature_loss
+from offrl.algos.sac import (
+    SACAgent,
+    SACConfig,
+    frozen_critic_q,
+    make_optimizer,
+    polyak_update,
+    temperature_loss,
+    validate_actor_fields,
+)
 from offrl.data.buffer import Batch
 from offrl.errors import OfflineRLError
 from offrl.nets import action_log_prob, sample_tanh_gaussian
@@ -61,6 +69,16 @@ class CQLConfig:
     normalize_reward: bool = False  # CORL's locomotion reward scaling: r · 1000 / (max − min episode return)
     calibrated: bool = False  # Cal-QL (Nakamoto et al. 2023): policy-action Q-values in the gap floored at V_ref(s)
     precision: str = "fp32"  # "bf16": hidden layers under bf16 autocast; output layers, losses, targets stay fp32
+    # The actor (offrl.nets.ActorParameterization), as CORL's TanhGaussianPolicy: log σ = clamp(m·raw + b, -20, 2)
+    # with learnable m, b starting at 1 and -1 (CORL log_std_multiplier, log_std_offset; also Cal-QL and
+    # young-geng/CQL), the output layer xavier-uniform with gain 1e-2 and zero bias (CORL init_module_weights,
+    # which leaves the hidden layers at PyTorch's init). At init this actor's entropy is far lower than offrl's
+    # original one (SACConfig's defaults), and α's small learning rate keeps the difference through short runs.
+    log_std_min: float = -20.0
+    log_std_max: float = 2.0
+    log_std_multiplier: float | None = 1.0
+    log_std_offset: float = -1.0
+    actor_output_init: str = "xavier"
 
     def validate(self) -> None:
         for name in ("actor_lr", "critic_lr", "alpha_lr", "alpha_prime_lr", "tau", "temperature", "init_alpha",
@@ -83,12 +101,15 @@ class CQLConfig:
             sizes = getattr(self, name)
             if not sizes or any(not isinstance(h, int) or h < 1 for h in sizes):
                 raise OfflineRLError(f"config: {name} must be a list of positive layer sizes, found {sizes!r}")
+        validate_actor_fields(self)
 
     def sac_config(self) -> SACConfig:
         return SACConfig(actor_lr=self.actor_lr, critic_lr=self.critic_lr, alpha_lr=self.alpha_lr,
                          batch_size=self.batch_size, hidden=self.actor_hidden, gamma=self.gamma, tau=self.tau,
                          init_alpha=self.init_alpha, autotune_alpha=self.autotune_alpha,
-                         target_entropy=self.target_entropy)
+                         target_entropy=self.target_entropy, log_std_min=self.log_std_min,
+                         log_std_max=self.log_std_max, log_std_multiplier=self.log_std_multiplier,
+                         log_std_offset=self.log_std_offset, actor_output_init=self.actor_output_init)
 
 
 class CQLAgent(SACAgent):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from offrl.data.buffer import Batch
-from offrl.nets import TanhGaussianActor, TwinCritic
+from offrl.nets import ACTOR_OUTPUT_INITS, ActorParameterization, TanhGaussianActor, TwinCritic
 
 __all__ = ["SAC_METRICS", "SACConfig", "SACAgent", "make_optimizer", "sac_target", "sac_critic_loss",
            "frozen_critic_q", "actor_loss", "temperature_loss", "polyak_update", "sac_update"]
@@ -36,10 +36,23 @@ class SACConfig:
     autotune_alpha: bool = True
     target_entropy: float | None = None  # None: -|A| (paper)
     updates_per_step: int = 1
+    # The actor's parameterisation (offrl.nets.ActorParameterization). These defaults are offrl's original actor,
+    # the one the shipped behaviour policies were trained with: log σ = clamp(raw, -5, 2), PyTorch's default init.
+    # CQLConfig's defaults are CORL's instead (see there).
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+    log_std_multiplier: float | None = None  # None: no learnable scale and shift of the raw log σ
+    log_std_offset: float = 0.0
+    actor_output_init: str = "default"  # "default", "xavier" (gain 1e-2) or "orthogonal" (gain 1e-2)
+
+    def actor_parameterization(self) -> ActorParameterization:
+        return ActorParameterization(self.log_std_min, self.log_std_max, self.log_std_multiplier,
+                                     self.log_std_offset, self.actor_output_init)
 
     def validate(self) -> None:
         from offrl.errors import OfflineRLError
 
+        validate_actor_fields(self)
         for name in ("actor_lr", "critic_lr", "alpha_lr", "tau", "init_alpha"):
             if not getattr(self, name) > 0:
                 raise OfflineRLError(f"config: {name} must be > 0, found {getattr(self, name)!r}")
@@ -49,6 +62,18 @@ class SACConfig:
             raise OfflineRLError("config: batch_size and updates_per_step must be >= 1")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise OfflineRLError(f"config: hidden must be a list of positive sizes, found {self.hidden!r}")
+
+
+def validate_actor_fields(config) -> None:
+    """The actor fields SACConfig and CQLConfig share."""
+    from offrl.errors import OfflineRLError
+
+    if not config.log_std_min < config.log_std_max:
+        raise OfflineRLError(f"config: log_std_min ({config.log_std_min}) must be below log_std_max "
+                             f"({config.log_std_max})")
+    if config.actor_output_init not in ACTOR_OUTPUT_INITS:
+        raise OfflineRLError(f"config: actor_output_init {config.actor_output_init!r} is not one of "
+                             f"{', '.join(ACTOR_OUTPUT_INITS)}")
 
 
 def make_optimizer(params, lr: float) -> torch.optim.Adam:
@@ -64,7 +89,7 @@ class SACAgent(torch.nn.Module):
                  orthogonal_critic_init: bool = False):
         super().__init__()
         self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.actor = TanhGaussianActor(obs_dim, act_dim, config.hidden)
+        self.actor = TanhGaussianActor(obs_dim, act_dim, config.hidden, config.actor_parameterization())
         self.critic = TwinCritic(obs_dim, act_dim, critic_hidden or config.hidden, orthogonal_critic_init)
         self.critic_target = TwinCritic(obs_dim, act_dim, critic_hidden or config.hidden)
         self.critic_target.load_state_dict(self.critic.state_dict())

@@ -38,7 +38,7 @@ from offrl.envs import env_spec, make_env, versions
 from offrl.errors import OfflineRLError
 from offrl.evaluation.rollout import evaluate_policy, uniform_random_policy
 from offrl.fileio import atomic_write_bytes, sha256_file, temp_beside
-from offrl.nets import LOG_STD_MAX, LOG_STD_MIN, TanhGaussianActor, tanh_gaussian_log_prob
+from offrl.nets import TanhGaussianActor, tanh_gaussian_log_prob
 from offrl.policies import CARD_EVAL_SEED, load_policy, policy_path
 
 __all__ = ["TIERS", "SAMPLERS", "CollectConfig", "collect", "collect_shipped", "card_sampler", "rollout_transitions",
@@ -119,7 +119,7 @@ def _rollout_transitions(env_id: str, actor: TanhGaussianActor | None, transitio
     action_rng = np.random.default_rng(seed)
     portable = None
     if actor is not None and sampler == "portable":
-        portable = PortableActor(actor.state_dict(), LOG_STD_MIN, LOG_STD_MAX), PortableNormal(seed)
+        portable = PortableActor(actor.state_dict(), actor.parameterization), PortableNormal(seed)
     uniform_log_prob = act_dim * math.log(0.5)
     is_mujoco = hasattr(envs[0].unwrapped, "data") and hasattr(envs[0].unwrapped.data, "qpos")
 

@@ -140,12 +140,15 @@ class PortableActor:
     Each layer accumulates bias + Σ_k x_k·W[:, k] one input column at a time (no BLAS, whose blocking and
     FMA use vary by CPU). Slower than torch — fine for collection, where the env step costs as much."""
 
-    def __init__(self, state_dict: dict, log_std_min: float, log_std_max: float):
-        linears = sorted({key.rsplit(".", 1)[0] for key in state_dict if key.endswith(".weight")},
-                         key=lambda name: int(name.rsplit(".", 1)[-1]))
+    def __init__(self, state_dict: dict, parameterization):
+        """`parameterization`: the actor's `offrl.nets.ActorParameterization` (its log σ bounds and affine map)."""
+        linears = sorted({key.rsplit(".", 1)[0] for key in state_dict if key.startswith("net.")
+                          and key.endswith(".weight")}, key=lambda name: int(name.rsplit(".", 1)[-1]))
         self._layers = [(np.ascontiguousarray(state_dict[f"{name}.weight"].double().numpy().T),
                          state_dict[f"{name}.bias"].double().numpy()) for name in linears]
-        self._log_std_bounds = (float(log_std_min), float(log_std_max))
+        self._log_std_bounds = (float(parameterization.log_std_min), float(parameterization.log_std_max))
+        self._affine = ((float(state_dict["log_std_multiplier"]), float(state_dict["log_std_offset"]))
+                        if parameterization.multiplier is not None else (None, float(parameterization.offset)))
 
     def distribution_params(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = np.asarray(obs, dtype=np.float64)
@@ -155,6 +158,11 @@ class PortableActor:
                 out += x[:, k:k + 1] * weight_t[k]
             x = np.maximum(out, 0.0) if index < len(self._layers) - 1 else out
         mean, log_std = np.split(x, 2, axis=-1)
+        multiplier, offset = self._affine
+        if multiplier is not None:
+            log_std = multiplier * log_std + offset
+        elif offset:
+            log_std = log_std + offset
         return mean, np.clip(log_std, *self._log_std_bounds)
 
     def sample(self, obs: np.ndarray, normal: PortableNormal) -> tuple[np.ndarray, np.ndarray]:

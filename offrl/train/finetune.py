@@ -113,6 +113,10 @@ def _finetune(offline_run, settings: FinetuneSettings, folder: RunFolder, leader
               show_progress: bool, command: str | None, tensorboard: bool, callbacks: Sequence) -> TrainingReport:
     device = torch.device(settings.device)
     record, networks, normalizer = offline_run.record, offline_run.agent.networks, offline_run.agent.normalizer
+    # One optimizer state across both phases, as CORL's and Cal-QL's fine-tuning: a fresh Adam would move every
+    # weight by about lr·sign(g) in its first ~100 steps, the very window the unlearning dip measures.
+    for name, optimizer in networks.optimizers().items():
+        optimizer.load_state_dict(offline_run.checkpoint["optimizers"][name])
     out_dir, env_id = folder.path, record["env_id"]
     env = make_env(env_id)
     offline_config = offline_run.agent.config

@@ -238,3 +238,23 @@ def _compare_compiled_with_eager(compiled_cql_losses, cql_losses):
         torch.testing.assert_close(metrics, eager_metrics)
         for fast, slow in zip(grads, eager_grads, strict=True):
             torch.testing.assert_close(fast, slow)
+
+
+def test_corl_configs_carry_corls_actor_and_sac_keeps_the_original_one():
+    """CQLConfig's defaults and every shipped CQL config give CORL's actor; SACConfig (the behaviour policies)
+    keeps offrl's original one, so the shipped policies load and sample as they were trained."""
+    from offrl.algos.sac import SACConfig
+    from offrl.config import load_config
+    from offrl.errors import OfflineRLError
+    from offrl.nets import ActorParameterization
+
+    corl = ActorParameterization(-20.0, 2.0, 1.0, -1.0, "xavier")
+    assert CQLConfig().sac_config().actor_parameterization() == corl
+    for name in ("corl", "fast", "fast-bf16", "halfcheetah-medium", "hopper-medium", "walker2d-medium"):
+        config, _ = load_config(CQLConfig, "cql", name)
+        assert config.sac_config().actor_parameterization() == corl, name
+    assert SACConfig().actor_parameterization() == ActorParameterization()
+    with pytest.raises(OfflineRLError, match="actor_output_init 'glorot' is not one of default, xavier, orthogonal"):
+        CQLConfig(actor_output_init="glorot").validate()
+    with pytest.raises(OfflineRLError, match="log_std_min .* must be below log_std_max"):
+        CQLConfig(log_std_min=3.0).validate()

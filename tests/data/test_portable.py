@@ -11,7 +11,7 @@ from offrl.data import portable
 from offrl.data.collect import CollectConfig, card_sampler, collect, rollout_transitions
 from offrl.data.registry import card_path, data_path
 from offrl.errors import OfflineRLError
-from offrl.nets import LOG_STD_MAX, LOG_STD_MIN, TanhGaussianActor, tanh_gaussian_log_prob
+from offrl.nets import ActorParameterization, TanhGaussianActor, tanh_gaussian_log_prob
 from offrl.policies import load_policy
 
 
@@ -49,11 +49,13 @@ def test_normal_stream_is_standard_normal_and_independent_of_request_sizes():
     assert not np.array_equal(portable.PortableNormal(8).standard_normal((100,)), draws[:100])
 
 
-def test_portable_actor_computes_what_the_torch_actor_computes():
+@pytest.mark.parametrize("parameterization", [None, ActorParameterization(-20.0, 2.0, 1.3, -0.7, "xavier")],
+                         ids=["original", "corl"])
+def test_portable_actor_computes_what_the_torch_actor_computes(parameterization):
     torch.manual_seed(0)
-    actor = TanhGaussianActor(17, 6, (64, 64))
+    actor = TanhGaussianActor(17, 6, (64, 64), parameterization)
     obs = np.random.default_rng(1).normal(size=(32, 17)).astype(np.float32)
-    ours = portable.PortableActor(actor.state_dict(), LOG_STD_MIN, LOG_STD_MAX)
+    ours = portable.PortableActor(actor.state_dict(), actor.parameterization)
     mean, log_std = ours.distribution_params(obs)
     with torch.no_grad():
         torch_actor = actor.double()

@@ -129,3 +129,15 @@ def test_cal_ql_pretrains_calibrated_offline_and_fine_tuning_keeps_it(tmp_path):
     assert inherited["calibrated"] is True and switched_off["calibrated"] is False
     assert "calql_below_bound" in pd.read_csv(tmp_path / "ft" / "metrics.csv")
     assert "calql_below_bound" not in pd.read_csv(tmp_path / "ft-off" / "metrics.csv")
+
+
+def test_fine_tuning_continues_the_offline_optimizer_state(offline_run, tmp_path):
+    """Adam's moments and step counts carry over from the offline checkpoint (CORL, Cal-QL): after 20 offline and
+    400 online updates every optimizer has taken 420 steps, not 400."""
+    offline = torch.load(offline_run / "checkpoint.pt", weights_only=True)
+    finetune(offline_run, _finetune_run(400), tmp_path / "ft", show_progress=False)
+    online = torch.load(tmp_path / "ft" / "checkpoint.pt", weights_only=True)
+    for name in ("actor", "critic", "alpha"):
+        before = {int(s["step"]) for s in offline["optimizers"][name]["state"].values()}
+        after = {int(s["step"]) for s in online["optimizers"][name]["state"].values()}
+        assert before == {20} and after == {420}, name

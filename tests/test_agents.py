@@ -109,3 +109,23 @@ def test_load_agent_refuses_other_files(tmp_path):
     (tmp_path / "y.pt").write_bytes(b"junk")
     with pytest.raises(offrl.OfflineRLError, match="cannot be read"):
         offrl.load_agent(tmp_path / "y.pt")
+
+
+def test_predict_and_evaluation_normalize_observations_and_report_q_in_reward_units(pendulum_arrays):
+    """The actor and critics see normalized observations and scaled rewards; a user (and the evaluation rollouts,
+    which act through the same `policy`) gives raw observations and reads Q in the data's reward units."""
+    from offrl.data.dataset import ObservationNormalizer
+
+    agent = offrl.CQL(**TINY, normalize_observations=True)
+    agent.fit(_dataset(pendulum_arrays, env_id="Pendulum-v1"), 10, eval_env=False, show_progress=False)
+    normalizer = agent.normalizer
+    assert isinstance(normalizer, ObservationNormalizer) and not torch.allclose(normalizer.std, torch.ones(3))
+    obs = pendulum_arrays["observations"][:6]
+    with torch.no_grad():
+        mean, _ = agent.networks.actor.distribution_params(normalizer(torch.as_tensor(obs)))
+    np.testing.assert_allclose(agent.predict(obs), torch.tanh(mean).numpy(), rtol=0, atol=1e-6)
+    agent.reward_scale = 0.25
+    actions = agent.predict(obs)
+    with torch.no_grad():
+        q = agent.networks.critic(normalizer(torch.as_tensor(obs)), torch.as_tensor(actions)).min(dim=0).values
+    np.testing.assert_allclose(agent.predict_value(obs, actions), (q / 0.25).numpy(), rtol=1e-5)

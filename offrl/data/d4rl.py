@@ -1,8 +1,12 @@
 """D4RL's HDF5 files read directly with h5py (the `d4rl` package needs mujoco_py and no longer installs).
 
-Transitions follow D4RL's `qlearning_dataset`: the next observation is `next_observations[i]` when the
-file has it, else `observations[i + 1]`; a row whose next observation is unknown (a timeout without
-`next_observations`, or the file's last row) is dropped; terminal rows are kept.
+Transitions, compared with D4RL's `qlearning_dataset` (which always takes s' = observations[i + 1], drops every
+time-limit row and the file's last row, and keeps terminal rows):
+- a file without `next_observations`: exactly `qlearning_dataset`'s rows, s' = observations[i + 1];
+- a file with `next_observations` (D4RL v2 and later): s' is the recorded `next_observations[i]`, so the rows
+  `qlearning_dataset` drops because it cannot know their successor (each episode's time-limit row, and the
+  file's last row) are kept, flagged as timeouts (bootstrapped, not terminal). The card counts them
+  (`source.rows_kept_beyond_qlearning_dataset`); a row both terminal and timed out is kept as terminal.
 """
 
 from __future__ import annotations
@@ -139,6 +143,13 @@ def qlearning_transitions(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray
             "terminals": terminals[index], "timeouts": out_timeouts[index]}
 
 
+def _qlearning_rows(raw: dict[str, np.ndarray]) -> int:
+    """How many rows D4RL's qlearning_dataset keeps from this file (its loop stops before the last row and skips
+    every row whose time limit is reached)."""
+    without_next = {k: v for k, v in raw.items() if k != "next_observations"}
+    return len(qlearning_transitions(without_next)["rewards"])
+
+
 def import_d4rl(path: Path, dataset_id: str, env_id: str | None = None) -> dict:
     """Register a D4RL file as an offrl dataset with D4RL's reference scores; returns the card."""
     path = Path(path)
@@ -173,7 +184,11 @@ def import_d4rl(path: Path, dataset_id: str, env_id: str | None = None) -> dict:
         "policy": {"kind": "D4RL behaviour data"},
         "source": {"kind": "d4rl", "file": path.name, "sha256": sha256_file(path), "rows": len(raw["rewards"]),
                    "has_next_observations": "next_observations" in raw, "has_timeouts": "timeouts" in raw,
-                   "semantics": "D4RL qlearning_dataset: rows with unknown next observation dropped",
+                   "semantics": (
+                       "next_observations from the file; the time-limit rows and the last row that D4RL's "
+                       "qlearning_dataset drops are kept as timeouts" if "next_observations" in raw else
+                       "D4RL qlearning_dataset: s' = observations[i + 1]; time-limit rows and the last row dropped"),
+                   "rows_kept_beyond_qlearning_dataset": int(len(transitions["rewards"]) - _qlearning_rows(raw)),
                    "collected_on": "gym MuJoCo v2/v3 envs with mujoco_py; evaluated here on the Gymnasium v5 env"},
         "reference_scores": reference,
         "command": f"offrl datasets import-d4rl {path} --id {dataset_id}",

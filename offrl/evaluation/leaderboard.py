@@ -211,7 +211,9 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
         low, high = bootstrap_ci(final)
         rows.append({**dict(zip(GROUP, key, strict=True)), "seeds": int(group["seed"].nunique()),
                      "steps": int(group["steps"].max()), "online_steps": int(group["online_steps"].fillna(0).max()),
-                     "final_mean": final.mean(), "final_std": final.std(ddof=0), "final_iqm": iqm(final),
+                     "final_mean": final.mean(), "final_iqm": iqm(final),
+                     # the sample std over seeds (ddof 1), as rliable and the papers report; none for one seed
+                     "final_std": final.std(ddof=1) if len(final) > 1 else float("nan"),
                      "iqm_ci_low": low, "iqm_ci_high": high,
                      "best_mean": group["best_normalized_return"].to_numpy(dtype=float).mean(),
                      "q_bias_normalized_mean": group["q_bias_normalized_mean"].to_numpy(dtype=float).mean(),
@@ -222,7 +224,7 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
 
 def write_summary(summary: pd.DataFrame, csv_path: Path, markdown_path: Path) -> str:
     atomic_write_bytes(Path(csv_path), summary.to_csv(index=False, float_format="%.4g").encode())
-    lines = ["| dataset | algorithm | config | phase | seeds | steps | final (mean ± std) | IQM [95% CI] | best | "
+    lines = ["| dataset | algorithm | config | phase | seeds | steps | final (mean ± sample std) | IQM [95% CI] | best | "
              "Q bias (norm.) | before fine-tuning | dip (first 10%) | online AUC |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary.itertuples():

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import shutil
 
@@ -254,7 +255,94 @@ def test_corl_configs_carry_corls_actor_and_sac_keeps_the_original_one():
         config, _ = load_config(CQLConfig, "cql", name)
         assert config.sac_config().actor_parameterization() == corl, name
     assert SACConfig().actor_parameterization() == ActorParameterization()
+    d3rlpy, _ = load_config(CQLConfig, "cql", "d3rlpy")  # d3rlpy 2.8.1's squashed Gaussian and CQL defaults
+    assert d3rlpy.sac_config().actor_parameterization() == ActorParameterization(-20.0, 2.0, None, 0.0, "default")
+    assert (d3rlpy.cql_alpha, d3rlpy.lagrange, d3rlpy.target_action_gap, d3rlpy.actor_hidden) == (5.0, True, 10.0,
+                                                                                                   (256, 256))
     with pytest.raises(OfflineRLError, match="actor_output_init 'glorot' is not one of default, xavier, orthogonal"):
         CQLConfig(actor_output_init="glorot").validate()
     with pytest.raises(OfflineRLError, match="log_std_min .* must be below log_std_max"):
         CQLConfig(log_std_min=3.0).validate()
+
+
+class _FixedCritic(torch.nn.Module):
+    """A twin critic with known values: Q1 = Σa + 1, Q2 = Σa (so the clipped minimum is Q2)."""
+
+    def forward(self, obs, act):
+        q2 = act.sum(-1)
+        return torch.stack([q2 + 1.0, q2])
+
+
+def test_cql_target_stops_at_terminals_bootstraps_through_timeouts_and_takes_the_clipped_minimum():
+    from offrl.algos.cql import cql_target
+    from offrl.nets import sample_tanh_gaussian
+
+    torch.manual_seed(0)
+    config = _config(gamma=0.9)
+    agent = CQLAgent(3, 2, config).double()
+    agent.critic_target = _FixedCritic()
+    batch = dataclasses.replace(_batch(), terminals=torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64),
+                                timeouts=torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=torch.float64))  # timeouts bootstrap
+    torch.manual_seed(1)
+    target = cql_target(agent, batch, config, alpha=torch.tensor(0.5, dtype=torch.float64))
+    torch.manual_seed(1)
+    next_actions, _ = sample_tanh_gaussian(*agent.actor.distribution_params(batch.next_observations))
+    q_min = next_actions.detach().sum(-1)  # min(Q1, Q2) = Q2
+    expected = batch.rewards + 0.9 * (1 - batch.terminals) * q_min
+    torch.testing.assert_close(target, expected)
+    assert torch.equal(target[[0, 3]], batch.rewards[[0, 3]])
+
+
+def test_max_backup_takes_the_best_of_n_and_entropy_backup_subtracts_alpha_log_pi_of_that_action():
+    from offrl.algos.cql import cql_target
+    from offrl.nets import sample_tanh_gaussian
+
+    torch.manual_seed(0)
+    config = _config(gamma=0.9, max_target_backup=True, backup_entropy=True, n_actions=5)
+    agent = CQLAgent(3, 2, config).double()
+    agent.critic_target = _FixedCritic()
+    batch = _batch()
+    alpha = torch.tensor(0.3, dtype=torch.float64)
+    torch.manual_seed(2)
+    target = cql_target(agent, batch, config, alpha)
+    torch.manual_seed(2)
+    actions, log_pi = sample_tanh_gaussian(*agent.actor.distribution_params(batch.next_observations), 5)
+    q = actions.detach().sum(-1)  # (5, B), the clipped minimum
+    best = q.argmax(dim=0)
+    columns = torch.arange(q.shape[1])
+    expected = batch.rewards + 0.9 * (q[best, columns] - alpha * log_pi.detach()[best, columns])
+    torch.testing.assert_close(target, expected)
+
+
+def test_alpha_prime_is_clamped_and_each_loss_reaches_only_its_own_parameters():
+    """One backward pass over the summed losses trains each group by its own loss only: the actor by the SAC
+    policy loss (through critics whose weights it cannot move), α′ only under Lagrange, targets never."""
+    from offrl.algos.cql import cql_losses
+    from offrl.algos.sac import frozen_critic_q
+    from offrl.nets import sample_tanh_gaussian
+
+    for lagrange, calibrated in ((False, False), (False, True), (True, False), (True, True)):
+        torch.manual_seed(0)
+        config = _config(lagrange=lagrange, calibrated=calibrated, target_action_gap=0.5)
+        agent = CQLAgent(3, 2, config).double()
+        with torch.no_grad():
+            agent.log_alpha_prime.fill_(20.0)  # e^20 ≈ 4.9e8: clamped to 1e6 under Lagrange
+        batch = dataclasses.replace(_batch(), mc_returns=torch.randn(4, dtype=torch.float64))
+        torch.manual_seed(3)
+        total, metrics = cql_losses(agent, batch, config, behaviour_cloning=False)
+        assert metrics["alpha_prime"].item() == (1e6 if lagrange else pytest.approx(math.exp(20.0)))
+        actor_params = list(agent.actor.parameters())
+        from_total = torch.autograd.grad(total, actor_params, retain_graph=True)
+        # The actor's own loss, rebuilt from the same random draw (its sample is the first one cql_losses takes).
+        torch.manual_seed(3)
+        policy_s = agent.actor.distribution_params(batch.observations)
+        action, log_prob = sample_tanh_gaussian(*policy_s)
+        q_pi = frozen_critic_q(agent.critic, batch.observations, action).min(dim=0).values
+        own = (agent.log_alpha.exp().detach() * log_prob - q_pi).mean()
+        for a, b in zip(from_total, torch.autograd.grad(own, actor_params, retain_graph=True), strict=True):
+            torch.testing.assert_close(a, b)
+        critic_from_actor_loss = torch.autograd.grad(own, list(agent.critic.parameters()), allow_unused=True)
+        assert all(g is None or not g.any() for g in critic_from_actor_loss)
+        total.backward()
+        assert (agent.log_alpha_prime.grad is not None) == lagrange  # no loss reaches α′ without Lagrange
+        assert all(p.grad is None for p in agent.critic_target.parameters())

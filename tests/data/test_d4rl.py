@@ -64,6 +64,21 @@ def test_import_registers_with_d4rls_reference_scores(tmp_path):
     refs = dataset.card["reference_scores"]
     assert (refs["random"]["return_mean"], refs["expert"]["return_mean"]) == D4RL_REFERENCE_SCORES["halfcheetah"]
     assert D4RL_REFERENCE_SCORES["hopper"] == (-20.272305, 3234.3)
+    source = dataset.card["source"]
+    assert source["rows_kept_beyond_qlearning_dataset"] == 0 and "qlearning_dataset: s' = observations" in \
+        source["semantics"]
+
+
+def test_the_card_names_what_next_observations_change_against_qlearning_dataset(tmp_path):
+    rows = d4rl_rows(n=50)
+    rows["timeouts"][[24, 49]] = True
+    rows["next_observations"] = rows["observations"] + 0.5
+    _write_d4rl(tmp_path / "hc.hdf5", rows)
+    card = import_d4rl(tmp_path / "hc.hdf5", "d4rl/halfcheetah/medium-v2")
+    assert card["transitions"] == 50
+    # qlearning_dataset would drop the two time-limit rows (24, 49); row 49 is also the file's last
+    assert card["source"]["rows_kept_beyond_qlearning_dataset"] == 2
+    assert "kept as timeouts" in card["source"]["semantics"]
 
 
 def test_import_refuses_bad_files_without_registering(tmp_path, capsys):

@@ -141,3 +141,20 @@ def test_fine_tuning_continues_the_offline_optimizer_state(offline_run, tmp_path
         before = {int(s["step"]) for s in offline["optimizers"][name]["state"].values()}
         after = {int(s["step"]) for s in online["optimizers"][name]["state"].values()}
         assert before == {20} and after == {420}, name
+
+
+def test_online_episodes_enter_the_buffer_normalized_scaled_and_with_their_returns_to_go():
+    from offrl.data.dataset import ObservationNormalizer
+    from offrl.train.finetune import _episode_rows
+
+    normalizer = ObservationNormalizer(mean=torch.tensor([1.0, -2.0]), std=torch.tensor([2.0, 4.0]))
+    episode = {"observations": [[1.0, -2.0], [3.0, 2.0], [5.0, 6.0]], "actions": [[0.1], [0.2], [0.3]],
+               "rewards": [1.0, 2.0, 4.0], "next_observations": [[3.0, 2.0], [5.0, 6.0], [7.0, 10.0]],
+               "terminals": [False, False, False], "timeouts": [False, False, False]}  # cut by the online budget
+    rows = _episode_rows(episode, normalizer, reward_scale=0.5, gamma=0.9, device="cpu")
+    torch.testing.assert_close(rows["observations"], torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]))
+    torch.testing.assert_close(rows["next_observations"], torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]))
+    torch.testing.assert_close(rows["rewards"], torch.tensor([0.5, 1.0, 2.0]))
+    assert rows["timeouts"].tolist() == [0.0, 0.0, 1.0] and rows["terminals"].tolist() == [0.0, 0.0, 0.0]
+    # G_t in scaled reward units, no bootstrap past the cut: 2; 1 + 0.9·2; 0.5 + 0.9·(1 + 0.9·2)
+    torch.testing.assert_close(rows["mc_returns"], torch.tensor([0.5 + 0.9 * 2.8, 2.8, 2.0]))

@@ -11,7 +11,8 @@ The public surface is what this module exports; everything else is importable bu
 
 __version__ = "0.2.0"
 
-from offrl.agents import CQL, SAC, Agent, CalQL, load_agent  # noqa: E402
+from offrl.agents import BC, CQL, SAC, Agent, CalQL, load_agent  # noqa: E402
+from offrl.algos.bc import BCConfig  # noqa: E402
 from offrl.algos.cql import CQLConfig  # noqa: E402
 from offrl.algos.sac import SACConfig  # noqa: E402
 from offrl.config import load_config  # noqa: E402
@@ -32,7 +33,7 @@ __all__ = [
     "OfflineDataset", "load_dataset", "dataset_from_arrays", "list_datasets", "collect", "collect_shipped",
     "import_d4rl", "import_minari", "export_minari", "make_env",
     # agents and configs
-    "Agent", "CQL", "CalQL", "SAC", "CQLConfig", "SACConfig", "load_config", "load_agent",
+    "Agent", "CQL", "CalQL", "SAC", "BC", "CQLConfig", "SACConfig", "BCConfig", "load_config", "load_agent",
     # runs and evaluation
     "TrainingReport", "Run", "restore_run", "evaluate", "EvaluationReport", "Schedule",
 ]

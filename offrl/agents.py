@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from offrl.algos.bc import BCConfig, BCNetworks, bc_update
 from offrl.algos.cql import CQLAgent, CQLConfig, autocast_for, compiled_cql_losses, cql_losses, cql_update
 from offrl.algos.sac import SACAgent, SACConfig, sac_update
 from offrl.config import config_from_dict, config_with_overrides, load_config
@@ -29,7 +30,7 @@ from offrl.fileio import atomic_torch_save
 from offrl.runtime import resolve_device
 from offrl.train.checkpoints import load_weights
 
-__all__ = ["Agent", "CQL", "CalQL", "SAC", "load_agent", "agent_class", "AgentPolicy"]
+__all__ = ["Agent", "CQL", "CalQL", "SAC", "BC", "load_agent", "agent_class", "AgentPolicy"]
 
 AGENT_FORMAT = "offrl-agent"
 
@@ -37,8 +38,10 @@ AGENT_FORMAT = "offrl-agent"
 class AgentPolicy:
     """An agent as evaluation sees it: deterministic actions and Q̂ (in reward units) on raw observations."""
 
-    def __init__(self, networks: SACAgent, normalizer: ObservationNormalizer, reward_scale: float):
+    def __init__(self, networks: SACAgent | BCNetworks, normalizer: ObservationNormalizer, reward_scale: float):
         self.networks, self.normalizer, self.reward_scale = networks, normalizer, reward_scale
+        if not hasattr(networks, "critic"):
+            self.q = None  # an actor alone (BC): evaluation reports no Q bias and no value estimates
 
     def act(self, observations: torch.Tensor) -> torch.Tensor:
         return self.networks.actor.act(self.normalizer(observations), deterministic=True)
@@ -207,7 +210,7 @@ def load_agent(path: str | Path, device: str | torch.device = "cpu") -> Agent:
 
 def agent_class(algorithm: str | None, where: str) -> type[Agent]:
     """The agent class an agent file or run record names (its `algorithm`)."""
-    classes = {cls.algorithm: cls for cls in (CQL, CalQL, SAC)}
+    classes = {cls.algorithm: cls for cls in (CQL, CalQL, SAC, BC)}
     if algorithm not in classes:
         raise OfflineRLError(f"{where}: unknown algorithm {algorithm!r}; known: {', '.join(classes)}")
     return classes[algorithm]
@@ -286,3 +289,30 @@ class SAC(Agent):
                                     buffer_capacity=buffer_capacity, device=str(self.device), sac=self.config)
         return pretrain(settings, Path(run_dir), resume=resume, show_progress=show_progress, command=command,
                         tensorboard=tensorboard, callbacks=callbacks, agent=self)
+
+
+class BC(Agent):
+    """Behaviour cloning (offrl.algos.bc): CQL's actor trained by maximum likelihood on the data. Built from a
+    `BCConfig`, or from a shipped CQL config's name (`BC("fast")`: that config's actor, rate and normalisation,
+    so BC and CQL compare at one network). It has no critic: `predict_value` and Q bias do not apply."""
+
+    algorithm = "BC"
+    config_class = BCConfig
+
+    def __init__(self, config: BCConfig | str | None = None, *, device: str | torch.device = "cpu", **overrides: Any):
+        name = None
+        if isinstance(config, str):
+            cql, name = load_config(CQLConfig, "cql", config)
+            config = BCConfig.from_cql(cql)
+        super().__init__(config, device=device, **overrides)
+        if name is not None:
+            self.config_name = name
+
+    def _make_networks(self, obs_dim: int, act_dim: int) -> BCNetworks:
+        return BCNetworks(obs_dim, act_dim, self.config)
+
+    def update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        return bc_update(self.networks, batch)
+
+    def predict_value(self, observations: Any, actions: Any) -> np.ndarray:
+        raise OfflineRLError("BC has no critic, so it has no value estimates (predict_value)")

@@ -538,7 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "sweep", "train a grid of datasets x algorithms x configs x seeds as Ray tasks (pip install "
                            "'offrl[ray]'); one leaderboard row per trial, resumable")
     p.add_argument("--datasets", required=True, help="comma-separated dataset ids")
-    p.add_argument("--algorithms", required=True, help="comma-separated: cql, calql, sac (offline SAC)")
+    p.add_argument("--algorithms", required=True,
+                   help="comma-separated: cql, calql, sac (offline SAC), bc (behaviour cloning)")
     p.add_argument("--configs", required=True,
                    help="comma-separated shipped CQL config names or YAML paths (offline SAC takes the actor "
                         "sizes and rates of the same config; 'default' for SACConfig's)")

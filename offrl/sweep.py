@@ -34,7 +34,7 @@ __all__ = ["ALGORITHMS", "Trial", "SweepSpec", "SweepResult", "parse_seeds", "pl
            "run_sweep"]
 
 # --algorithms names → the agent class that trains them offline.
-ALGORITHMS = {"cql": "CQL", "calql": "CalQL", "sac": "SAC"}
+ALGORITHMS = {"cql": "CQL", "calql": "CalQL", "sac": "SAC", "bc": "BC"}
 
 
 def _agent(algorithm: str, config: str, device: str = "cpu"):
@@ -48,6 +48,8 @@ def _agent(algorithm: str, config: str, device: str = "cpu"):
     if algorithm not in ALGORITHMS:
         raise OfflineRLError(f"--algorithms: unknown algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
     cls = getattr(agents, ALGORITHMS[algorithm])
+    if cls is agents.BC:
+        return agents.BC() if config == "default" else agents.BC(config, device=device)
     if cls is agents.SAC:
         if config == "default":
             return agents.SAC(device=device)

@@ -224,8 +224,8 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
 
 def write_summary(summary: pd.DataFrame, csv_path: Path, markdown_path: Path) -> str:
     atomic_write_bytes(Path(csv_path), summary.to_csv(index=False, float_format="%.4g").encode())
-    lines = ["| dataset | algorithm | config | phase | seeds | steps | final (mean ± sample std) | IQM [95% CI] | best | "
-             "Q bias (norm.) | before fine-tuning | dip (first 10%) | online AUC |",
+    lines = ["| dataset | algorithm | config | phase | seeds | steps | final (mean ± sample std) | IQM [95% CI] | "
+             "best | Q bias (norm.) | before fine-tuning | dip (first 10%) | online AUC |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary.itertuples():
         ci = "" if np.isnan(r.iqm_ci_low) else f" [{r.iqm_ci_low:.1f}, {r.iqm_ci_high:.1f}]"

@@ -61,6 +61,7 @@ def evaluate_in_env(policy: Policy, env_id: str, episodes: int, seed: int, refer
     the same rollouts continue past the time limit (offrl.evaluation.q_bias) and only the in-limit rewards
     count as the return."""
     time_limit = gym.spec(env_id).max_episode_steps  # read from the registry: no env built per evaluation
+    with_q_bias = with_q_bias and getattr(policy, "q", None) is not None  # an actor alone has no Q to bias
     extended = time_limit + dropped_tail(gamma, Q_BIAS_TAIL_TOLERANCE) if with_q_bias and time_limit else None
     result = rollout_episodes(policy.act, env_id, episodes, EVAL_SEED + seed, device, record=with_q_bias,
                               max_episode_steps=extended)
@@ -80,7 +81,9 @@ def evaluate_in_env(policy: Policy, env_id: str, episodes: int, seed: int, refer
 def dataset_diagnostics(policy: Policy, observations: torch.Tensor, terminals: torch.Tensor,
                         timeouts: torch.Tensor, max_states: int = 10_000) -> dict[str, float]:
     """d3rlpy's env-free estimators on raw dataset observations: mean Q(s, π(s)) over dataset states and
-    over episode initial states."""
+    over episode initial states (None for a policy without Q estimates)."""
+    if getattr(policy, "q", None) is None:
+        return {"average_value_estimate": None, "initial_state_value_estimate": None}
     step = max(1, len(observations) // max_states)
     sample = observations[::step]
     average_value = policy.q(sample, policy.act(sample)).mean().item()
@@ -102,7 +105,7 @@ def evaluate(agent: Any, dataset: Any = None, env_id: str | None = None, episode
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise OfflineRLError(f"evaluate: episodes must be an integer >= 1, found {episodes!r}")
     policy = getattr(agent, "policy", agent)
-    if not (callable(getattr(policy, "act", None)) and callable(getattr(policy, "q", None))):
+    if not callable(getattr(policy, "act", None)) or getattr(policy, "q", "missing") == "missing":
         raise OfflineRLError(f"evaluate: agent must be an offrl agent or a Policy (act and q), found "
                              f"{type(agent).__name__}")
     if dataset is not None and not isinstance(getattr(dataset, "tensors", None), dict):

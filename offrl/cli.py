@@ -127,6 +127,16 @@ def cmd_ship_policies(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ship_replay(args: argparse.Namespace) -> int:
+    from offrl.policies import ship_replay_snapshots
+
+    dest = _output_folder(Path(args.dest), "--dest") if args.dest else None
+    card = ship_replay_snapshots(Path(args.run), args.up_to, args.every, dest)
+    returns = ", ".join(f"{s['step']}: {s['eval_return_mean']:.0f}" for s in card["segments"])
+    print(f"{card['env_id']}: {len(card['segments'])} snapshots up to step {card['up_to']} (eval returns {returns})")
+    return 0
+
+
 def _command_line() -> str | None:
     return "offrl " + shlex.join(sys.argv[1:]) if sys.argv[1:] else None
 
@@ -465,6 +475,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", help="policy root (default: $OFFRL_POLICIES_PATH, else the shipped policies)")
     p.add_argument("--episodes", type=positive_int, default=20, help="deterministic episodes for the card's return")
     p.set_defaults(func=cmd_ship_policies)
+
+    p = _sub(sub, "ship-replay", "ship a pretrain run's actor snapshots for the medium-replay tier (replay.json)")
+    p.add_argument("--run", required=True, help="pretrain run directory (snapshots at --every steps)")
+    p.add_argument("--up-to", type=positive_int, required=True,
+                   help="the medium step: the replay buffer it stands for ends here")
+    p.add_argument("--every", type=positive_int, default=10_000, help="steps each snapshot stands for")
+    p.add_argument("--dest", help="policy root (default: $OFFRL_POLICIES_PATH, else the shipped policies)")
+    p.set_defaults(func=cmd_ship_replay)
 
     p = _sub(sub, "collect", "roll a shipped policy out into a new dataset version")
     p.add_argument("--env", required=True, help="Gymnasium env id, e.g. HalfCheetah-v5")

@@ -27,7 +27,7 @@ from offrl.nets import ActorParameterization, TanhGaussianActor
 from offrl.shipped import shipped_policies_root
 
 __all__ = ["ShippedPolicy", "policy_root", "policy_path", "load_policy", "save_policy",
-           "ship_policies", "CARD_EVAL_SEED"]
+           "ship_policies", "ship_replay_snapshots", "replay_card_path", "load_replay_card", "CARD_EVAL_SEED"]
 
 POLICY_FORMAT = "offrl-policy"
 CARD_EVAL_SEED = 2_000_000  # card returns use start states no training evaluation saw
@@ -180,6 +180,84 @@ def ship_policies(run_dir: Path, dest_root: Path | None = None, episodes: int = 
         atomic_write_bytes(policy_path(env_id, tier, dest_root).with_suffix(".json"),
                            (json.dumps(card, indent=2) + "\n").encode())
     return cards
+
+
+REPLAY_CARD = "replay.json"
+
+
+def replay_card_path(env_id: str, root: Path | None = None) -> Path:
+    return Path(root or policy_root()) / env_id / REPLAY_CARD
+
+
+def ship_replay_snapshots(run_dir: Path, up_to: int, every: int = 10_000, dest_root: Path | None = None,
+                          command: str | None = None) -> dict:
+    """Ship the actor snapshots of a pretrain run that the portable medium-replay tier is rolled out from.
+
+    The tier stands for SAC's replay buffer up to the medium checkpoint (D4RL medium-replay): the run's first
+    `learning_starts` steps were uniform random actions, and from then on the data came from the policy being
+    trained. A replay buffer cannot be rebuilt on another machine (SAC training is not bit-reproducible across
+    CPUs), so offrl keeps the policies instead: the steps from `learning_starts` to `up_to` are cut into segments
+    at the multiples of `every`, and each segment is represented by the run's snapshot nearest its middle (the
+    earlier one on a tie), the policy that was acting then. Writes `<env>/replay/actor_<step>.pt` (policy files
+    with their sha256) and `<env>/replay.json`, the card `offrl collect --tier medium-replay` reads."""
+    from offrl.runs import read_run_record
+    from offrl.train.online import ONLINE_KIND
+
+    run_dir = Path(run_dir)
+    run = read_run_record(run_dir, ONLINE_KIND)
+    settings = run["settings"]
+    env_id, start = settings["env_id"], int(settings["learning_starts"])
+    if every < 1 or up_to <= start:
+        raise OfflineRLError(f"--up-to must exceed the run's learning_starts ({start}) and --every be >= 1")
+    bounds = [start, *range(((start // every) + 1) * every, up_to, every), up_to]
+    evals = pd.read_csv(run_dir / "evaluations.csv").set_index("step")["return_mean"]
+    available = sorted(int(p.stem.split("_")[1]) for p in (run_dir / "snapshots").glob("actor_*.pt"))
+    available = [s for s in available if s < up_to]
+    if not available:
+        raise OfflineRLError(f"{run_dir / 'snapshots'}: no actor snapshot before step {up_to}")
+    segments = []
+    for begin, until in zip(bounds[:-1], bounds[1:], strict=True):
+        middle = (begin + until) / 2
+        step = min(available, key=lambda s: (abs(s - middle), s))
+        snapshot = run_dir / "snapshots" / f"actor_{step}.pt"
+        weights = torch.load(snapshot, map_location="cpu", weights_only=True)["actor"]
+        actor = TanhGaussianActor(run["obs_dim"], run["act_dim"], tuple(settings["sac"]["hidden"]))
+        actor.load_state_dict(weights)
+        path = Path(dest_root or policy_root()) / env_id / "replay" / f"actor_{step}.pt"
+        segments.append({"begin": begin, "end": until, "step": step, "file": f"replay/{path.name}",
+                         "sha256": save_policy(actor, env_id, path), "transitions": until - begin,
+                         "eval_return_mean": float(evals.get(step, float("nan")))})
+    card = {"env_id": env_id, "kind": "SAC actor snapshots along training, for the medium-replay tier",
+            "random_transitions": start, "up_to": up_to, "every": every, "segments": segments,
+            "eval_return_at_up_to": float(evals.get(up_to, float("nan"))),
+            "source_run": {"command": " && ".join([run["command"], *run.get("resumed_with", [])]),
+                           "git_commit": run.get("git_commit"), "seed": settings["seed"]},
+            "torch": torch.__version__, "offrl_version": __version__, "shipped_with_git_commit": git_commit(),
+            "ship_command": command or "offrl " + shlex.join(sys.argv[1:])}
+    atomic_write_bytes(replay_card_path(env_id, dest_root), (json.dumps(card, indent=2) + "\n").encode())
+    return card
+
+
+def load_replay_card(env_id: str) -> tuple[dict, list[TanhGaussianActor]]:
+    """The replay card and its snapshot actors, each checked against the card's sha256."""
+    path = replay_card_path(env_id)
+    if not path.is_file():
+        raise OfflineRLError(f"medium-replay for {env_id}: no replay snapshots shipped ({path} is missing); ship them "
+                             "from a pretrain run with `offrl ship-replay --run RUN --up-to MEDIUM_STEP`")
+    try:
+        card = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise OfflineRLError(f"{path}: not valid JSON ({exc})") from None
+    actors = []
+    for segment in card["segments"]:
+        weights = path.parent / segment["file"]
+        if not weights.is_file() or sha256_file(weights) != segment["sha256"]:
+            raise OfflineRLError(f"replay snapshot {weights}: missing or its sha256 differs from {path}")
+        blob = torch.load(weights, map_location="cpu", weights_only=True)
+        actor = TanhGaussianActor(blob["obs_dim"], blob["act_dim"], tuple(blob["hidden"]))
+        actor.load_state_dict(blob["actor"])
+        actors.append(actor.eval())
+    return card, actors
 
 
 def describe(card: dict) -> str:

@@ -254,6 +254,36 @@ def _medium_replay_arrays(config: CollectConfig) -> tuple[dict[str, np.ndarray],
     return arrays, source
 
 
+def _medium_replay_rollouts(config: CollectConfig, show_progress: bool) -> tuple[dict[str, np.ndarray], dict, float]:
+    """medium-replay from the shipped replay snapshots (offrl.policies.ship_replay_snapshots): uniform actions
+    for the run's warm-up steps, then each snapshot's stochastic rollouts for the steps it stands for, in
+    training order. The same distribution as SAC's replay buffer up to the medium step, at the granularity of
+    the snapshots, and rebuildable on any CPU (the portable sampler), where a replay buffer is not."""
+    from offrl.policies import load_replay_card, replay_card_path
+
+    card, actors = load_replay_card(config.env_id)
+    start = time.perf_counter()
+    parts = [rollout_transitions(config.env_id, None, card["random_transitions"], config.seed, config.num_envs)[0]]
+    progress = tqdm(total=len(actors), disable=not show_progress, unit="snapshot",
+                    desc=f"medium-replay {config.env_id}")
+    for index, (segment, actor) in enumerate(zip(card["segments"], actors, strict=True)):
+        arrays, _ = rollout_transitions(config.env_id, actor, segment["transitions"], config.seed + index + 1,
+                                        config.num_envs, sampler="portable")
+        parts.append(arrays)
+        progress.update(1)
+    progress.close()
+    keys = [k for k in parts[0] if all(k in p for p in parts)]
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    policy = {"kind": "rollouts of SAC snapshots along training up to the medium step (replay-buffer stand-in)",
+              "replay_card": f"datasets/policies/{config.env_id}/replay.json",
+              "replay_card_sha256": sha256_file(replay_card_path(config.env_id)),
+              "random_transitions": card["random_transitions"], "up_to": card["up_to"],
+              "snapshots": [{k: s[k] for k in ("begin", "end", "step", "sha256", "eval_return_mean")}
+                            for s in card["segments"]],
+              "source_run": card["source_run"]}
+    return arrays, policy, len(arrays["rewards"]) / max(time.perf_counter() - start, 1e-9)
+
+
 def _merge_sources(config: CollectConfig) -> tuple[dict[str, np.ndarray], list[dict]]:
     parts, sources = [], []
     for tier in ("medium", "expert"):
@@ -308,6 +338,8 @@ def _collect(config: CollectConfig, show_progress: bool, command: str | None) ->
         arrays, rate = rollout_transitions(config.env_id, actor, config.transitions, config.seed, config.num_envs,
                                            show_progress, config.sampler)
         fields["policy"]["actions"] = "sampled stochastically from the tanh-Gaussian"
+    elif config.tier == "medium-replay" and config.replay_file is None and config.sampler == "portable":
+        arrays, fields["policy"], rate = _medium_replay_rollouts(config, show_progress)
     elif config.tier == "medium-replay":
         arrays, fields["policy"] = _medium_replay_arrays(config)
         fields["policy"]["kind"] = "SAC replay buffer up to the medium checkpoint"
@@ -319,7 +351,7 @@ def _collect(config: CollectConfig, show_progress: bool, command: str | None) ->
                              f"{arrays['actions'].shape[1]}, env {config.env_id} has {spec.obs_dim}/{spec.act_dim}")
     if rate is not None:
         fields["collection"] = {"num_envs": config.num_envs, "transitions_per_s": round(rate, 1)}
-        if config.tier != "random":
+        if config.tier != "random":  # (medium-replay's rollouts use the sampler too)
             fields["collection"]["sampler"] = SAMPLER_VERSION if config.sampler == "portable" else "torch"
     fields["reference_scores"] = reference_scores(config.env_id)
 

@@ -70,9 +70,11 @@ def test_medium_expert_without_its_sources_says_how_to_collect_them(tiny_policie
     assert not card_path("pendulum/medium-expert-v0").exists()
 
 
-def test_medium_replay_needs_the_replay_export_and_says_how_to_produce_it(tiny_policies, tmp_path):
-    with pytest.raises(OfflineRLError, match="needs the SAC replay buffer(.|\n)*offrl ship-policies"):
+def test_medium_replay_needs_snapshots_or_a_replay_export_and_says_how_to_produce_them(tiny_policies, tmp_path):
+    with pytest.raises(OfflineRLError, match="no replay snapshots shipped .*offrl ship-replay --run RUN"):
         collect(_config("medium-replay"), show_progress=False)
+    with pytest.raises(OfflineRLError, match="needs the SAC replay buffer(.|\n)*offrl ship-policies"):
+        collect(_config("medium-replay", sampler="torch"), show_progress=False)
     replay = tmp_path / "replay.hdf5"
     write_transitions(replay, make_arrays(n=20, obs_dim=3, act_dim=1))
     card = collect(_config("medium-replay", replay_file=str(replay)), show_progress=False)
@@ -138,3 +140,31 @@ def test_bad_tier_and_unknown_env_are_clear_errors(tiny_policies):
         collect(_config("good"), show_progress=False)
     with pytest.raises(OfflineRLError, match="unknown env id"):
         collect(CollectConfig(env_id="Nope-v0", tier="random", transitions=10), show_progress=False)
+
+
+def test_medium_replay_from_shipped_snapshots_rebuilds_byte_for_byte(tmp_path, monkeypatch):
+    """The portable medium-replay tier: a pretrain run's snapshots shipped (`offrl ship-replay`), then rolled out
+    in training order after the warm-up's uniform actions; a fresh store rebuilds the file from the card."""
+    from offrl.algos.sac import SACConfig
+    from offrl.policies import ship_replay_snapshots
+    from offrl.train.online import PretrainSettings, pretrain
+
+    run = pretrain(PretrainSettings(env_id="Pendulum-v1", env_steps=500, learning_starts=100, eval_every=100,
+                                    eval_episodes=1, checkpoint_every=200,
+                                    sac=SACConfig(hidden=(8,), batch_size=32)), tmp_path / "run", show_progress=False)
+    monkeypatch.setenv("OFFRL_POLICIES_PATH", str(tmp_path / "policies"))
+    card = ship_replay_snapshots(run, up_to=500, every=200)
+    # segments [100, 200), [200, 400), [400, 500), each represented by the snapshot nearest its middle
+    assert [(s["begin"], s["end"], s["step"]) for s in card["segments"]] == [(100, 200, 100), (200, 400, 300),
+                                                                             (400, 500, 400)]
+    replay = collect(_config("medium-replay", transitions=500), show_progress=False)
+    assert replay["transitions"] == 500 and replay["collection"]["sampler"] == "portable-1"
+    assert [s["step"] for s in replay["policy"]["snapshots"]] == [100, 300, 400]
+    original = data_path("pendulum/medium-replay-v0").read_bytes()
+    data_path("pendulum/medium-replay-v0").unlink()
+    assert collect(_config("medium-replay", transitions=500), show_progress=False)["sha256"] == replay["sha256"]
+    assert data_path("pendulum/medium-replay-v0").read_bytes() == original
+    (tmp_path / "policies" / "Pendulum-v1" / "replay" / "actor_300.pt").write_bytes(b"tampered")
+    data_path("pendulum/medium-replay-v0").unlink()
+    with pytest.raises(OfflineRLError, match="actor_300.pt: missing or its sha256 differs"):
+        collect(_config("medium-replay", transitions=500), show_progress=False)

@@ -163,10 +163,16 @@ def _fit(agent: Agent, dataset: OfflineDataset, card: dict, env_id: str | None, 
     eval_log = MetricsLog(out_dir / "evaluations.csv" if out_dir else None, eval_keep, tensorboard_dir, "eval")
     policy = agent.policy
 
+    def evaluation_row(result) -> dict:
+        # Q bias at every evaluation, not only the last: the learning curve of the critic's error is the evidence
+        # (an unconstrained critic's estimates drift up while a conservative one's stay below the returns).
+        return {"normalized_return": result.normalized_return, "return_mean": result.return_mean,
+                "return_std": result.return_std, "q_bias_mean": result.q_bias_mean,
+                "q_bias_normalized_mean": result.q_bias_normalized_mean}
+
     def evaluate(step: int) -> tuple[float, dict]:
-        result = evaluate_in_env(policy, env_id, eval_episodes, seed, reference, config.gamma, device, False)
-        return result.normalized_return, {"normalized_return": result.normalized_return,
-                                          "return_mean": result.return_mean, "return_std": result.return_std}
+        result = evaluate_in_env(policy, env_id, eval_episodes, seed, reference, config.gamma, device, True)
+        return result.normalized_return, evaluation_row(result)
 
     state = run_loop(update=lambda step: agent.update(buffer.sample(config.batch_size), step), source=OfflineSteps(),
                      schedule=schedule, agent=agent.networks, kind=OFFLINE_KIND,
@@ -182,8 +188,7 @@ def _fit(agent: Agent, dataset: OfflineDataset, card: dict, env_id: str | None, 
     if env_id is not None:
         fault_point("final-evaluation")
         final = evaluate_in_env(policy, env_id, final_eval_episodes, seed, reference, config.gamma, device, True)
-        row = {"step": state.step, "normalized_return": final.normalized_return, "return_mean": final.return_mean,
-               "return_std": final.return_std}
+        row = {"step": state.step, **evaluation_row(final)}
         eval_log.write(row)
         fault_point("final-evaluation-row-written")
         for callback in callbacks:

@@ -49,6 +49,10 @@ def test_a_run_leaves_its_record_and_a_leaderboard_row(pendulum_dataset, tmp_pat
     for column in ("q_data", "q_random", "q_pi_s", "q_pi_next_s", "cql_gap", "alpha", "alpha_prime", "entropy"):
         assert column in metrics
     assert (run_dir / "q_bias_curve.csv").is_file()
+    evaluations = pd.read_csv(run_dir / "evaluations.csv")
+    assert evaluations["step"].tolist() == [20, 40]  # the Q-bias learning curve: at every evaluation
+    assert evaluations[["q_bias_mean", "q_bias_normalized_mean"]].notna().all().all()
+    assert evaluations["q_bias_mean"].iloc[-1] == pytest.approx(report["q_bias_mean"])
     assert report["q_bias_states"] > 0 and "dropped" in report["q_bias_rule"]
     assert "average_value_estimate" in report and "initial_state_value_estimate" in report
     row = pd.read_csv(leaderboard)

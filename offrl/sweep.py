@@ -328,7 +328,15 @@ def summary_table(spec: SweepSpec) -> str:
     frame = frame[frame["sweep_id"].astype(str) == spec.sweep_id]
     if frame.empty:
         return "(no rows)"
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        return aggregate(frame).to_string(index=False)
+    summary = aggregate(frame)
+    table = pd.DataFrame({
+        "dataset": summary["dataset_id"], "algorithm": summary["algorithm"], "config": summary["config_name"],
+        "seeds": summary["seeds"], "steps": summary["steps"],
+        "final (mean ± sample std)": [f"{m:.1f} ± {s:.1f}" for m, s in zip(summary["final_mean"],
+                                                                          summary["final_std"], strict=True)],
+        "IQM [95% CI]": [f"{q:.1f} [{lo:.1f}, {hi:.1f}]" for q, lo, hi in zip(
+            summary["final_iqm"], summary["iqm_ci_low"], summary["iqm_ci_high"], strict=True)],
+        "Q bias (norm.)": [f"{b:.3f}" for b in summary["q_bias_normalized_mean"]]})
+    return table.to_string(index=False)
 
 

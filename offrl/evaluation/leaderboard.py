@@ -240,37 +240,56 @@ def write_summary(summary: pd.DataFrame, csv_path: Path, markdown_path: Path) ->
     return text
 
 
+def _bootstrap_band(table: pd.DataFrame, resamples: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per row (an evaluation step), the 95% percentile-bootstrap interval of the mean over the columns (seeds)."""
+    values = table.to_numpy(dtype=float)
+    rng = np.random.default_rng(seed)
+    low, high = np.full(len(values), np.nan), np.full(len(values), np.nan)
+    for index, row in enumerate(values):
+        row = row[np.isfinite(row)]
+        if len(row) < 2:
+            continue
+        means = row[rng.integers(0, len(row), (resamples, len(row)))].mean(axis=1)
+        low[index], high[index] = np.percentile(means, [2.5, 97.5])
+    return low, high
+
+
 def plot_leaderboard(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Per dataset, offline runs: learning curves (normalized return vs. update, one line per run, from each run's
-    evaluations.csv) and Q-bias curves (from each run's q_bias_curve.csv). Runs whose directories are not
-    on this machine are skipped; a dataset with none leaves its existing plot alone."""
+    """Per dataset, offline runs: the learning curves of normalized return and of the normalized Q bias
+    (mean Q̂ − G over |mean G|, measured at every evaluation) against updates, one line per algorithm and config:
+    the mean over seeds with a 95% bootstrap band (seeds resampled). Read from each run's evaluations.csv; runs
+    whose folders are not on this machine are skipped, and a dataset with none keeps its existing plot."""
     plt = _pyplot()
     out_dir = Path(out_dir)
     written = []
-    for dataset_id, group in frame[frame["phase"] == "offline"].groupby("dataset_id"):
-        safe = str(dataset_id).replace("/", "_")
+    offline = frame[frame["phase"] == "offline"].drop_duplicates("run_dir", keep="last")
+    for dataset_id, group in offline.groupby("dataset_id"):
         fig, (curve_ax, bias_ax) = plt.subplots(1, 2, figsize=(11, 4))
-        for run in group.drop_duplicates("run_dir").itertuples():
-            run_dir = Path(str(run.run_dir))
-            label = f"{run.config_name} s{run.seed}"
-            if (run_dir / "evaluations.csv").is_file():
-                evals = pd.read_csv(run_dir / "evaluations.csv")
-                if "normalized_return" in evals:
-                    curve_ax.plot(evals["step"], evals["normalized_return"], label=label)
-            if (run_dir / "q_bias_curve.csv").is_file():
-                bias = pd.read_csv(run_dir / "q_bias_curve.csv")
-                bias_ax.plot(bias["t"], bias["bias"], label=label)
-        curve_ax.set(title=f"{dataset_id}: normalized return", xlabel="offline updates",
-                     ylabel="normalized return")
+        for (algorithm, config), runs in group.groupby(["algorithm", "config_name"]):
+            evaluations = [pd.read_csv(Path(str(d)) / "evaluations.csv") for d in runs["run_dir"]
+                           if (Path(str(d)) / "evaluations.csv").is_file()]
+            if not evaluations:
+                continue
+            for ax, column in ((curve_ax, "normalized_return"), (bias_ax, "q_bias_normalized_mean")):
+                table = pd.concat([e.set_index("step")[column] for e in evaluations if column in e], axis=1)
+                if table.empty or table.isna().all().all():
+                    continue  # e.g. BC has no critic, so no Q bias
+                table = table.sort_index()
+                low, high = _bootstrap_band(table)
+                line, = ax.plot(table.index, table.mean(axis=1), marker=".",
+                                label=f"{algorithm} {config} ({table.shape[1]} seeds)")
+                ax.fill_between(table.index, low, high, color=line.get_color(), alpha=0.2)
+        if not curve_ax.lines:
+            plt.close(fig)  # the runs' directories are not on this machine: keep any plot already made
+            continue
+        curve_ax.set(title=f"{dataset_id}: normalized return", xlabel="offline updates", ylabel="normalized return")
         bias_ax.axhline(0.0, color="grey", lw=0.8)
-        bias_ax.set(title=f"{dataset_id}: Q bias along the episode", xlabel="episode step t", ylabel="Q̂ − G")
+        bias_ax.set(title=f"{dataset_id}: Q bias (0 = unbiased; > 0 overestimates)", xlabel="offline updates",
+                    ylabel="(mean Q̂ − G) / |mean G|")
         for ax in (curve_ax, bias_ax):
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
-        if not curve_ax.lines and not bias_ax.get_legend_handles_labels()[0]:
-            plt.close(fig)  # the runs' directories are not on this machine: keep any plot already made
-            continue
-        written.append(_save_figure(fig, out_dir / f"leaderboard_{safe}.png"))
+        written.append(_save_figure(fig, out_dir / f"leaderboard_{str(dataset_id).replace('/', '_')}.png"))
     return written
 
 

@@ -93,3 +93,25 @@ def test_finetuning_curves_join_the_offline_run_at_the_switch(tmp_path):
     assert plot_finetuning(frame, tmp_path / "plots") == [tmp_path / "plots" / "finetune_toy_random-v0.png"]
     frame["run_dir"] = str(tmp_path / "gone")
     assert plot_finetuning(frame, tmp_path / "other") == []  # run directories elsewhere: nothing drawn
+
+
+def test_learning_curves_are_the_mean_over_seeds_with_a_bootstrap_band(tmp_path):
+    from offrl.evaluation.leaderboard import _bootstrap_band, plot_leaderboard
+
+    table = pd.DataFrame({"s0": [0.0, 10.0, 5.0], "s1": [2.0, 10.0, np.nan], "s2": [4.0, 10.0, np.nan]},
+                         index=[0, 10, 20])
+    low, high = _bootstrap_band(table)
+    assert 0.0 <= low[0] <= 2.0 <= high[0] <= 4.0  # the mean (2) inside, within the seeds' range
+    assert low[1] == high[1] == 10.0  # no spread, no band
+    assert np.isnan(low[2]) and np.isnan(high[2])  # one seed: no band
+    rows = []
+    for algorithm, bias in (("CQL-SAC", -0.5), ("BC", None)):
+        for seed in range(2):
+            run_dir = tmp_path / f"{algorithm}-{seed}"
+            run_dir.mkdir()
+            pd.DataFrame({"step": [10, 20], "normalized_return": [seed, seed + 5.0],
+                          "q_bias_normalized_mean": [bias, bias]}).to_csv(run_dir / "evaluations.csv", index=False)
+            rows.append({**_row(f"{algorithm}{seed}", seed, 5.0), "algorithm": algorithm, "run_dir": str(run_dir)})
+    written = plot_leaderboard(pd.DataFrame(rows), tmp_path / "plots")
+    assert written == [tmp_path / "plots" / "leaderboard_hc_medium-v0.png"] and written[0].stat().st_size > 0
+    assert plot_leaderboard(pd.DataFrame(rows).assign(run_dir="/nonexistent"), tmp_path / "elsewhere") == []

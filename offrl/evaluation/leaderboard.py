@@ -271,7 +271,8 @@ def plot_leaderboard(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
             if not evaluations:
                 continue
             for ax, column in ((curve_ax, "normalized_return"), (bias_ax, "q_bias_normalized_mean")):
-                table = pd.concat([e.set_index("step")[column] for e in evaluations if column in e], axis=1)
+                columns = [e.set_index("step")[column] for e in evaluations if column in e]
+                table = pd.concat(columns, axis=1) if columns else pd.DataFrame()
                 if table.empty or table.isna().all().all():
                     continue  # e.g. BC has no critic, so no Q bias
                 table = table.sort_index()

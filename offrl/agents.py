@@ -26,7 +26,7 @@ from offrl.config import config_from_dict, config_with_overrides, load_config
 from offrl.data.buffer import Batch
 from offrl.data.dataset import ObservationNormalizer, OfflineDataset, load_dataset
 from offrl.errors import OfflineRLError
-from offrl.fileio import atomic_torch_save
+from offrl.fileio import atomic_torch_save, safe_torch_load
 from offrl.runtime import resolve_device
 from offrl.train.checkpoints import load_weights
 
@@ -193,13 +193,7 @@ class Agent:
 def load_agent(path: str | Path, device: str | torch.device = "cpu") -> Agent:
     """Load an agent saved with `Agent.save` (any algorithm)."""
     path = Path(path)
-    if not path.is_file():
-        raise OfflineRLError(f"agent {path}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged or unsafe file
-        raise OfflineRLError(f"agent {path}: cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
-            from None
+    state = safe_torch_load(path, "agent")
     if not isinstance(state, dict) or state.get("format") != AGENT_FORMAT:
         raise OfflineRLError(f"agent {path}: not an offrl agent file")
     missing = [k for k in ("config", "obs_dim", "act_dim", "reward_scale", "normalizer", "networks") if k not in state]

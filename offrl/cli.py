@@ -431,6 +431,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _offline_schedule_options(p: argparse.ArgumentParser, eval_every: int | None, eval_every_help: str) -> None:
+    """The schedule of an offline fit (train-cql and every sweep trial): evaluation, logs, checkpoints."""
+    p.add_argument("--eval-every", type=positive_int, default=eval_every, help=eval_every_help)
+    p.add_argument("--eval-episodes", type=positive_int, default=10, help="episodes per evaluation")
+    p.add_argument("--final-eval-episodes", type=positive_int, default=10,
+                   help="episodes of the final evaluation (with Q bias)")
+    p.add_argument("--log-every", type=positive_int, default=1_000, help="updates between metrics rows")
+    p.add_argument("--checkpoint-every", type=positive_int, default=5_000, help="updates between checkpoints")
+
+
 def _sub(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
 
@@ -518,12 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compile the CQL losses (torch.compile; CUDA graphs on CUDA); slower than eager on CPU")
     p.add_argument("--leaderboard", default=None, help=LEADERBOARD_HELP)
     p.add_argument("--no-leaderboard", action="store_true", help="append no leaderboard row")
-    p.add_argument("--eval-every", type=positive_int, default=5_000, help="updates between evaluations")
-    p.add_argument("--eval-episodes", type=positive_int, default=10, help="episodes per evaluation")
-    p.add_argument("--final-eval-episodes", type=positive_int, default=10,
-                   help="episodes of the final evaluation (with Q bias)")
-    p.add_argument("--log-every", type=positive_int, default=1_000, help="updates between metrics rows")
-    p.add_argument("--checkpoint-every", type=positive_int, default=5_000, help="updates between checkpoints")
+    _offline_schedule_options(p, eval_every=5_000, eval_every_help="updates between evaluations")
     p.add_argument("--collect-missing", action="store_true",
                    help="collect the dataset from its shipped policy and card first if it is one of offrl's ids and "
                         "absent from the store")
@@ -574,13 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trials running at once (default: as many as the CPUs allow)")
     p.add_argument("--retries", type=non_negative_int, default=1,
                    help="times a trial whose worker died runs again, resuming from its checkpoint")
-    p.add_argument("--eval-every", type=positive_int, default=None,
-                   help="updates between evaluations (default: only the final one)")
-    p.add_argument("--eval-episodes", type=positive_int, default=10, help="episodes per evaluation")
-    p.add_argument("--final-eval-episodes", type=positive_int, default=10,
-                   help="episodes of the final evaluation (with Q bias)")
-    p.add_argument("--log-every", type=positive_int, default=1_000, help="updates between metrics rows")
-    p.add_argument("--checkpoint-every", type=positive_int, default=5_000, help="updates between checkpoints")
+    _offline_schedule_options(p, eval_every=None, eval_every_help="updates between evaluations (default: only the "
+                                                                 "final one)")
     p.add_argument("--collect-missing", action="store_true",
                    help="collect offrl's own dataset ids from their shipped cards when absent")
     p.set_defaults(func=cmd_sweep)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from offrl.errors import OfflineRLError
+from offrl.errors import OfflineRLError, first_line
 
 __all__ = ["CONFIG_ROOT", "config_from_dict", "config_with_overrides", "parse_overrides", "load_config",
            "config_hash", "shipped_config_path", "shipped_config_names"]
@@ -117,7 +117,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     problem = getattr(exc, "problem", None)
     if problem and mark is not None:
         return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first_line(exc)
 
 
 def shipped_config_names(algorithm: str) -> list[str]:

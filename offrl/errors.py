@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["OfflineRLError", "TrainingInterrupted"]
+__all__ = ["OfflineRLError", "TrainingInterrupted", "first_line"]
 
 
 class OfflineRLError(Exception):
@@ -23,3 +23,9 @@ class TrainingInterrupted(KeyboardInterrupt):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line (libraries raise several): its first line, else its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["temp_beside", "remove_orphan_temps", "atomic_write_bytes", "atomic_torch_save", "sha256_file", "git_commit"]
+__all__ = ["temp_beside", "remove_orphan_temps", "atomic_write_bytes", "safe_torch_load", "atomic_torch_save",
+           "sha256_file", "git_commit"]
 
 
 def _umask_mode() -> int:
@@ -61,6 +62,21 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def safe_torch_load(path: Path, what: str) -> Any:
+    """torch.load with weights_only=True (tensors and plain values: a file from elsewhere cannot run code); a
+    missing, damaged or tampered file is one OfflineRLError naming `what` and the path."""
+    from offrl.errors import OfflineRLError, first_line
+
+    path = Path(path)
+    if not path.is_file():
+        raise OfflineRLError(f"{what} {path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged or unsafe file
+        raise OfflineRLError(f"{what} {path}: cannot be read safely ({type(exc).__name__}: {first_line(exc)})") \
+            from None
 
 
 def sha256_file(path: Path) -> str:

@@ -73,9 +73,13 @@ class TrainingReport:
         atomic_write_bytes(Path(path), json.dumps(self.to_dict(), indent=2).encode())
 
     @classmethod
-    def read(cls, path: Path) -> TrainingReport:
-        values = json.loads(Path(path).read_text())
+    def from_dict(cls, values: dict[str, Any]) -> TrainingReport:
+        """From `to_dict`'s output (final.json, a sweep trial's result); unknown keys are ignored."""
         return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+    @classmethod
+    def read(cls, path: Path) -> TrainingReport:
+        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def write_run_record(run_dir: Path, record: dict[str, Any]) -> None:

@@ -15,7 +15,6 @@ finished without one, and resumes interrupted trials from their last checkpoint 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from offrl.errors import OfflineRLError, TrainingInterrupted
+from offrl.errors import OfflineRLError, TrainingInterrupted, first_line
 
 __all__ = ["ALGORITHMS", "Trial", "SweepSpec", "SweepResult", "parse_seeds", "plan_trials", "run_trial",
            "run_sweep"]
@@ -179,26 +178,13 @@ def run_trial(trial: Trial, spec: SweepSpec, run_dir: Path) -> dict[str, Any]:
     except TrainingInterrupted as exc:
         return {"status": "interrupted", "trial": trial.name, "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - any failure of one trial is reported, the others go on
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return {"status": "failed", "trial": trial.name, "error": f"{type(exc).__name__}: {message}"}
-
-
-def _finished_report(run_dir: Path, steps: int) -> dict | None:
-    path = run_dir / "final.json"
-    if not path.is_file():
-        return None
-    try:
-        report = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    return report if report.get("updates") == steps else None
+        return {"status": "failed", "trial": trial.name, "error": f"{type(exc).__name__}: {first_line(exc)}"}
 
 
 def _append(spec: SweepSpec, record: dict, report: dict) -> bool:
     from offrl.runs import TrainingReport, append_report
 
-    values = {f.name: report[f.name] for f in dataclasses.fields(TrainingReport) if f.name in report}
-    return append_report(spec.leaderboard, record, TrainingReport(**values), "offline", once=True,
+    return append_report(spec.leaderboard, record, TrainingReport.from_dict(report), "offline", once=True,
                          sweep_id=spec.sweep_id)
 
 
@@ -229,8 +215,8 @@ def _start_ray(spec: SweepSpec):
         else:
             ray.init(address=spec.address, log_to_driver=False, runtime_env=runtime_env, configure_logging=False)
     except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError here
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OfflineRLError(f"--address {spec.address}: cannot connect to a Ray cluster ({message})") from None
+        raise OfflineRLError(f"--address {spec.address}: cannot connect to a Ray cluster ({first_line(exc)})") \
+            from None
     return ray
 
 
@@ -238,6 +224,7 @@ def run_sweep(spec: SweepSpec, echo: Callable[[str], None] = print) -> SweepResu
     """Run every trial of the grid that has no row yet; returns what happened (the CLI prints the summary)."""
     from offrl.evaluation.leaderboard import check_appendable
     from offrl.runs import read_run_record
+    from offrl.train.run_folder import finished_report
 
     if spec.cpus_per_trial < 1:
         raise OfflineRLError(f"--cpus-per-trial must be >= 1, found {spec.cpus_per_trial}")
@@ -252,7 +239,7 @@ def run_sweep(spec: SweepSpec, echo: Callable[[str], None] = print) -> SweepResu
     to_run = []
     for trial in trials:
         run_dir = spec.out / trial.name
-        report = _finished_report(run_dir, spec.steps)
+        report = finished_report(run_dir, "offline", spec.steps)
         if report is None:
             to_run.append(trial)
         elif _append(spec, read_run_record(run_dir), report):
@@ -292,8 +279,7 @@ def _run_remote(spec: SweepSpec, trials: Sequence[Trial], result: SweepResult, e
             try:
                 outcome = ray.get(ready[0])
             except Exception as exc:  # noqa: BLE001 - a worker that died (every retry spent) or a lost node
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                outcome = {"status": "failed", "error": f"{type(exc).__name__}: {message}"[:300]}
+                outcome = {"status": "failed", "error": f"{type(exc).__name__}: {first_line(exc)}"[:300]}
             if outcome["status"] == "ok":
                 _append(spec, outcome["record"], outcome["report"])
                 report = outcome["report"]

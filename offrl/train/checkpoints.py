@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from offrl.errors import OfflineRLError
+from offrl.fileio import safe_torch_load
 
 __all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "load_weights", "rng_state", "set_rng_state"]
 
@@ -17,15 +18,7 @@ CHECKPOINT_FORMAT = "offrl-checkpoint"
 
 def load_checkpoint(path: Path, kind: str) -> dict:
     """Load an offrl checkpoint of the given kind, or raise one clear error naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise OfflineRLError(f"checkpoint {path}: no such file")
-    try:
-        # weights_only: tensors and plain Python values only, so a checkpoint from elsewhere cannot run code.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged or tampered file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OfflineRLError(f"checkpoint {path}: cannot be read safely ({type(exc).__name__}: {reason})") from None
+    state = safe_torch_load(path, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise OfflineRLError(f"checkpoint {path}: not an offrl checkpoint")
     if state.get("kind") != kind:

@@ -146,8 +146,7 @@ def _finetune(offline_run, settings: FinetuneSettings, folder: RunFolder, leader
     if folder.resume:
         finished = folder.finished_report(settings.online_steps)
         if finished is not None:  # killed after its report: only the row may be missing
-            report = TrainingReport(**{f.name: finished[f.name] for f in dataclasses.fields(TrainingReport)
-                                       if f.name in finished})
+            report = TrainingReport.from_dict(finished)
             if leaderboard is not None:
                 append_report(leaderboard, record, report, phase="online", once=True)
             return report

@@ -129,8 +129,7 @@ def _fit(agent: Agent, dataset: OfflineDataset, card: dict, env_id: str | None, 
                                  f"with config {record['config_hash']}; now {card['sha256'][:12]} / {name_hash}")
         finished = folder.finished_report(schedule.steps)
         if finished is not None:  # killed after its report: only the row may be missing
-            report = TrainingReport(**{f.name: finished[f.name] for f in dataclasses.fields(TrainingReport)
-                                       if f.name in finished})
+            report = TrainingReport.from_dict(finished)
             if leaderboard is not None and report.final_normalized_return is not None:
                 append_report(Path(leaderboard), record, report, phase="offline", once=True)
             return report

@@ -22,7 +22,7 @@ from offrl.faults import fault_point
 from offrl.fileio import remove_orphan_temps
 from offrl.train.checkpoints import load_checkpoint
 
-__all__ = ["LOCK_NAME", "RunFolder"]
+__all__ = ["LOCK_NAME", "RunFolder", "finished_report"]
 
 LOCK_NAME = ".offrl.lock"
 RUN_RECORD = "run.json"
@@ -88,13 +88,18 @@ class RunFolder:
         return load_checkpoint(self.checkpoint_path, self.kind)
 
     def finished_report(self, steps: int) -> dict | None:
-        """final.json of a run that already finished `steps` steps, if there is one."""
-        path = self.path / FINAL_REPORT
-        if not self.resume or not path.is_file():
-            return None
-        try:
-            report = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise OfflineRLError(f"{path}: not valid JSON ({exc})") from None
-        done = report.get("online_steps") if self.kind == "finetune" else report.get("updates")
-        return report if done == steps else None
+        """final.json of a run that already finished `steps` steps, if there is one (only when resuming)."""
+        return finished_report(self.path, self.kind, steps) if self.resume else None
+
+
+def finished_report(run_dir: Path, kind: str, steps: int) -> dict | None:
+    """A run folder's final.json if the run finished `steps` steps (updates; env steps for fine-tuning)."""
+    path = Path(run_dir) / FINAL_REPORT
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise OfflineRLError(f"{path}: not valid JSON ({exc})") from None
+    done = report.get("online_steps") if kind == "finetune" else report.get("updates")
+    return report if done == steps else None

@@ -129,3 +129,30 @@ def test_predict_and_evaluation_normalize_observations_and_report_q_in_reward_un
     with torch.no_grad():
         q = agent.networks.critic(normalizer(torch.as_tensor(obs)), torch.as_tensor(actions)).min(dim=0).values
     np.testing.assert_allclose(agent.predict_value(obs, actions), (q / 0.25).numpy(), rtol=1e-5)
+
+
+def test_offline_sac_from_a_cql_config_differs_from_cql_only_in_the_conservative_term(pendulum_arrays, tmp_path):
+    from offrl.algos.cql import CQLConfig
+    from offrl.sweep import _agent
+
+    dataset = _dataset(pendulum_arrays, env_id="Pendulum-v1")
+    cql_config = CQLConfig(actor_hidden=(16, 16), critic_hidden=(8, 8, 8), orthogonal_init=True, batch_size=32)
+    sac_config = cql_config.sac_config()
+    assert (sac_config.critic_hidden, sac_config.orthogonal_init, sac_config.normalize_observations) == \
+        ((8, 8, 8), True, True)
+    sac, cql = offrl.SAC(sac_config), offrl.CQL(cql_config)
+    for agent in (sac, cql):
+        agent.fit(dataset, 2, eval_env=False, show_progress=False)
+    # the same critic shapes and the same (orthogonal, zero-bias) init; observations standardised by the data
+    assert [p.shape for p in sac.networks.critic.parameters()] == [p.shape for p in cql.networks.critic.parameters()]
+    torch.testing.assert_close(sac.normalizer.mean, cql.normalizer.mean)
+    assert not torch.allclose(sac.normalizer.std, torch.ones_like(sac.normalizer.std))
+    first = offrl.SAC(sac_config)
+    first.build(3, 1)
+    weight = first.networks.critic.q1[0].weight.detach()
+    assert first.networks.critic.q1[0].bias.abs().max() == 0
+    torch.testing.assert_close(weight.T @ weight, 2.0 * torch.eye(4), atol=1e-5, rtol=0)  # orthogonal, gain √2
+    # the sweep's offline SAC of a named config is this one
+    assert _agent("sac", "fast").config == offrl.CQL("fast").config.sac_config()
+    # online SAC keeps the paper's defaults: raw observations, PyTorch's init
+    assert not offrl.SAC().config.normalize_observations and not offrl.SAC().config.orthogonal_init

@@ -109,15 +109,16 @@ class CQLConfig:
                          init_alpha=self.init_alpha, autotune_alpha=self.autotune_alpha,
                          target_entropy=self.target_entropy, log_std_min=self.log_std_min,
                          log_std_max=self.log_std_max, log_std_multiplier=self.log_std_multiplier,
-                         log_std_offset=self.log_std_offset, actor_output_init=self.actor_output_init)
+                         log_std_offset=self.log_std_offset, actor_output_init=self.actor_output_init,
+                         critic_hidden=self.critic_hidden, orthogonal_init=self.orthogonal_init,
+                         normalize_observations=self.normalize_observations)
 
 
 class CQLAgent(SACAgent):
     """The SAC agent plus log α′ (the Lagrange multiplier of the conservative term)."""
 
     def __init__(self, obs_dim: int, act_dim: int, config: CQLConfig):
-        super().__init__(obs_dim, act_dim, config.sac_config(), critic_hidden=config.critic_hidden,
-                         orthogonal_critic_init=config.orthogonal_init)
+        super().__init__(obs_dim, act_dim, config.sac_config())
         self.log_alpha_prime = torch.nn.Parameter(torch.tensor(float(config.init_alpha_prime)).log())
         self.alpha_prime_optimizer = make_optimizer([self.log_alpha_prime], config.alpha_prime_lr)
 

@@ -36,6 +36,11 @@ class SACConfig:
     autotune_alpha: bool = True
     target_entropy: float | None = None  # None: -|A| (paper)
     updates_per_step: int = 1
+    # Offline SAC (the CQL paper's baseline) takes these from the CQL config it is compared with
+    # (CQLConfig.sac_config), so that the two differ only in the conservative term.
+    critic_hidden: tuple[int, ...] | None = None  # None: the actor's sizes (`hidden`)
+    orthogonal_init: bool = False  # critics orthogonal (CORL's CQL); the paper's SAC keeps PyTorch's init
+    normalize_observations: bool = False  # offline only: observations standardised by the dataset's mean and std
     # The actor's parameterisation (offrl.nets.ActorParameterization). These defaults are offrl's original actor,
     # the one the shipped behaviour policies were trained with: log σ = clamp(raw, -5, 2), PyTorch's default init.
     # CQLConfig's defaults are CORL's instead (see there).
@@ -60,8 +65,10 @@ class SACConfig:
             raise OfflineRLError(f"config: gamma must be in [0, 1), found {self.gamma!r}")
         if self.batch_size < 1 or self.updates_per_step < 1:
             raise OfflineRLError("config: batch_size and updates_per_step must be >= 1")
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            raise OfflineRLError(f"config: hidden must be a list of positive sizes, found {self.hidden!r}")
+        for name in ("hidden", "critic_hidden"):
+            sizes = getattr(self, name)
+            if sizes is not None and (not sizes or any(not isinstance(h, int) or h < 1 for h in sizes)):
+                raise OfflineRLError(f"config: {name} must be a list of positive sizes, found {sizes!r}")
 
 
 def validate_actor_fields(config) -> None:
@@ -85,13 +92,13 @@ def make_optimizer(params, lr: float) -> torch.optim.Adam:
 class SACAgent(torch.nn.Module):
     """Actor, twin critic, its Polyak target, log α and their optimisers."""
 
-    def __init__(self, obs_dim: int, act_dim: int, config: SACConfig, critic_hidden: tuple[int, ...] | None = None,
-                 orthogonal_critic_init: bool = False):
+    def __init__(self, obs_dim: int, act_dim: int, config: SACConfig):
         super().__init__()
         self.obs_dim, self.act_dim = obs_dim, act_dim
+        critic_hidden = config.critic_hidden or config.hidden
         self.actor = TanhGaussianActor(obs_dim, act_dim, config.hidden, config.actor_parameterization())
-        self.critic = TwinCritic(obs_dim, act_dim, critic_hidden or config.hidden, orthogonal_critic_init)
-        self.critic_target = TwinCritic(obs_dim, act_dim, critic_hidden or config.hidden)
+        self.critic = TwinCritic(obs_dim, act_dim, critic_hidden, config.orthogonal_init)
+        self.critic_target = TwinCritic(obs_dim, act_dim, critic_hidden)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
         self.log_alpha = torch.nn.Parameter(torch.tensor(float(config.init_alpha)).log())

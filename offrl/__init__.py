@@ -14,6 +14,7 @@ __version__ = "0.2.0"
 from offrl.agents import BC, CQL, SAC, Agent, CalQL, load_agent  # noqa: E402
 from offrl.algos.bc import BCConfig  # noqa: E402
 from offrl.algos.cql import CQLConfig  # noqa: E402
+from offrl.algos.ope import OPEConfig  # noqa: E402
 from offrl.algos.sac import SACConfig  # noqa: E402
 from offrl.config import load_config  # noqa: E402
 from offrl.data.collect import collect, collect_shipped  # noqa: E402
@@ -26,8 +27,10 @@ from offrl.errors import OfflineRLError  # noqa: E402
 from offrl.evaluation.report import EvaluationReport, evaluate  # noqa: E402
 from offrl.runs import Run, TrainingReport, restore_run  # noqa: E402
 from offrl.train.loop import Schedule  # noqa: E402
+from offrl.train.ope import OPEReport, evaluate_policy_offline, load_target_policy  # noqa: E402
 
 __all__ = [
+    "OPEConfig", "OPEReport", "evaluate_policy_offline", "load_target_policy",
     "__version__", "OfflineRLError",
     # datasets
     "OfflineDataset", "load_dataset", "dataset_from_arrays", "list_datasets", "collect", "collect_shipped",

@@ -308,6 +308,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from offrl.errors import OfflineRLError
     from offrl.evaluation.leaderboard import (
         aggregate,
         plot_finetuning,
@@ -316,6 +317,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         write_summary,
     )
 
+    if args.out is not None and args.evidence is None:
+        raise OfflineRLError("--out: only with --evidence (the summary and plots are written beside the leaderboard)")
     path = _leaderboard(args.leaderboard)
     if args.append:
         from offrl.runs import append_finished_run
@@ -324,6 +327,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
             written = append_finished_run(Path(run_dir), path)
             print(f"{run_dir}: {'row appended to' if written else 'its row is already in'} {path}")
     frame = read_leaderboard(path)
+    if args.evidence is not None:
+        from offrl.evaluation.aggregate import write_evidence
+
+        for written in write_evidence(frame, Path(args.out) if args.out else path.parent, args.evidence):
+            print(f"wrote {written}")
+        return 0
     summary = aggregate(frame)
     out = path.parent
     print(write_summary(summary, out / "leaderboard_summary.csv", out / "leaderboard_summary.md"), end="")
@@ -333,9 +342,17 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from offrl.config import parse_overrides
+    from offrl.errors import OfflineRLError
     from offrl.sweep import SweepSpec, parse_seeds, run_sweep, summary_table
 
-    names = {"--datasets": args.datasets, "--algorithms": args.algorithms, "--configs": args.configs}
+    ope = args.ope_policies is not None
+    needed = ("--ope-policies", "--methods", "--results") if ope else ("--algorithms", "--configs")
+    missing = [name for name in needed if getattr(args, name[2:].replace("-", "_")) is None]
+    if missing:
+        raise OfflineRLError(f"{'an OPE' if ope else 'a training'} sweep needs {', '.join(missing)}")
+    names = {"--datasets": args.datasets, "--algorithms": args.algorithms or "", "--configs": args.configs or "",
+             "--ope-policies": args.ope_policies or "", "--methods": args.methods or ""}
     lists = {name: [v.strip() for v in value.split(",") if v.strip()] for name, value in names.items()}
     # The store and the other locations the workers must see as this process does (paths must exist on every node).
     shared = ("OFFRL_DATASETS_PATH", "OFFRL_HOME", "OFFRL_POLICIES_PATH", "OFFRL_FAULT", "MINARI_DATASETS_PATH")
@@ -347,12 +364,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                      eval_every=args.eval_every, eval_episodes=args.eval_episodes,
                      final_eval_episodes=args.final_eval_episodes, log_every=args.log_every,
                      checkpoint_every=args.checkpoint_every, collect_missing=args.collect_missing,
-                     command=_command_line(), env_vars=forwarded)
+                     command=_command_line(), env_vars=forwarded, ope_policies=lists["--ope-policies"],
+                     ope_methods=lists["--methods"], ope_config=parse_overrides(args.set),
+                     truth_episodes=args.truth_episodes,
+                     results=Path(args.results).resolve() if args.results else None)
     spec.out = spec.out.resolve()
     result = run_sweep(spec, echo=lambda line: print(line, flush=True))
     print(f"sweep {result.sweep_id}: {len(result.finished)} finished, {len(result.skipped)} already done, "
           f"{len(result.failed)} failed, {result.wall_time_s:.0f} s")
-    print(summary_table(spec))
+    if not ope:
+        print(summary_table(spec))
     for name, error in result.failed.items():
         print(f"failed: {name}: {error}", file=sys.stderr)
     return 0 if result.ok else 1
@@ -394,6 +415,67 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     return 0
+
+
+def cmd_ope(args: argparse.Namespace) -> int:
+    from offrl.algos.ope import OPEConfig
+    from offrl.config import parse_overrides
+    from offrl.data.dataset import load_dataset
+    from offrl.train.ope import append_ope_row, evaluate_policy_offline, load_target_policy
+
+    overrides = {**parse_overrides(args.set), **({"alpha": args.alpha} if args.alpha is not None else {}),
+                 **({"mu": args.mu} if args.mu is not None else {})}
+    config = _config_with(OPEConfig, overrides)
+    if args.out is not None:
+        _output_folder(Path(args.out), "--out")
+    policy = load_target_policy(args.policy, args.deterministic, args.device)
+    dataset = load_dataset(args.dataset, args.device, collect_missing=args.collect_missing)
+    report = evaluate_policy_offline(policy, dataset, args.method, args.steps, config=config, seed=args.seed,
+                                     env=args.env or True, truth=not args.no_truth,
+                                     truth_episodes=args.truth_episodes, states=args.states,
+                                     eval_every=args.eval_every, log_every=args.log_every,
+                                     checkpoint_every=args.checkpoint_every, deterministic=args.deterministic,
+                                     run_dir=args.out, resume=args.resume, show_progress=not args.quiet,
+                                     command=_command_line(), policy_name=args.policy)
+    if args.results is not None:
+        append_ope_row(Path(args.results), report)
+    rows = [("policy", report.policy + (" (deterministic)" if report.deterministic else "")),
+            ("dataset", report.dataset_id), ("method", report.method + (
+                f" (alpha {report.alpha:g}, mu {report.mu})" if report.alpha is not None else "")),
+            ("updates", report.updates),
+            ("estimate V(s0)", f"{report.estimate:.2f} [{report.estimate_ci_low:.2f}, {report.estimate_ci_high:.2f}] "
+                               f"over {report.initial_states} initial states ({report.initial_state_source})")]
+    if report.true_value is not None:
+        rows += [("true value (Monte Carlo)", f"{report.true_value:.2f} [{report.true_ci_low:.2f}, "
+                                              f"{report.true_ci_high:.2f}] over {report.truth_episodes} episodes"),
+                 ("error (estimate - truth)", f"{report.error:+.2f}"),
+                 ("lower bound", "yes" if report.is_lower_bound else "no")]
+    if report.run_dir:
+        rows.append(("run", report.run_dir))
+    if args.results is not None:
+        rows.append(("results row", args.results))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_ope_summary(args: argparse.Namespace) -> int:
+    from offrl.evaluation.ope_summary import ope_metrics, read_ope_results, write_ope_summary
+
+    frame = read_ope_results(Path(args.results))
+    out = _output_folder(Path(args.out) if args.out else Path(args.results).parent, "--out")
+    for path in write_ope_summary(frame, out):
+        print(f"wrote {path}")
+    print(ope_metrics(frame).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def _config_with(cls, overrides: dict):
+    """A config dataclass with CLI overrides, checked like a YAML file's fields."""
+    from offrl.config import config_from_dict
+
+    return config_from_dict(cls, overrides, "--set")
 
 
 def cmd_export_policy(args: argparse.Namespace) -> int:
@@ -561,11 +643,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "sweep", "train a grid of datasets x algorithms x configs x seeds as Ray tasks (pip install "
                            "'offrl[ray]'); one leaderboard row per trial, resumable")
     p.add_argument("--datasets", required=True, help="comma-separated dataset ids")
-    p.add_argument("--algorithms", required=True,
-                   help="comma-separated: cql, calql, sac (offline SAC), bc (behaviour cloning)")
-    p.add_argument("--configs", required=True,
+    p.add_argument("--algorithms", default=None,
+                   help="comma-separated: cql, calql, sac (offline SAC), bc (behaviour cloning); a training sweep")
+    p.add_argument("--configs", default=None,
                    help="comma-separated shipped CQL config names or YAML paths (offline SAC takes the actor "
                         "sizes and rates of the same config; 'default' for SACConfig's)")
+    p.add_argument("--ope-policies", default=None,
+                   help="an OPE sweep instead of training: comma-separated policy SPECs of `offrl ope --policy` "
+                        "(ENV/TIER, ENV/replay/STEP, random, run folders, policy files)")
+    p.add_argument("--methods", default=None, help="OPE sweep: comma-separated fqe, cql-q, cql-v")
+    p.add_argument("--results", default=None, help="OPE sweep: the CSV its rows are appended to (e.g. "
+                                                  "evaluation/ope.csv)")
+    p.add_argument("--truth-episodes", type=_integer_at_least(2), default=50,
+                   help="OPE sweep: rollouts of each policy for its true value")
+    _set_option(p, "OPEConfig (OPE sweep)")
     p.add_argument("--seeds", required=True, help="seeds: a range 0-4, a list 0,3,7, or both")
     p.add_argument("--steps", type=positive_int, required=True, help="gradient updates per trial")
     p.add_argument("--out", required=True, help="folder of the trials' run folders (shared storage on a cluster)")
@@ -600,6 +691,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file format(s); ONNX needs pip install 'offrl[onnx]'")
     p.set_defaults(func=cmd_export_policy)
 
+    p = _sub(sub, "ope", "off-policy evaluation: estimate a fixed policy's value from a dataset alone (FQE, or a "
+                         "conservative lower bound), and check it against Monte-Carlo rollouts where the env exists")
+    p.add_argument("--policy", required=True,
+                   help="a shipped policy ENV/TIER (e.g. HalfCheetah-v5/expert), a training run's folder, an exported "
+                        "policy.pt (beside its policy.json) or a shipped-format policy file")
+    p.add_argument("--dataset", required=True, help="dataset id, e.g. halfcheetah/medium-v1")
+    p.add_argument("--method", required=True, choices=["fqe", "cql-q", "cql-v"],
+                   help="fqe: Fitted Q Evaluation; cql-q: CQL eq. 1, a lower bound on Q at every (s, a); cql-v: CQL "
+                        "eq. 2 with mu = pi, a tighter lower bound on the value")
+    p.add_argument("--steps", type=positive_int, required=True, help="critic updates")
+    p.add_argument("--alpha", type=_finite_float, default=None, help="weight of the conservative penalty (default 1)")
+    p.add_argument("--mu", choices=["softmax", "uniform", "policy"], default=None,
+                   help="cql-q's penalty distribution (default softmax: CQL(H)'s logsumexp over uniform and policy "
+                        "actions)")
+    _set_option(p, "OPEConfig")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of torch, the initial states and the truth")
+    p.add_argument("--deterministic", action="store_true",
+                   help="evaluate the policy's mean action (tanh of the mean) instead of the stochastic policy")
+    p.add_argument("--env", default=None, help="env for the initial states and the truth (default: the dataset's)")
+    p.add_argument("--no-truth", action="store_true", help="no Monte-Carlo truth (initial states from --env if any, "
+                                                            "else the dataset's episode starts)")
+    p.add_argument("--truth-episodes", type=_integer_at_least(2), default=50,
+                   help="rollouts of the policy for its true value; their reset states are the initial states")
+    p.add_argument("--states", type=positive_int, default=100,
+                   help="env initial states for the estimate when there is no truth")
+    p.add_argument("--eval-every", type=positive_int, default=None,
+                   help="updates between estimates during training (the curve in <out>/estimates.csv)")
+    p.add_argument("--log-every", type=positive_int, default=1_000, help="updates between metrics rows")
+    p.add_argument("--checkpoint-every", type=positive_int, default=5_000, help="updates between checkpoints")
+    p.add_argument("--out", default=None, help="run folder (checkpoints, curves, final.json; resumable)")
+    p.add_argument("--results", default=None, help="CSV to append the estimate's row to (e.g. evaluation/ope.csv)")
+    p.add_argument("--collect-missing", action="store_true",
+                   help="collect the dataset from its shipped card first if it is absent from the store")
+    p.add_argument("--device", type=_device, default="cpu", help="torch device: cpu, cuda or cuda:N")
+    p.add_argument("--resume", action="store_true", help="continue the estimate in --out from its checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_ope)
+
+    p = _sub(sub, "ope-summary", "summarise OPE results DOPE-style (absolute error, rank correlation, regret@1, "
+                                 "lower-bound rate per env and method) with a scatter plot per env")
+    p.add_argument("results", help="the OPE results CSV (e.g. evaluation/ope.csv)")
+    p.add_argument("--out", default=None, help="folder for ope_summary.{csv,md} and the plots (default: beside it)")
+    p.set_defaults(func=cmd_ope_summary)
+
     p = _sub(sub, "leaderboard", "aggregate the leaderboard over seeds; write summary and plots beside it")
     p.add_argument("--leaderboard", default=None,
                    help="leaderboard CSV (default: $OFFRL_LEADERBOARD, else ~/.offrl/leaderboard.csv)")
@@ -607,6 +742,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first append the rows of these finished runs (train-cql or finetune folders with a "
                         "final.json), once each: for a run trained with --no-leaderboard or a leaderboard it "
                         "could not write")
+    p.add_argument("--evidence", type=positive_int, default=None, metavar="STEPS",
+                   help="instead of the summary, aggregate the offline runs of exactly STEPS updates as the evidence "
+                        "grid (rliable IQM and CIs per dataset and across datasets, performance profile, learning "
+                        "curves, CORL's published scores beside ours); needs pip install 'offrl[eval]'")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="with --evidence: the folder for evidence_summary.{csv,md} and the plots (default: the "
+                        "leaderboard's folder, evaluation/ in the repository)")
     p.set_defaults(func=cmd_leaderboard)
 
     p = _sub(sub, "datasets", "list, inspect, verify, import and export datasets")

@@ -9,6 +9,10 @@ dies. Only the driver appends leaderboard rows, each tagged with the sweep's id,
 machines except through the driver; the run folders under `out` must be on storage every node sees (the local
 disk for a one-machine sweep, a shared filesystem on a cluster) for a re-run to resume them.
 
+An OPE sweep (`ope_policies` and `ope_methods` instead of algorithms and configs) is the same machinery for
+off-policy evaluation: each trial estimates one policy's value on one dataset with one method and seed
+(`offrl.train.ope`), and the driver appends its row to the OPE results CSV (`results`) instead of the leaderboard.
+
 Re-running the same command skips trials whose rows are in the leaderboard, appends the row of a trial that
 finished without one, and resumes interrupted trials from their last checkpoint (same seed, same numbers).
 """
@@ -29,7 +33,7 @@ from typing import Any
 
 from offrl.errors import OfflineRLError, TrainingInterrupted, first_line
 
-__all__ = ["ALGORITHMS", "Trial", "SweepSpec", "SweepResult", "parse_seeds", "plan_trials", "run_trial",
+__all__ = ["ALGORITHMS", "Trial", "OPETrial", "SweepSpec", "SweepResult", "parse_seeds", "plan_trials", "run_trial",
            "run_sweep"]
 
 # --algorithms names → the agent class that trains them offline.
@@ -73,6 +77,22 @@ class Trial:
         return f"{self.dataset_id.replace('/', '-')}-{self.algorithm}-{config}-seed{self.seed}"
 
 
+@dataclass(frozen=True)
+class OPETrial:
+    """One off-policy estimate: `policy`'s value on `dataset_id` by `method`, with `seed`."""
+
+    dataset_id: str
+    policy: str  # a policy SPEC of `offrl ope --policy`
+    method: str  # fqe, cql-q or cql-v
+    seed: int
+
+    @property
+    def name(self) -> str:
+        policy = Path(self.policy).name if ("/" in self.policy and Path(self.policy).exists()) else self.policy
+        slug = re.sub(r"[^A-Za-z0-9.]+", "-", policy).strip("-")
+        return f"ope-{self.dataset_id.replace('/', '-')}-{slug}-{self.method}-seed{self.seed}"
+
+
 @dataclass
 class SweepSpec:
     datasets: list[str]
@@ -94,12 +114,26 @@ class SweepSpec:
     collect_missing: bool = False
     command: str | None = None
     env_vars: dict[str, str] = field(default_factory=dict)  # passed to every worker (e.g. OFFRL_DATASETS_PATH)
+    # an OPE sweep: these instead of algorithms and configs
+    ope_policies: list[str] = field(default_factory=list)
+    ope_methods: list[str] = field(default_factory=list)
+    ope_config: dict[str, Any] = field(default_factory=dict)  # OPEConfig fields (alpha, mu, ...)
+    truth_episodes: int = 50
+    results: Path | None = None  # the OPE results CSV the driver appends to
+
+    @property
+    def is_ope(self) -> bool:
+        return bool(self.ope_policies)
 
     @property
     def sweep_id(self) -> str:
         """Stable across re-runs of the same grid: what its leaderboard rows carry."""
-        grid = {"datasets": self.datasets, "algorithms": self.algorithms, "configs": self.configs,
-                "seeds": self.seeds, "steps": self.steps}
+        grid: dict[str, Any] = {"datasets": self.datasets, "algorithms": self.algorithms, "configs": self.configs,
+                                "seeds": self.seeds, "steps": self.steps}
+        if self.is_ope:
+            grid = {"datasets": self.datasets, "policies": self.ope_policies, "methods": self.ope_methods,
+                    "config": self.ope_config, "seeds": self.seeds, "steps": self.steps,
+                    "truth_episodes": self.truth_episodes}
         return "sweep-" + hashlib.sha256(json.dumps(grid, sort_keys=True).encode()).hexdigest()[:10]
 
     def fit_options(self) -> dict[str, Any]:
@@ -135,12 +169,14 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def plan_trials(spec: SweepSpec) -> list[Trial]:
-    """Every trial of the grid, after refusing (before anything runs) an unknown dataset, algorithm or config."""
+def plan_trials(spec: SweepSpec) -> list[Trial] | list[OPETrial]:
+    """Every trial of the grid, after refusing (before anything runs) an unknown dataset, algorithm or config
+    (an OPE grid: an unknown policy, method or OPEConfig field)."""
     from offrl.data.registry import card_path, parse_dataset_id, shipped_card
 
-    for name, values in (("--datasets", spec.datasets), ("--algorithms", spec.algorithms),
-                         ("--configs", spec.configs), ("--seeds", spec.seeds)):
+    grid = ((("--ope-policies", spec.ope_policies), ("--methods", spec.ope_methods)) if spec.is_ope
+            else (("--algorithms", spec.algorithms), ("--configs", spec.configs)))
+    for name, values in (("--datasets", spec.datasets), *grid, ("--seeds", spec.seeds)):
         if not values:
             raise OfflineRLError(f"{name}: empty")
     if spec.steps < 1:
@@ -151,11 +187,32 @@ def plan_trials(spec: SweepSpec) -> list[Trial]:
             hint = " (pass --collect-missing to collect it from its shipped card)" if shipped_card(parsed) else ""
             raise OfflineRLError(f"--datasets: {dataset_id} is not in the store{hint}; `offrl datasets list` shows "
                                  "what is")
+    if spec.is_ope:
+        from offrl.algos.ope import OPE_METHODS
+        from offrl.train.ope import load_target_policy
+
+        unknown = [m for m in spec.ope_methods if m not in OPE_METHODS]
+        if unknown:
+            raise OfflineRLError(f"--methods: unknown method(s) {', '.join(unknown)}; known: {', '.join(OPE_METHODS)}")
+        _ope_config(spec)
+        for policy in spec.ope_policies:
+            load_target_policy(policy)  # raises on a policy that cannot be loaded
+        if spec.results is None:
+            raise OfflineRLError("an OPE sweep needs --results, the CSV its rows are appended to")
+        return [OPETrial(d, p, m, s) for d in spec.datasets for p in spec.ope_policies for m in spec.ope_methods
+                for s in spec.seeds]
     for algorithm in spec.algorithms:
         for config in spec.configs:
             _agent(algorithm, config)  # raises on an unknown algorithm or config name
     return [Trial(d, a, c, s) for d in spec.datasets for a in spec.algorithms for c in spec.configs
             for s in spec.seeds]
+
+
+def _ope_config(spec: SweepSpec):
+    from offrl.algos.ope import OPEConfig
+    from offrl.config import config_from_dict
+
+    return config_from_dict(OPEConfig, spec.ope_config, "--set")
 
 
 def run_trial(trial: Trial, spec: SweepSpec, run_dir: Path) -> dict[str, Any]:
@@ -168,6 +225,8 @@ def run_trial(trial: Trial, spec: SweepSpec, run_dir: Path) -> dict[str, Any]:
 
     os.environ.update(spec.env_vars)
     torch.set_num_threads(spec.cpus_per_trial)
+    if isinstance(trial, OPETrial):
+        return _run_ope_trial(trial, spec, run_dir)
     try:
         agent = _agent(trial.algorithm, trial.config)
         dataset = load_dataset(trial.dataset_id, collect_missing=spec.collect_missing)
@@ -181,8 +240,32 @@ def run_trial(trial: Trial, spec: SweepSpec, run_dir: Path) -> dict[str, Any]:
         return {"status": "failed", "trial": trial.name, "error": f"{type(exc).__name__}: {first_line(exc)}"}
 
 
-def _append(spec: SweepSpec, record: dict, report: dict) -> bool:
+def _run_ope_trial(trial: OPETrial, spec: SweepSpec, run_dir: Path) -> dict[str, Any]:
+    from offrl.data.dataset import load_dataset
+    from offrl.train.ope import evaluate_policy_offline
+
+    try:
+        dataset = load_dataset(trial.dataset_id, collect_missing=spec.collect_missing)
+        report = evaluate_policy_offline(trial.policy, dataset, trial.method, spec.steps, config=_ope_config(spec),
+                                         seed=trial.seed, truth_episodes=spec.truth_episodes,
+                                         eval_every=spec.eval_every, log_every=spec.log_every,
+                                         checkpoint_every=spec.checkpoint_every, run_dir=run_dir,
+                                         resume=(run_dir / "run.json").is_file(), show_progress=False,
+                                         command=spec.command, policy_name=trial.policy)
+        return {"status": "ok", "trial": trial.name, "report": report.to_dict(), "record": None}
+    except TrainingInterrupted as exc:
+        return {"status": "interrupted", "trial": trial.name, "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - any failure of one trial is reported, the others go on
+        return {"status": "failed", "trial": trial.name, "error": f"{type(exc).__name__}: {first_line(exc)}"}
+
+
+def _append(spec: SweepSpec, record: dict | None, report: dict) -> bool:
     from offrl.runs import TrainingReport, append_report
+
+    if spec.is_ope:
+        from offrl.train.ope import OPEReport, append_ope_row
+
+        return append_ope_row(spec.results, OPEReport.from_dict(report), sweep_id=spec.sweep_id, once=True)
 
     return append_report(spec.leaderboard, record, TrainingReport.from_dict(report), "offline", once=True,
                          sweep_id=spec.sweep_id)
@@ -231,7 +314,8 @@ def run_sweep(spec: SweepSpec, echo: Callable[[str], None] = print) -> SweepResu
     if spec.max_concurrent is not None and spec.max_concurrent < 1:
         raise OfflineRLError(f"--max-concurrent must be >= 1, found {spec.max_concurrent}")
     trials = plan_trials(spec)
-    check_appendable(spec.leaderboard)
+    if not spec.is_ope:
+        check_appendable(spec.leaderboard)
     if spec.out.exists() and not spec.out.is_dir():
         raise OfflineRLError(f"--out {spec.out}: exists and is not a directory")
     result = SweepResult(spec.sweep_id)
@@ -242,7 +326,7 @@ def run_sweep(spec: SweepSpec, echo: Callable[[str], None] = print) -> SweepResu
         report = finished_report(run_dir, "offline", spec.steps)
         if report is None:
             to_run.append(trial)
-        elif _append(spec, read_run_record(run_dir), report):
+        elif _append(spec, None if spec.is_ope else read_run_record(run_dir), report):
             result.finished.append(trial.name)  # it had finished without its row: the row is there now
             echo(f"{trial.name}: finished earlier, row appended")
         else:
@@ -284,9 +368,13 @@ def _run_remote(spec: SweepSpec, trials: Sequence[Trial], result: SweepResult, e
                 _append(spec, outcome["record"], outcome["report"])
                 report = outcome["report"]
                 score = report.get("final_normalized_return")
-                echo(f"[{done}/{total}] {trial.name}: "
-                     + (f"normalized return {score:.1f}" if score is not None else "finished (no env)")
-                     + f", {report.get('wall_time_s') or 0:.0f} s")
+                if "estimate" in report:
+                    truth = report.get("true_value")
+                    outcome_text = f"estimate {report['estimate']:.1f}" + (
+                        f", truth {truth:.1f}" if truth is not None else "")
+                else:
+                    outcome_text = f"normalized return {score:.1f}" if score is not None else "finished (no env)"
+                echo(f"[{done}/{total}] {trial.name}: {outcome_text}, {report.get('wall_time_s') or 0:.0f} s")
                 result.finished.append(trial.name)
             else:
                 result.failed[trial.name] = outcome["error"]

@@ -154,3 +154,26 @@ def test_plan_trials_is_the_whole_grid(world):
     assert len(trials) == 12 and len({t.name for t in trials}) == 12
     assert json.dumps([t.name for t in trials[:2]]) == json.dumps(["pendulum-random-v0-cql-fast-seed0",
                                                                     "pendulum-random-v0-cql-fast-seed1"])
+
+
+def test_an_ope_sweep_appends_one_results_row_per_trial_once(world, tiny_policies):
+    tmp_path, _ = world
+    results = tmp_path / "ope.csv"
+    base = ["sweep", "--datasets", "pendulum/random-v0", "--ope-policies", "Pendulum-v1/expert,random",
+            "--methods", "fqe,cql-v", "--seeds", "0", "--steps", "20", "--eval-every", "10", "--truth-episodes", "2",
+            "--set", "critic_hidden=[8]", "--set", "batch_size=16", "--set", "backup_samples=1",
+            "--results", str(results), "--out", str(tmp_path / "ope"), "--cpus-per-trial", "1"]
+    first = _sweep(base)  # tiny_policies has set OFFRL_POLICIES_PATH, which the sweep forwards to its workers
+    assert first.returncode == 0, first.stderr[-2000:]
+    rows = pd.read_csv(results)
+    assert sorted(zip(rows["policy"], rows["method"], strict=True)) == [
+        ("Pendulum-v1/expert", "cql-v"), ("Pendulum-v1/expert", "fqe"), ("random", "cql-v"), ("random", "fqe")]
+    assert rows["sweep_id"].nunique() == 1 and (rows["updates"] == 20).all() and rows["true_value"].notna().all()
+    # the same initial states and truth for every method of one policy
+    for _, group in rows.groupby("policy"):
+        assert group["true_value"].nunique() == 1
+    assert "estimate" in first.stdout and "truth" in first.stdout
+    again = _sweep(base)
+    assert again.returncode == 0 and "4 already done, 0 to run" in again.stdout and len(pd.read_csv(results)) == 4
+    missing = _sweep([a for a in base if a not in ("--results", str(results))])
+    assert missing.returncode == 2 and "needs --results" in missing.stderr

@@ -1,5 +1,6 @@
 """The leaderboard: one CSV row per finished run or evaluation, appended under a file lock; aggregation
-over seeds (mean ± std, IQM with a bootstrap 95% CI); markdown and PNG renderings."""
+over seeds (mean ± std, IQM with a stratified-bootstrap 95% CI); markdown and PNG renderings. The evidence
+grid's aggregation across datasets (rliable's metrics, performance profiles) is in `aggregate.py`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import csv
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from offrl.faults import fault_point
 from offrl.fileio import atomic_write_bytes, remove_orphan_temps
 
 __all__ = ["COLUMNS", "append_row", "check_appendable", "has_row", "read_leaderboard", "iqm", "bootstrap_ci",
-           "aggregate", "write_summary", "plot_leaderboard", "plot_finetuning"]
+           "stratified_bootstrap_ci", "aggregate", "write_summary", "plot_leaderboard", "plot_finetuning"]
 
 COLUMNS = [
     "run_id", "phase", "online_steps", "dataset_id", "dataset_version", "dataset_sha256", "algorithm", "config_name",
@@ -185,20 +187,46 @@ def read_leaderboard(path: Path) -> pd.DataFrame:
 
 
 def iqm(values: np.ndarray) -> float:
-    """Interquartile mean: the mean of the middle 50% (Agarwal et al. 2021, rliable; scipy trim_mean 0.25)."""
+    """Interquartile mean: the mean of the middle 50% (Agarwal et al. 2021, rliable; scipy trim_mean 0.25).
+
+    Kept in numpy rather than calling `rliable.metrics.aggregate_iqm` (the same trim_mean, checked equal in
+    tests/evaluation/test_aggregate.py) so `offrl leaderboard` needs no optional package."""
     x = np.sort(np.asarray(values, dtype=np.float64))
     cut = int(0.25 * len(x))
     return float(x[cut: len(x) - cut].mean())
 
 
+def stratified_bootstrap_ci(scores: np.ndarray, statistic_of_each: Callable[[np.ndarray], np.ndarray],
+                            resamples: int = 50_000, seed: int = 0,
+                            size: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """rliable's stratified bootstrap CI (`StratifiedBootstrap`, no task resampling, percentile method; 50,000
+    resamples is `get_interval_estimates`' default): each task's runs are resampled with replacement, independently
+    per task, and the interval is the (1 - size)/2 and (1 + size)/2 percentiles of the statistic over resamples.
+
+    `scores` is (runs, tasks); `statistic_of_each` maps the stack of resampled matrices (resamples, runs, tasks) to
+    one value (or one row) per resample. Returns (low, high) with the statistic's shape.
+
+    Why not `rliable.library.get_interval_estimates` itself: rliable 1.2.0 pins arch < 8, whose import calls a
+    pandas helper pandas 3 removed, and arch 8 refuses the `random_state` argument rliable passes; rliable also
+    draws from numpy's global RNG. This is the same definition with a seeded generator, checked against rliable
+    in tests/evaluation/test_aggregate.py wherever rliable.library runs."""
+    scores = np.asarray(scores, dtype=np.float64)
+    runs, tasks = scores.shape
+    picks = np.random.default_rng(seed).integers(0, runs, size=(resamples, runs, tasks))
+    stack = scores[picks, np.arange(tasks)]
+    tail = 100.0 * (1.0 - size) / 2.0
+    low, high = np.percentile(statistic_of_each(stack), [tail, 100.0 - tail], axis=0)
+    return low, high
+
+
 def bootstrap_ci(values: np.ndarray, statistic=iqm, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap 95% CI of `statistic` over seeds (resampling seeds with replacement)."""
+    """Percentile bootstrap 95% CI of `statistic` over seeds: the one-task case of `stratified_bootstrap_ci`."""
     x = np.asarray(values, dtype=np.float64)
     if len(x) < 2:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    stats = np.array([statistic(x[rng.integers(0, len(x), len(x))]) for _ in range(resamples)])
-    return float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))
+    low, high = stratified_bootstrap_ci(x[:, None], lambda stack: np.array([statistic(m[:, 0]) for m in stack]),
+                                        resamples, seed)
+    return float(low), float(high)
 
 
 def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
@@ -266,20 +294,9 @@ def plot_leaderboard(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     for dataset_id, group in offline.groupby("dataset_id"):
         fig, (curve_ax, bias_ax) = plt.subplots(1, 2, figsize=(11, 4))
         for (algorithm, config), runs in group.groupby(["algorithm", "config_name"]):
-            evaluations = [pd.read_csv(Path(str(d)) / "evaluations.csv") for d in runs["run_dir"]
-                           if (Path(str(d)) / "evaluations.csv").is_file()]
-            if not evaluations:
-                continue
+            evaluations = _run_evaluations(runs["run_dir"])
             for ax, column in ((curve_ax, "normalized_return"), (bias_ax, "q_bias_normalized_mean")):
-                columns = [e.set_index("step")[column] for e in evaluations if column in e]
-                table = pd.concat(columns, axis=1) if columns else pd.DataFrame()
-                if table.empty or table.isna().all().all():
-                    continue  # e.g. BC has no critic, so no Q bias
-                table = table.sort_index()
-                low, high = _bootstrap_band(table)
-                line, = ax.plot(table.index, table.mean(axis=1), marker=".",
-                                label=f"{algorithm} {config} ({table.shape[1]} seeds)")
-                ax.fill_between(table.index, low, high, color=line.get_color(), alpha=0.2)
+                _plot_over_seeds(ax, evaluations, column, f"{algorithm} {config}")
         if not curve_ax.lines:
             plt.close(fig)  # the runs' directories are not on this machine: keep any plot already made
             continue
@@ -294,6 +311,28 @@ def plot_leaderboard(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     return written
 
 
+def _run_evaluations(run_dirs) -> list[pd.DataFrame]:
+    """Each run's evaluations.csv, for the runs whose folders are on this machine. One row per step, the last: a
+    run evaluated at its final step writes that step twice (the loop's evaluation, then the final one the
+    leaderboard reports), and a resumed run may repeat one."""
+    files = [Path(str(d)) / "evaluations.csv" for d in run_dirs]
+    return [pd.read_csv(f).drop_duplicates("step", keep="last") for f in files if f.is_file()]
+
+
+def _plot_over_seeds(ax, evaluations: list[pd.DataFrame], column: str, label: str) -> bool:
+    """One line of `column` against update step: the mean over runs (seeds) with a 95% bootstrap band. False,
+    drawing nothing, when no run has the column's values (e.g. BC has no critic, so no Q bias)."""
+    columns = [e.set_index("step")[column] for e in evaluations if column in e]
+    table = pd.concat(columns, axis=1) if columns else pd.DataFrame()
+    if table.empty or table.isna().all().all():
+        return False
+    table = table.sort_index()
+    low, high = _bootstrap_band(table)
+    line, = ax.plot(table.index, table.mean(axis=1), marker=".", label=f"{label} ({table.shape[1]} seeds)")
+    ax.fill_between(table.index, low, high, color=line.get_color(), alpha=0.2)
+    return True
+
+
 def _pyplot():
     import matplotlib
 
@@ -304,10 +343,12 @@ def _pyplot():
 
 
 def _save_figure(fig, path: Path) -> Path:
+    """PNG through memory and an atomic rename: a reader never sees half a plot."""
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     _pyplot().close(fig)
+    atomic_write_bytes(Path(path), buffer.getvalue())
     return path
 
 

@@ -1,0 +1,430 @@
+"""The evidence grid (issue 15) aggregated honestly: per dataset and across datasets with rliable's definitions
+(Agarwal et al. 2021: IQM, mean, median and optimality gap, stratified-bootstrap 95% CIs, performance profiles),
+learning curves of normalized return and Q bias, and CORL's published D4RL scores beside ours with the caveats
+that make them not like for like.
+
+rliable (pip install 'offrl[eval]') is imported inside the functions that use it, so `import offrl` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from offrl.errors import OfflineRLError
+from offrl.evaluation.leaderboard import (
+    _plot_over_seeds,
+    _pyplot,
+    _run_evaluations,
+    _save_figure,
+    stratified_bootstrap_ci,
+)
+from offrl.fileio import atomic_write_bytes
+
+__all__ = ["CORL_PUBLISHED", "CORL_SOURCE", "evidence_rows", "per_dataset", "across_datasets",
+           "performance_profile_plot", "bias_axis_scale", "learning_curve_plots", "corl_caveat",
+           "corl_comparison_table", "write_evidence"]
+
+CONFIDENCE = 0.95
+CI_RESAMPLES = 50_000  # rliable.library.get_interval_estimates' default
+PROFILE_RESAMPLES = 2_000  # rliable.library.create_performance_profile's default
+PROFILE_THRESHOLDS = 101
+# rliable's optimality gap clips scores at γ; its default γ = 1 is for scores in [0, 1], ours are 0-100 (100 = the
+# dataset card's expert reference), so the gap is "how far below expert", in normalized-return points.
+EXPERT_SCORE = 100.0
+# The Q-bias panel switches to a symlog axis (linear within ±1, i.e. within |mean G|) once some curve leaves ±10: an
+# unconstrained critic's normalized bias grows to hundreds while a conservative one's stays near -1, and on a linear
+# axis the latter is a flat line at zero.
+SYMLOG_ABOVE = 10.0
+
+# CORL's published D4RL scores, read (not recalled) from tinkoff-ai/CORL README.md at commit
+# 6afec90484bbf47dee05fdf525e26a3ebe028e9b (also 022e449b559c8d9fb0847dc987582068d25b258e), section "D4RL Benchmarks" >
+# "Offline" > "Last Scores" > "Gym-MuJoCo", columns BC and CQL; corl-team/CORL (its maintained fork) README.md at
+# eeeeef2671235fcce3a3eb255576a207d78840e6 has the same numbers in those columns. What they are, from the same
+# repositories: the final evaluation (10 episodes) after max_timesteps: 1000000 (configs/offline/{cql,bc}/*/
+# medium*_v2.yaml; BC with frac: 1.0, the whole dataset), mean ± numpy's population std (np.std, ddof 0;
+# results/get_offline_tables_and_plots.py) over 4 seeds (4 runs per cell in results/runs_tables/offline_urls.csv),
+# on D4RL's -v2 datasets with D4RL's reference scores.
+CORL_SOURCE = ("tinkoff-ai/CORL README.md (6afec904; the same in corl-team/CORL), \"D4RL Benchmarks > Offline > "
+               "Last Scores > Gym-MuJoCo\"")
+CORL_SEEDS = 4
+CORL_UPDATES = 1_000_000
+CORL_PUBLISHED: dict[str, dict[str, tuple[float, float]]] = {
+    "CQL": {
+        "halfcheetah-medium-v2": (47.04, 0.22),
+        "halfcheetah-medium-replay-v2": (45.04, 0.27),
+        "hopper-medium-v2": (59.08, 3.77),
+        "hopper-medium-replay-v2": (95.11, 5.27),
+        "walker2d-medium-v2": (80.75, 3.28),
+        "walker2d-medium-replay-v2": (73.09, 13.22),
+    },
+    "BC": {
+        "halfcheetah-medium-v2": (42.40, 0.19),
+        "halfcheetah-medium-replay-v2": (35.66, 2.33),
+        "hopper-medium-v2": (53.51, 1.76),
+        "hopper-medium-replay-v2": (29.81, 2.07),
+        "walker2d-medium-v2": (63.23, 16.24),
+        "walker2d-medium-replay-v2": (21.80, 10.15),
+    },
+}
+# offrl's algorithm names -> CORL's column for the same method (SAC-offline and offline Cal-QL have no CORL column).
+CORL_ALGORITHM = {"CQL-SAC": "CQL", "BC": "BC"}
+
+SEED_KEY = ["dataset_id", "algorithm", "config_name", "steps", "phase", "seed"]
+CELL = ["dataset_id", "algorithm", "config_name", "steps"]
+
+
+def _rliable(module: str):
+    """rliable's `metrics` or `plot_utils` (its `library` needs arch; see `stratified_bootstrap_ci`)."""
+    try:
+        return importlib.import_module(f"rliable.{module}")
+    except ImportError:
+        raise OfflineRLError("aggregating the evidence grid needs rliable: pip install 'offrl[eval]'") from None
+
+
+# rliable's aggregate functions take one (runs, tasks) matrix; over 50,000 bootstrap resamples a Python loop costs
+# seconds per cell, so each is also written for the whole stack (resamples, runs, tasks) at once. The tests check
+# every one against rliable's function resample by resample.
+def _iqm_of_each(stack: np.ndarray) -> np.ndarray:
+    from scipy.stats import trim_mean
+
+    return trim_mean(stack.reshape(len(stack), -1), 0.25, axis=1)
+
+
+def _mean_of_each(stack: np.ndarray) -> np.ndarray:
+    return _rliable("metrics").aggregate_mean(np.moveaxis(stack, 0, -1))  # it reduces the run and task axes only
+
+
+def _median_of_each(stack: np.ndarray) -> np.ndarray:
+    return _rliable("metrics").aggregate_median(np.moveaxis(stack, 0, -1))
+
+
+def _optimality_gap_of_each(stack: np.ndarray) -> np.ndarray:
+    return EXPERT_SCORE - np.minimum(stack, EXPERT_SCORE).mean(axis=(1, 2))
+
+
+def _statistics() -> dict[str, tuple[Callable[[np.ndarray], float], Callable[[np.ndarray], np.ndarray]]]:
+    """Name -> (rliable's function on one score matrix, the same statistic of every resample in a stack)."""
+    metrics = _rliable("metrics")
+    return {"iqm": (metrics.aggregate_iqm, _iqm_of_each),
+            "mean": (metrics.aggregate_mean, _mean_of_each),
+            "median": (metrics.aggregate_median, _median_of_each),
+            "optimality_gap": (partial(metrics.aggregate_optimality_gap, gamma=EXPERT_SCORE), _optimality_gap_of_each)}
+
+
+def _latest_row_per_seed(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, algorithm, config, budget, phase, seed): the latest appended, so a re-run seed replaces
+    its earlier row instead of counting twice. Rows without a final score (no env to evaluate in) are left out."""
+    frame = frame.dropna(subset=["final_normalized_return"])
+    return frame.drop_duplicates(subset=SEED_KEY, keep="last")
+
+
+def evidence_rows(frame: pd.DataFrame, steps: int, sweep_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """The offline rows trained for exactly `steps` updates (of the given sweeps, if any): one budget, so scores
+    from shorter or longer runs never mix into the grid."""
+    rows = frame[(frame["phase"] == "offline") & (frame["steps"] == steps)]
+    if sweep_ids is not None:
+        rows = rows[rows["sweep_id"].astype(str).isin([str(s) for s in sweep_ids])]
+    if rows.empty:
+        budgets = sorted(int(s) for s in frame.loc[frame["phase"] == "offline", "steps"].dropna().unique())
+        which = f" of sweep(s) {', '.join(map(str, sweep_ids))}" if sweep_ids is not None else ""
+        raise OfflineRLError(f"steps {steps}: no offline leaderboard rows{which} with that many updates (offline "
+                             f"rows have steps {', '.join(map(str, budgets)) or 'none'})")
+    return rows
+
+
+def per_dataset(frame: pd.DataFrame, phase: str = "offline", min_steps: int | None = None) -> pd.DataFrame:
+    """One row per (dataset, algorithm, config, steps) over seeds: final normalized return as mean ± sample std
+    (ddof 1) and IQM with its 95% stratified-bootstrap CI (one task, the seeds as runs), the mean best score, the
+    mean normalized Q bias, and how many git commits the rows come from (more than one: code changed between
+    seeds). Budgets are kept apart; `min_steps` leaves out shorter runs."""
+    rows = frame[frame["phase"] == phase]
+    if min_steps is not None:
+        rows = rows[rows["steps"] >= min_steps]
+    rows = _latest_row_per_seed(rows)
+    iqm_of_one, iqm_of_each = _statistics()["iqm"]
+    table = []
+    for key, group in rows.groupby(CELL, sort=True):
+        final = group["final_normalized_return"].to_numpy(dtype=float)
+        low, high = (stratified_bootstrap_ci(final[:, None], iqm_of_each, CI_RESAMPLES) if len(final) > 1
+                     else (math.nan, math.nan))  # one seed: no spread to resample
+        table.append({**dict(zip(CELL, key, strict=True)), "seeds": len(final),
+                      "commits": int(group["git_commit"].nunique()) if "git_commit" in group else 0,
+                      "final_mean": final.mean(), "final_std": final.std(ddof=1) if len(final) > 1 else math.nan,
+                      "final_iqm": float(iqm_of_one(final[:, None])), "iqm_ci_low": float(low),
+                      "iqm_ci_high": float(high),
+                      "best_mean": group["best_normalized_return"].to_numpy(dtype=float).mean(),
+                      "q_bias_normalized_mean": _mean_or_nan(group["q_bias_normalized_mean"])})
+    return pd.DataFrame(table, columns=[*CELL, "seeds", "commits", "final_mean", "final_std", "final_iqm",
+                                        "iqm_ci_low", "iqm_ci_high", "best_mean", "q_bias_normalized_mean"])
+
+
+def _mean_or_nan(values: pd.Series) -> float:
+    values = values.to_numpy(dtype=float)
+    values = values[np.isfinite(values)]  # BC has no critic, so no Q bias
+    return float(values.mean()) if len(values) else math.nan
+
+
+def _score_matrices(frame: pd.DataFrame, datasets: Sequence[str] | None,
+                    algorithms: Sequence[str] | None) -> tuple[list[str], list[dict]]:
+    """The datasets, and per (algorithm, config): the final-score matrix (common seeds × datasets) rliable needs.
+
+    rliable's matrix is rectangular, so only the seeds present on every dataset are used; what was left out is
+    counted, and a dataset with no run at all leaves the algorithm without a matrix (seeds 0)."""
+    rows = _latest_row_per_seed(frame[frame["phase"] == "offline"])
+    budgets = sorted(int(s) for s in rows["steps"].unique())
+    if len(budgets) > 1:
+        raise OfflineRLError(f"the rows hold several training budgets (steps {', '.join(map(str, budgets))}); "
+                             "aggregate one at a time, e.g. evidence_rows(frame, steps)")
+    datasets = list(datasets) if datasets is not None else sorted(rows["dataset_id"].unique())
+    algorithms = list(algorithms) if algorithms is not None else sorted(rows["algorithm"].unique())
+    entries = []
+    for algorithm in algorithms:
+        mine = rows[(rows["algorithm"] == algorithm) & rows["dataset_id"].isin(datasets)]
+        for config in sorted(mine["config_name"].unique()) or [""]:
+            runs = mine[mine["config_name"] == config]
+            seeds_per_dataset = {d: set(runs.loc[runs["dataset_id"] == d, "seed"]) for d in datasets}
+            common = sorted(set.intersection(*seeds_per_dataset.values())) if datasets else []
+            scores = runs.set_index(["seed", "dataset_id"])["final_normalized_return"]
+            matrix = np.array([[scores[(seed, d)] for d in datasets] for seed in common], dtype=float)
+            entries.append({"algorithm": algorithm, "config_name": config, "steps": budgets[0] if budgets else 0,
+                            "matrix": matrix.reshape(len(common), len(datasets)), "seeds": common,
+                            "runs_left_out": len(runs) - len(common) * len(datasets),
+                            "missing_datasets": [d for d in datasets if not seeds_per_dataset[d]]})
+    return datasets, entries
+
+
+def across_datasets(frame: pd.DataFrame, datasets: Sequence[str] | None = None,
+                    algorithms: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per algorithm (and config), rliable's aggregates over all datasets of the seeds × datasets matrix of final
+    normalized returns: IQM, mean, median and optimality gap (below the expert's 100), each with its 95%
+    stratified-bootstrap CI; `seeds` is how many seeds every dataset has (the ones used), `runs_left_out` the runs
+    of other seeds. `frame` must hold one training budget (see `evidence_rows`)."""
+    datasets, entries = _score_matrices(frame, datasets, algorithms)
+    statistics = _statistics()
+    table = []
+    for entry in entries:
+        matrix = entry["matrix"]
+        row = {"algorithm": entry["algorithm"], "config_name": entry["config_name"], "steps": entry["steps"],
+               "datasets": len(datasets), "seeds": len(entry["seeds"]),
+               "seeds_used": ",".join(str(int(s)) for s in entry["seeds"]), "runs_left_out": entry["runs_left_out"],
+               "missing_datasets": ",".join(entry["missing_datasets"])}
+        for name, (of_one, of_each) in statistics.items():
+            if len(matrix) == 0:
+                row.update({name: math.nan, f"{name}_ci_low": math.nan, f"{name}_ci_high": math.nan})
+                continue
+            low, high = (stratified_bootstrap_ci(matrix, of_each, CI_RESAMPLES) if len(matrix) > 1
+                         else (math.nan, math.nan))
+            row.update({name: float(of_one(matrix)), f"{name}_ci_low": float(low), f"{name}_ci_high": float(high)})
+        table.append(row)
+    return pd.DataFrame(table)
+
+
+def performance_profile_plot(frame: pd.DataFrame, datasets: Sequence[str] | None, algorithms: Sequence[str] | None,
+                             path: Path) -> Path | None:
+    """rliable's performance profile (score distribution: the fraction of runs, over all datasets, whose final
+    normalized return exceeds τ, for τ from 0 or the lowest score up to the highest) with its 95% stratified-
+    bootstrap band, one line per algorithm over its common seeds, drawn with rliable's `plot_performance_profiles`.
+    None, writing nothing, when no algorithm has a run on every dataset."""
+    datasets, entries = _score_matrices(frame, datasets, algorithms)
+    entries = [e for e in entries if len(e["matrix"])]
+    if not entries:
+        return None
+    everything = np.concatenate([e["matrix"].ravel() for e in entries])
+    lowest, highest = min(0.0, float(everything.min())), float(everything.max())
+    thresholds = np.linspace(lowest, max(highest, lowest + 1.0), PROFILE_THRESHOLDS)
+
+    def fraction_above_each(stack: np.ndarray) -> np.ndarray:
+        # rliable.library.score_distributions, for every resample: mean over runs and tasks of (score > τ)
+        return (stack[..., None] > thresholds).mean(axis=(1, 2))
+
+    profiles, bands = {}, {}
+    for e in entries:
+        label = f"{e['algorithm']} {e['config_name']} ({len(e['seeds'])} seeds)"
+        profiles[label] = fraction_above_each(e["matrix"][None])[0]
+        bands[label] = np.stack(stratified_bootstrap_ci(e["matrix"], fraction_above_each, PROFILE_RESAMPLES))
+    plt = _pyplot()  # before rliable's plot_utils imports pyplot: the Agg backend, no display needed
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _rliable("plot_utils").plot_performance_profiles(profiles, thresholds, performance_profile_cis=bands, ax=ax,
+                                         xlabel="final normalized return τ (100 = expert reference)",
+                                         ylabel="fraction of runs with score > τ", labelsize="medium",
+                                         ticklabelsize="medium")
+    ax.set_title(f"performance profile over {len(datasets)} datasets, {entries[0]['steps']} updates "
+                 "(band: 95% stratified bootstrap)", fontsize="medium")
+    ax.legend(fontsize=8)
+    return _save_figure(fig, Path(path))
+
+
+def bias_axis_scale(curves: Sequence[np.ndarray]) -> str:
+    """'symlog' when some normalized Q-bias curve leaves ±SYMLOG_ABOVE (values spanning orders of magnitude),
+    else 'linear'."""
+    values = np.concatenate([np.asarray(c, dtype=float).ravel() for c in curves]) if curves else np.array([])
+    values = values[np.isfinite(values)]
+    return "symlog" if len(values) and np.abs(values).max() > SYMLOG_ABOVE else "linear"
+
+
+def learning_curve_plots(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Per dataset, `evidence_curves_<dataset>.png`: normalized return and normalized Q bias ((mean Q̂ − G) / |mean G|)
+    against updates, one line per algorithm (and config), the mean over seeds with a 95% bootstrap band, from each
+    run's evaluations.csv (run_dir absolute or relative to the current directory; runs whose folders are not on this
+    machine are skipped, a dataset with none gets no figure). The Q-bias axis is symlog when curves span orders of
+    magnitude, so an unconstrained critic's growth and a conservative one's small bias are both readable."""
+    plt = _pyplot()
+    written = []
+    offline = _latest_row_per_seed(frame[frame["phase"] == "offline"])
+    for dataset_id, group in offline.groupby("dataset_id", sort=True):
+        fig, (return_ax, bias_ax) = plt.subplots(1, 2, figsize=(11, 4))
+        for (algorithm, config), runs in group.groupby(["algorithm", "config_name"], sort=True):
+            evaluations = _run_evaluations(runs["run_dir"])
+            label = f"{algorithm} {config}"
+            _plot_over_seeds(return_ax, evaluations, "normalized_return", label)
+            _plot_over_seeds(bias_ax, evaluations, "q_bias_normalized_mean", label)
+        if not return_ax.lines:
+            plt.close(fig)
+            continue
+        scale = bias_axis_scale([line.get_ydata() for line in bias_ax.lines])
+        if scale == "symlog":
+            bias_ax.set_yscale("symlog", linthresh=1.0)
+        bias_ax.axhline(0.0, color="grey", lw=0.8)
+        return_ax.set(title=f"{dataset_id}: normalized return", xlabel="offline updates",
+                      ylabel="normalized return (100 = expert)")
+        bias_ax.set(title=f"{dataset_id}: Q bias (> 0 overestimates)", xlabel="offline updates",
+                    ylabel="(mean Q̂ − G) / |mean G|" + (" (symlog, linear within ±1)" if scale == "symlog" else ""))
+        for ax in (return_ax, bias_ax):
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        written.append(_save_figure(fig, Path(out_dir) / f"evidence_curves_{str(dataset_id).replace('/', '_')}.png"))
+    return written
+
+
+def _corl_task(dataset_id: str) -> str | None:
+    """offrl's 'hopper/medium-replay-v1' -> D4RL's 'hopper-medium-replay-v2' (the task CORL reports)."""
+    match = re.fullmatch(r"([a-z0-9]+)/([a-z-]+)-v\d+", str(dataset_id))
+    return f"{match[1]}-{match[2]}-v2" if match else None
+
+
+def _with_ci(point: float, low: float, high: float) -> str:
+    if not np.isfinite(point):
+        return "–"
+    return f"{point:.1f}" + (f" [{low:.1f}, {high:.1f}]" if np.isfinite(low) else "")
+
+
+def _mean_std(mean: float, std: float) -> str:
+    return f"{mean:.1f} ± {std:.1f}" if np.isfinite(std) else f"{mean:.1f}"
+
+
+def corl_caveat(budgets: Sequence[int]) -> str:
+    """Why our scores and CORL's are not like for like, once, for the table's training budget(s)."""
+    updates = ", ".join(f"{b:,}" for b in sorted(budgets))
+    share = ", ".join(f"{100.0 * b / CORL_UPDATES:.3g}%" for b in sorted(budgets))
+    return (f"Not like for like: offrl runs Gymnasium MuJoCo v5 environments on offrl's own datasets, normalized by "
+            f"their cards' reference returns (not D4RL's v2 datasets or D4RL's reference scores), for {updates} "
+            f"updates ({share} of CORL's {CORL_UPDATES:,}), with different seeds and offrl's configs. CORL: "
+            f"{CORL_SOURCE}; last score, mean ± population std (ddof 0) over {CORL_SEEDS} seeds; ours: sample std "
+            "(ddof 1).")
+
+
+def corl_comparison_table(per_dataset_frame: pd.DataFrame) -> str:
+    """Markdown: our IQM [95% CI] and mean ± sample std per (dataset, algorithm) beside CORL's published final score
+    for the same method on the D4RL task of the same name, the caveats stated once above the table."""
+    lines = ["| dataset (offrl) | CORL's D4RL task | algorithm | config | seeds | updates | IQM [95% CI] | "
+             "final (mean ± sample std) | CORL (mean ± std, 4 seeds, 1M updates) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    budgets = set()
+    for r in per_dataset_frame.itertuples():
+        corl_algorithm, task = CORL_ALGORITHM.get(r.algorithm), _corl_task(r.dataset_id)
+        published = CORL_PUBLISHED.get(corl_algorithm or "", {}).get(task or "")
+        if published is None:
+            continue
+        budgets.add(int(r.steps))
+        lines.append(f"| {r.dataset_id} | {task} | {r.algorithm} | {r.config_name} | {r.seeds} | {r.steps} | "
+                     f"{_with_ci(r.final_iqm, r.iqm_ci_low, r.iqm_ci_high)} | {_mean_std(r.final_mean, r.final_std)} | "
+                     f"{corl_algorithm}: {published[0]:.2f} ± {published[1]:.2f} |")
+    if not budgets:
+        return ("No dataset and algorithm here has a CORL score (CORL: CQL and BC on the medium and medium-replay "
+                "tiers).\n")
+    return corl_caveat(sorted(budgets)) + "\n\n" + "\n".join(lines) + "\n"
+
+
+def _per_dataset_markdown(table: pd.DataFrame) -> str:
+    lines = ["| dataset | algorithm | config | seeds | commits | final (mean ± sample std) | IQM [95% CI] | "
+             "best (mean) | Q bias (norm.) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        bias = f"{r.q_bias_normalized_mean:.3f}" if np.isfinite(r.q_bias_normalized_mean) else "–"
+        lines.append(f"| {r.dataset_id} | {r.algorithm} | {r.config_name} | {r.seeds} | {r.commits} | "
+                     f"{_mean_std(r.final_mean, r.final_std)} | {_with_ci(r.final_iqm, r.iqm_ci_low, r.iqm_ci_high)} | "
+                     f"{r.best_mean:.1f} | {bias} |")
+    return "\n".join(lines) + "\n"
+
+
+def _across_markdown(table: pd.DataFrame) -> str:
+    lines = ["| algorithm | config | datasets | seeds used | runs left out | IQM [95% CI] | mean [95% CI] | "
+             "median [95% CI] | optimality gap [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        seeds = f"{r.seeds} ({r.seeds_used})" if r.seeds else "0" + (
+            f" (no run on {r.missing_datasets})" if r.missing_datasets else "")
+        cells = [_with_ci(getattr(r, name), getattr(r, f"{name}_ci_low"), getattr(r, f"{name}_ci_high"))
+                 for name in ("iqm", "mean", "median", "optimality_gap")]
+        lines.append(f"| {r.algorithm} | {r.config_name} | {r.datasets} | {seeds} | {r.runs_left_out} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_evidence(frame: pd.DataFrame, out_dir: Path, steps: int, datasets: Sequence[str] | None = None,
+                   algorithms: Sequence[str] | None = None) -> list[Path]:
+    """The evidence grid at one budget, written atomically into `out_dir`: evidence_summary.csv (per dataset),
+    evidence_across_datasets.csv, evidence_summary.md (both tables and the comparison with CORL), the performance
+    profile and the learning curves. A budget with no rows is one OfflineRLError, and nothing is written."""
+    rows = evidence_rows(frame, steps)
+    if datasets is not None:
+        rows = rows[rows["dataset_id"].isin(list(datasets))]
+    if algorithms is not None:
+        rows = rows[rows["algorithm"].isin(list(algorithms))]
+    if rows.empty:
+        raise OfflineRLError(f"steps {steps}: none of the offline rows with that many updates is of the datasets "
+                             f"{list(datasets) if datasets is not None else 'any'} and algorithms "
+                             f"{list(algorithms) if algorithms is not None else 'any'} asked for")
+    out_dir = Path(out_dir)
+    per = per_dataset(rows)
+    across = across_datasets(rows, datasets, algorithms)
+    runs = _latest_row_per_seed(rows)
+    curves_found = sum((Path(str(d)) / "evaluations.csv").is_file() for d in runs["run_dir"])
+    written = []
+    profile = performance_profile_plot(rows, datasets, algorithms, out_dir / "evidence_performance_profile.png")
+    written += [profile] if profile is not None else []
+    curves = learning_curve_plots(rows, out_dir)
+    written += curves
+    commits = sorted(str(c) for c in runs["git_commit"].dropna().unique()) if "git_commit" in runs else []
+    sweeps = sorted(str(s) for s in runs["sweep_id"].dropna().unique()) if "sweep_id" in runs else []
+    figures = ([f"- performance profile: {profile.name}"] if profile is not None else
+               ["- no performance profile: no algorithm has a run on every dataset"])
+    figures.append(f"- learning curves ({curves_found} of {len(runs)} runs' evaluations.csv on this machine): "
+                   + (", ".join(p.name for p in curves) or "none"))
+    markdown = "\n".join([
+        f"# Evidence grid: {steps:,} offline updates", "",
+        f"{len(runs)} runs (the latest row of each seed): leaderboard rows with phase offline and steps {steps}; "
+        f"sweep(s) {', '.join(sweeps) or 'none recorded'}; git commit(s) {', '.join(commits) or 'none recorded'}. "
+        "Scores are final normalized returns (100 = the dataset card's expert reference, 0 = its random one). "
+        "Statistics are rliable's (Agarwal et al. 2021): IQM = 25% trimmed mean; 95% CIs are percentile stratified "
+        f"bootstraps over seeds ({CI_RESAMPLES:,} resamples); with 3 seeds the IQM is the mean and a CI is coarse.",
+        "", "## Per dataset", "", _per_dataset_markdown(per),
+        "## Across datasets", "",
+        "One seeds × datasets matrix per algorithm; rliable needs it rectangular, so only the seeds present on every "
+        f"dataset are used (runs of other seeds are counted as left out). Optimality gap: mean shortfall below "
+        f"{EXPERT_SCORE:.0f}.", "", _across_markdown(across),
+        "## Beside CORL's published D4RL scores", "", corl_comparison_table(per),
+        "## Figures", "", *figures, ""])
+    for name, data in (("evidence_summary.csv", per.to_csv(index=False, float_format="%.4g")),
+                       ("evidence_across_datasets.csv", across.to_csv(index=False, float_format="%.4g")),
+                       ("evidence_summary.md", markdown)):
+        atomic_write_bytes(out_dir / name, data.encode())
+        written.append(out_dir / name)
+    return written
+

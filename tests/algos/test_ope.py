@@ -1,0 +1,230 @@
+"""Conservative policy evaluation, exactly: a small tabular MDP in float64 with a closed-form Q^π.
+
+Two kinds of checks:
+- the paper's statements (Kumar et al. 2020, Theorems 3.1 and 3.2) on the closed-form fixed points of the three
+  estimators, on the true model and on an empirical one built from a finite dataset;
+- that offrl's estimator losses (`offrl.algos.ope.ope_losses`, the code the deep estimators train with) have
+  exactly these fixed points: the tabular MDP is embedded in offrl's continuous interface (one-hot observations,
+  the action interval [-1, 1] cut into |A| bins) and the loss's gradient vanishes at the closed-form Q̂ and not at
+  Q^π.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from offrl.algos.ope import OPEConfig, OPECritic, ope_losses
+from offrl.data.buffer import Batch
+
+S, A, GAMMA = 4, 3, 0.8
+
+
+def _random_mdp(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    transitions = rng.dirichlet(np.ones(S), size=(S, A))  # P[s, a, s']
+    rewards = rng.uniform(-1.0, 1.0, size=(S, A))
+    pi = rng.dirichlet(np.ones(A) * 0.7, size=S)
+    behaviour = rng.dirichlet(np.ones(A) * 2.0, size=S)
+    return transitions, rewards, pi, behaviour
+
+
+def _q_fixed_point(transitions, rewards, pi, shift):
+    """The Q solving Q = R − shift + γ P Π Q: (I − γ P Π)⁻¹ (R − shift), as an (S, A) table."""
+    p_pi = np.einsum("sat,tb->satb", transitions, pi).reshape(S * A, S * A)
+    return np.linalg.solve(np.eye(S * A) - GAMMA * p_pi, (rewards - shift).reshape(-1)).reshape(S, A)
+
+
+def _values(q, pi):
+    return (q * pi).sum(axis=1)
+
+
+def _empirical(transitions, rewards, behaviour, rows: int, seed: int = 1, reward_noise: float = 0.5):
+    """A dataset of `rows` transitions (s uniform, a ~ β, s' ~ P, noisy r) and its empirical model."""
+    rng = np.random.default_rng(seed)
+    s = rng.integers(S, size=rows)
+    a = np.array([rng.choice(A, p=behaviour[i]) for i in s])
+    s_next = np.array([rng.choice(S, p=transitions[i, j]) for i, j in zip(s, a, strict=True)])
+    r = rewards[s, a] + reward_noise * rng.standard_normal(rows)
+    counts = np.zeros((S, A))
+    np.add.at(counts, (s, a), 1)
+    assert counts.min() > 0, "every (s, a) must be in the data for the empirical model"
+    p_hat = np.zeros((S, A, S))
+    np.add.at(p_hat, (s, a, s_next), 1)
+    p_hat /= counts[..., None]
+    r_hat = np.zeros((S, A))
+    np.add.at(r_hat, (s, a), r)
+    r_hat /= counts
+    behaviour_hat = counts / counts.sum(axis=1, keepdims=True)
+    return (s, a, r, s_next), p_hat, r_hat, behaviour_hat
+
+
+# --- the theorems, on closed forms ------------------------------------------------------------------------------
+
+def test_fqe_recovers_q_pi_on_the_true_model_and_the_penalties_move_it_by_their_closed_form():
+    transitions, rewards, pi, behaviour = _random_mdp()
+    q_pi = _q_fixed_point(transitions, rewards, pi, 0.0)
+    # Q^π by its definition: the Bellman equation holds
+    np.testing.assert_allclose(q_pi, rewards + GAMMA * transitions @ _values(q_pi, pi), atol=1e-12)
+    alpha, mu = 0.3, np.full((S, A), 1.0 / A)
+    cql_q = _q_fixed_point(transitions, rewards, pi, alpha * mu / behaviour)
+    cql_v = _q_fixed_point(transitions, rewards, pi, alpha * (pi / behaviour - 1.0))
+    assert (cql_q < q_pi).all()  # Theorem 3.1 without sampling error: any α > 0 lower-bounds every (s, a)
+    assert (_values(cql_v, pi) <= _values(q_pi, pi) + 1e-12).all()  # Theorem 3.2: the value under π
+    # eq. 2 is the tighter bound on V: with the same μ = π, eq. 1's V̂ sits lower by exactly α / (1 − γ)
+    cql_q_pi = _q_fixed_point(transitions, rewards, pi, alpha * pi / behaviour)
+    np.testing.assert_allclose(_values(cql_v, pi) - _values(cql_q_pi, pi), alpha / (1 - GAMMA), atol=1e-10)
+
+
+def test_with_sampling_error_cql_q_lower_bounds_q_pi_once_alpha_exceeds_the_papers_bound():
+    """Theorem 3.1 with an empirical model: Q̂ − Q^π = (I − γ P̂ Π)⁻¹ [e − α μ / π̂_β], with e = B̂^π Q^π − Q^π the
+    one-step sampling error at Q^π. The inverse is a non-negative operator, so α ≥ max e / (μ / π̂_β) is the
+    paper's condition (there with a concentration bound on |e|, here with e itself)."""
+    transitions, rewards, pi, behaviour = _random_mdp()
+    q_pi = _q_fixed_point(transitions, rewards, pi, 0.0)
+    _, p_hat, r_hat, behaviour_hat = _empirical(transitions, rewards, behaviour, rows=600)
+    error = r_hat + GAMMA * p_hat @ _values(q_pi, pi) - q_pi
+    fqe = _q_fixed_point(p_hat, r_hat, pi, 0.0)
+    assert (fqe > q_pi).any(), "with finite data FQE overestimates somewhere (the test needs sampling error)"
+    for mu in (np.full((S, A), 1.0 / A), pi):
+        ratio = mu / behaviour_hat
+        alpha_bound = max(float((error / ratio).max()), 0.0)
+        for alpha in (alpha_bound, 1.5 * alpha_bound, 10 * alpha_bound):
+            assert (_q_fixed_point(p_hat, r_hat, pi, alpha * ratio) <= q_pi + 1e-10).all()
+        # below the bound the lower bound can fail: at α = 0 (FQE) it does, somewhere
+        assert (_q_fixed_point(p_hat, r_hat, pi, 0.0 * ratio) > q_pi).any()
+
+
+def test_with_sampling_error_cql_v_lower_bounds_v_pi_once_alpha_exceeds_its_bound():
+    transitions, rewards, pi, behaviour = _random_mdp()
+    q_pi = _q_fixed_point(transitions, rewards, pi, 0.0)
+    _, p_hat, r_hat, behaviour_hat = _empirical(transitions, rewards, behaviour, rows=600)
+    error = r_hat + GAMMA * p_hat @ _values(q_pi, pi) - q_pi
+    excess = pi / behaviour_hat - 1.0
+    # V̂ − V^π = (I − γ Π P̂)⁻¹ Π [e − α (π/π̂_β − 1)]; Π(π/π̂_β − 1) = Σ_a π²/π̂_β − 1 > 0 where π ≠ π̂_β
+    assert ((pi * excess).sum(axis=1) > 0).all()
+    alpha_bound = max(float(((pi * error).sum(axis=1) / (pi * excess).sum(axis=1)).max()), 0.0)
+    for alpha in (alpha_bound, 3 * alpha_bound):
+        q_hat = _q_fixed_point(p_hat, r_hat, pi, alpha * excess)
+        assert (_values(q_hat, pi) <= _values(q_pi, pi) + 1e-10).all()
+
+
+def test_the_bound_tightens_as_alpha_shrinks_and_as_the_data_covers_pi():
+    transitions, rewards, pi, _ = _random_mdp()
+    v_pi = _values(_q_fixed_point(transitions, rewards, pi, 0.0), pi)
+    uniform = np.full((S, A), 1.0 / A)
+    for method in ("cql-q", "cql-v"):
+        def gap(alpha, behaviour, method=method):
+            shift = alpha * (pi / behaviour if method == "cql-q" else pi / behaviour - 1.0)
+            return v_pi - _values(_q_fixed_point(transitions, rewards, pi, shift), pi)
+
+        behaviour = 0.5 * uniform + 0.5 * pi
+        gaps = [gap(alpha, behaviour) for alpha in (2.0, 1.0, 0.5, 0.1, 0.0)]
+        for wider, narrower in zip(gaps, gaps[1:], strict=False):
+            assert (narrower < wider + 1e-12).all() and (narrower <= wider).any()
+        np.testing.assert_allclose(gaps[-1], 0.0, atol=1e-12)
+        coverage = [gap(1.0, (1 - share) * uniform + share * pi) for share in (0.0, 0.3, 0.6, 0.9, 1.0)]
+        for worse, better in zip(coverage, coverage[1:], strict=False):
+            assert (better <= worse + 1e-12).all() and (better < worse).any()
+        if method == "cql-v":  # data from π itself: eq. 2's penalty vanishes in expectation, V̂ = V^π
+            np.testing.assert_allclose(coverage[-1], 0.0, atol=1e-10)
+        else:  # eq. 1 with μ = π still pushes down by α / (1 − γ) when the data is π's
+            np.testing.assert_allclose(coverage[-1], 1.0 / (1 - GAMMA), atol=1e-10)
+
+
+# --- offrl's losses have these fixed points -----------------------------------------------------------------
+
+class _TableCritic(torch.nn.Module):
+    """Twin tables Q_i[s, a] behind offrl's critic interface: one-hot observations, actions in [-1, 1]
+    cut into A equal bins."""
+
+    def __init__(self, table: np.ndarray):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.as_tensor(np.stack([table, table]), dtype=torch.float64))
+
+    def forward(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        state = observations.argmax(dim=-1).expand(actions.shape[:-1])
+        action = ((actions[..., 0] + 1) / 2 * A).floor().long().clamp(0, A - 1)
+        return self.table[:, state, action]
+
+
+class _BinPolicy:
+    """π(k|s) over the bins, as a density on [-1, 1]: pick a bin by π, then a point uniformly inside it."""
+
+    deterministic = False
+    obs_dim, act_dim = S, 1
+
+    def __init__(self, pi: np.ndarray):
+        self.pi = torch.as_tensor(pi, dtype=torch.float64)
+
+    def sample(self, observations: torch.Tensor, n: int):
+        probs = self.pi[observations.argmax(dim=-1)]  # (B, A)
+        bins = torch.multinomial(probs, n, replacement=True).T  # (n, B)
+        actions = -1 + (bins + torch.rand(bins.shape, dtype=torch.float64)) * (2.0 / A)
+        log_density = probs.gather(1, bins.T).T.log() + math.log(A / 2.0)
+        return actions.unsqueeze(-1), log_density
+
+
+def _mean_gradient(table, batch, policy, config, draws: int = 16) -> np.ndarray:
+    """E[∂ loss / ∂ Q_1] at Q = `table` (the target critic equal to the critic, as at a fixed point), averaged over
+    the losses' own sampling (backup actions, penalty actions)."""
+    model = OPECritic(S, 1, config)
+    model.critic, model.critic_target = _TableCritic(table), _TableCritic(table)
+    total = np.zeros((S, A))
+    for _ in range(draws):
+        model.critic.table.grad = None
+        loss, _ = ope_losses(model, policy, batch, config, lambda observations: observations)
+        loss.backward()
+        total += model.critic.table.grad[0].numpy()
+    return total / draws
+
+
+@pytest.mark.parametrize("method, mu", [("fqe", "uniform"), ("cql-q", "uniform"), ("cql-q", "policy"),
+                                        ("cql-v", "policy"), ("cql-q", "softmax")])
+def test_offrl_losses_are_stationary_at_the_closed_form_fixed_point(method, mu):
+    torch.manual_seed(0)
+    transitions, rewards, pi, behaviour = _random_mdp()
+    (s, a, r, s_next), p_hat, r_hat, behaviour_hat = _empirical(transitions, rewards, behaviour, rows=3000)
+    eye = torch.eye(S, dtype=torch.float64)
+    batch = Batch(observations=eye[s], actions=torch.as_tensor(-1 + (a + 0.5) * (2.0 / A)).unsqueeze(-1),
+                  rewards=torch.as_tensor(r), next_observations=eye[s_next],
+                  terminals=torch.zeros(len(s), dtype=torch.float64), timeouts=torch.zeros(len(s), dtype=torch.float64))
+    alpha = 0.4
+    config = OPEConfig(method=method, alpha=alpha, mu=mu, n_actions=128, backup_samples=128, gamma=GAMMA,
+                       critic_hidden=(2,))
+    if method == "fqe":
+        shift = np.zeros((S, A))
+    elif method == "cql-v":
+        shift = alpha * (pi / behaviour_hat - 1.0)
+    elif mu == "uniform":
+        shift = alpha * (1.0 / A) / behaviour_hat
+    elif mu == "policy":
+        shift = alpha * pi / behaviour_hat
+    else:  # softmax: μ ∝ exp Q depends on the fixed point itself; solve Q = B̂^π Q − α softmax(Q) / π̂_β by a
+        # damped iteration (the undamped one oscillates once α / π̂_β outgrows 1 − γ)
+        q = _q_fixed_point(p_hat, r_hat, pi, 0.0)
+        for _ in range(5000):
+            softmax = np.exp(q - q.max(axis=1, keepdims=True))
+            softmax /= softmax.sum(axis=1, keepdims=True)
+            q = 0.9 * q + 0.1 * (r_hat - alpha * softmax / behaviour_hat + GAMMA * p_hat @ _values(q, pi))
+        shift = r_hat + GAMMA * p_hat @ _values(q, pi) - q
+        np.testing.assert_allclose(shift, alpha * softmax / behaviour_hat, atol=1e-9)
+    fixed_point = _q_fixed_point(p_hat, r_hat, pi, shift)
+    q_pi = _q_fixed_point(transitions, rewards, pi, 0.0)
+    at_fixed_point = _mean_gradient(fixed_point, batch, _BinPolicy(pi), config)
+    at_q_pi = _mean_gradient(q_pi, batch, _BinPolicy(pi), config)
+    assert np.abs(at_fixed_point).max() < 0.03 * np.abs(at_q_pi).max(), (at_fixed_point, at_q_pi)
+
+
+# --- the estimator's interface ---------------------------------------------------------------------------------
+
+def test_config_refuses_bad_values():
+    from offrl.errors import OfflineRLError
+
+    for bad in ({"method": "mc"}, {"mu": "beta"}, {"alpha": -1.0}, {"alpha": float("nan")}, {"gamma": 1.0},
+                {"n_actions": 0}, {"critic_hidden": ()}):
+        with pytest.raises(OfflineRLError, match=next(iter(bad))):
+            OPEConfig(**bad).validate()

@@ -1,0 +1,218 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import trim_mean
+
+from offrl.cli import main
+from offrl.errors import OfflineRLError, first_line
+from offrl.evaluation.aggregate import (
+    CORL_PUBLISHED,
+    _statistics,
+    across_datasets,
+    bias_axis_scale,
+    corl_comparison_table,
+    evidence_rows,
+    learning_curve_plots,
+    per_dataset,
+    performance_profile_plot,
+    write_evidence,
+)
+from offrl.evaluation.leaderboard import append_row, iqm, read_leaderboard, stratified_bootstrap_ci
+
+PNG_HEADER = b"\x89PNG\r\n\x1a\n"
+DATASETS = ["halfcheetah/medium-v1", "hopper/medium-replay-v1", "walker2d/medium-v1"]
+BASE_SCORE = {"CQL-SAC": 50.0, "SAC-offline": 5.0, "BC": 40.0}
+STEPS = 30_000
+
+
+def _final(algorithm: str, dataset: str, seed: int) -> float:
+    return BASE_SCORE[algorithm] + 10.0 * DATASETS.index(dataset) + 2.0 * seed
+
+
+def _grid(tmp_path, seeds=(0, 1, 2), skip=()):
+    """A leaderboard of 3 datasets x 3 algorithms x seeds at STEPS updates, each run with an evaluations.csv of
+    3 evaluation steps (the last written twice, as the loop's and the final evaluation)."""
+    path = tmp_path / "evaluation" / "leaderboard.csv"
+    bias_curves = {"CQL-SAC": [-0.5, -0.8, -0.9, -0.9], "SAC-offline": [5.0, 80.0, 700.0, 900.0],
+                   "BC": [math.nan] * 4}
+    for dataset in DATASETS:
+        for algorithm in BASE_SCORE:
+            for seed in seeds:
+                if (algorithm, dataset, seed) in skip:
+                    continue
+                final = _final(algorithm, dataset, seed)
+                run_dir = tmp_path / "runs" / f"{dataset.replace('/', '-')}-{algorithm}-s{seed}"
+                run_dir.mkdir(parents=True)
+                pd.DataFrame({"step": [10_000, 20_000, STEPS, STEPS],
+                              "normalized_return": [final / 3, final / 2, final - 1, final],
+                              "q_bias_normalized_mean": bias_curves[algorithm]}).to_csv(
+                    run_dir / "evaluations.csv", index=False)
+                bias = bias_curves[algorithm][-1]
+                append_row(path, {"run_id": run_dir.name, "phase": "offline", "online_steps": 0,
+                                  "dataset_id": dataset, "algorithm": algorithm, "config_name": "fast", "seed": seed,
+                                  "steps": STEPS, "final_normalized_return": final,
+                                  "best_normalized_return": final + 3.0,
+                                  "q_bias_normalized_mean": None if math.isnan(bias) else bias,
+                                  "run_dir": str(run_dir), "git_commit": "abc123", "sweep_id": "sweep-test"})
+    return path
+
+
+def _cell(finals, dataset="halfcheetah/medium-v1", algorithm="CQL-SAC", steps=STEPS) -> pd.DataFrame:
+    return pd.DataFrame({"phase": "offline", "dataset_id": dataset, "algorithm": algorithm, "config_name": "fast",
+                         "steps": steps, "seed": range(len(finals)), "final_normalized_return": finals,
+                         "best_normalized_return": np.asarray(finals) + 1.0, "q_bias_normalized_mean": 0.2,
+                         "git_commit": "abc123"})
+
+
+def test_iqm_is_the_25_percent_trimmed_mean_and_matches_rliable():
+    from rliable import metrics
+
+    finals = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 100.0]
+    row = per_dataset(_cell(finals)).iloc[0]
+    assert row["final_iqm"] == pytest.approx(trim_mean(finals, 0.25)) == pytest.approx(4.5)  # the middle four
+    assert row["final_mean"] == pytest.approx(16.0) and row["final_std"] == pytest.approx(np.std(finals, ddof=1))
+    assert row["best_mean"] == pytest.approx(17.0) and row["seeds"] == 8 and row["commits"] == 1
+    rng = np.random.default_rng(0)
+    for size in range(1, 13):  # the leaderboard's numpy iqm is rliable's definition at every size
+        values = rng.normal(50, 20, size)
+        assert iqm(values) == pytest.approx(metrics.aggregate_iqm(values[:, None]))
+
+
+def test_the_ci_contains_the_iqm_and_narrows_with_more_seeds():
+    rng = np.random.default_rng(3)
+    few, many = per_dataset(_cell(rng.normal(50, 10, 4))).iloc[0], per_dataset(_cell(rng.normal(50, 10, 32))).iloc[0]
+    for row in (few, many):
+        assert row["iqm_ci_low"] < row["final_iqm"] < row["iqm_ci_high"]
+    assert many["iqm_ci_high"] - many["iqm_ci_low"] < 0.6 * (few["iqm_ci_high"] - few["iqm_ci_low"])
+    assert math.isnan(per_dataset(_cell([42.0])).iloc[0]["iqm_ci_low"])  # one seed: nothing to resample
+    assert per_dataset(_cell([42.0])).iloc[0]["final_iqm"] == 42.0
+
+
+def test_per_dataset_keeps_budgets_apart_and_counts_a_rerun_seed_once():
+    frame = pd.concat([_cell([10.0, 20.0]), _cell([99.0], steps=5_000), _cell([30.0])])  # seed 0 re-run: 30 replaces 10
+    table = per_dataset(frame).set_index("steps")
+    assert table.loc[STEPS, "seeds"] == 2 and table.loc[STEPS, "final_mean"] == pytest.approx(25.0)
+    assert table.loc[5_000, "final_mean"] == 99.0
+    assert list(per_dataset(frame, min_steps=10_000)["steps"]) == [STEPS]
+
+
+def test_batched_statistics_are_rliables_functions_resample_by_resample():
+    stack = np.random.default_rng(1).normal(60, 40, size=(25, 3, 4))
+    for name, (of_one, of_each) in _statistics().items():
+        assert of_each(stack) == pytest.approx([of_one(matrix) for matrix in stack]), name
+
+
+def test_the_stratified_bootstrap_resamples_runs_within_each_task():
+    scores = np.array([[0.0, 100.0], [0.0, 100.0], [0.0, 100.0]])  # tasks never mix: every resample keeps both
+    low, high = stratified_bootstrap_ci(scores, lambda stack: stack.mean(axis=1), resamples=500)
+    assert list(low) == list(high) == [0.0, 100.0]
+
+
+def _rliable_library():
+    try:
+        from rliable import library
+
+        library.get_interval_estimates({"a": np.ones((2, 1))}, lambda s: np.array([s.mean()]), reps=10)
+    except Exception as exc:  # noqa: BLE001 - arch < 8 fails to import under pandas 3; arch 8 refuses random_state
+        pytest.skip(f"rliable.library does not run here ({type(exc).__name__}: {first_line(exc)})")
+    return library
+
+
+def test_the_stratified_bootstrap_agrees_with_rliables_where_rliable_runs():
+    library = _rliable_library()
+    scores = np.random.default_rng(2).normal(60, 25, size=(5, 3))
+    for name, (of_one, of_each) in _statistics().items():
+        np.random.seed(0)  # rliable draws its resamples from numpy's global generator
+        _, interval = library.get_interval_estimates({"a": scores}, lambda s, f=of_one: np.array([f(s)]),
+                                                      reps=20_000)
+        low, high = stratified_bootstrap_ci(scores, of_each, 20_000)
+        width = interval["a"][1, 0] - interval["a"][0, 0]
+        assert abs(low - interval["a"][0, 0]) < 0.06 * width and abs(high - interval["a"][1, 0]) < 0.06 * width, name
+
+
+def test_across_datasets_uses_the_seeds_every_dataset_has(tmp_path):
+    from rliable import metrics
+
+    skip = {("BC", "hopper/medium-replay-v1", 2)} | {("SAC-offline", "walker2d/medium-v1", s) for s in range(3)}
+    rows = evidence_rows(read_leaderboard(_grid(tmp_path, skip=skip)), STEPS)
+    table = across_datasets(rows, DATASETS, ["CQL-SAC", "BC", "SAC-offline"]).set_index("algorithm")
+    assert table.loc["CQL-SAC", "seeds"] == 3 and table.loc["CQL-SAC", "runs_left_out"] == 0
+    expected = np.array([[_final("CQL-SAC", d, s) for d in DATASETS] for s in range(3)])
+    assert table.loc["CQL-SAC", "iqm"] == pytest.approx(metrics.aggregate_iqm(expected))
+    assert table.loc["CQL-SAC", "mean"] == pytest.approx(expected.mean())
+    assert table.loc["CQL-SAC", "optimality_gap"] == pytest.approx(100.0 - expected.mean())
+    assert table.loc["CQL-SAC", "iqm_ci_low"] < table.loc["CQL-SAC", "iqm"] < table.loc["CQL-SAC", "iqm_ci_high"]
+    # BC lacks seed 2 on hopper: seeds 0 and 1 everywhere, the two other seed-2 runs left out
+    assert table.loc["BC", "seeds"] == 2 and table.loc["BC", "seeds_used"] == "0,1"
+    assert table.loc["BC", "runs_left_out"] == 2
+    bc = np.array([[_final("BC", d, s) for d in DATASETS] for s in range(2)])
+    assert table.loc["BC", "mean"] == pytest.approx(bc.mean())
+    # SAC-offline has no walker2d run: no matrix, said so
+    assert table.loc["SAC-offline", "seeds"] == 0 and table.loc["SAC-offline", "missing_datasets"] == DATASETS[2]
+    assert math.isnan(table.loc["SAC-offline", "iqm"])
+
+
+def test_across_datasets_refuses_rows_of_several_budgets():
+    frame = pd.concat([_cell([10.0, 20.0]), _cell([30.0], steps=5_000)])
+    with pytest.raises(OfflineRLError, match="several training budgets"):
+        across_datasets(frame)
+
+
+def test_the_corl_table_holds_the_verified_numbers_and_its_caveats_once(tmp_path):
+    table = corl_comparison_table(per_dataset(read_leaderboard(_grid(tmp_path))))
+    assert CORL_PUBLISHED["CQL"]["hopper-medium-replay-v2"] == (95.11, 5.27)
+    assert CORL_PUBLISHED["BC"]["walker2d-medium-v2"] == (63.23, 16.24)
+    assert "| halfcheetah/medium-v1 | halfcheetah-medium-v2 | CQL-SAC | fast | 3 | 30000 | 52.0 [50.0, 54.0] | " \
+           "52.0 ± 2.0 | CQL: 47.04 ± 0.22 |" in table
+    assert "| hopper/medium-replay-v1 | hopper-medium-replay-v2 | BC |" in table and "BC: 29.81 ± 2.07 |" in table
+    assert "CQL: 80.75 ± 3.28 |" in table and "BC: 63.23 ± 16.24 |" in table  # walker2d medium
+    assert "SAC-offline" not in table  # CORL has no plain offline SAC column
+    assert table.count("Gymnasium MuJoCo v5") == 1 and "not D4RL's v2 datasets" in table
+    assert "30,000 updates (3% of CORL's 1,000,000)" in table and "different seeds" in table
+
+
+def test_the_plots_are_written_as_pngs(tmp_path):
+    rows = evidence_rows(read_leaderboard(_grid(tmp_path)), STEPS)
+    profile = performance_profile_plot(rows, DATASETS, None, tmp_path / "plots" / "profile.png")
+    assert profile.read_bytes().startswith(PNG_HEADER)
+    curves = learning_curve_plots(rows, tmp_path / "plots")
+    assert [p.name for p in curves] == [f"evidence_curves_{d.replace('/', '_')}.png" for d in DATASETS]
+    assert all(p.read_bytes().startswith(PNG_HEADER) for p in curves)
+    assert not list((tmp_path / "plots").glob(".*.tmp"))  # written through temp files, none left
+    assert learning_curve_plots(rows.assign(run_dir="/nonexistent"), tmp_path / "elsewhere") == []
+    assert bias_axis_scale([np.array([-0.9, -0.8]), np.array([5.0, 900.0])]) == "symlog"
+    assert bias_axis_scale([np.array([-0.9, -0.8]), np.array([0.5, 3.0])]) == "linear"
+
+
+def test_write_evidence_refuses_a_budget_without_rows_and_writes_nothing(tmp_path):
+    frame = read_leaderboard(_grid(tmp_path, seeds=(0,)))
+    with pytest.raises(OfflineRLError, match=r"steps 12345: no offline leaderboard rows .* have steps 30000"):
+        write_evidence(frame, tmp_path / "out", 12345)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_writes_the_evidence_and_refuses_an_unknown_budget(tmp_path, capsys):
+    path = _grid(tmp_path)
+    out = tmp_path / "evidence"
+    assert main(["leaderboard", "--leaderboard", str(path), "--evidence", str(STEPS), "--out", str(out)]) == 0
+    names = {"evidence_summary.csv", "evidence_across_datasets.csv", "evidence_summary.md",
+             "evidence_performance_profile.png", *(f"evidence_curves_{d.replace('/', '_')}.png" for d in DATASETS)}
+    assert {p.name for p in out.iterdir()} == names
+    assert capsys.readouterr().out.count("wrote ") == len(names)
+    summary = pd.read_csv(out / "evidence_summary.csv")
+    assert len(summary) == 9 and set(summary["seeds"]) == {3}
+    markdown = (out / "evidence_summary.md").read_text()
+    assert "| halfcheetah/medium-v1 | BC | fast | 3 | 1 | 42.0 ± 2.0 | 42.0 [40.0, 44.0] | 45.0 | – |" in markdown
+    assert "| CQL-SAC | fast | 3 | 3 (0,1,2) | 0 | 62.0 [" in markdown and "CQL: 47.04 ± 0.22" in markdown
+    assert "learning curves (27 of 27 runs' evaluations.csv on this machine)" in markdown
+
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert main(["leaderboard", "--leaderboard", str(path), "--evidence", "12345",
+                 "--out", str(tmp_path / "nothing")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1 and "steps 12345" in captured.err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    assert main(["leaderboard", "--leaderboard", str(path), "--out", str(out)]) == 2  # --out needs --evidence
+    assert "--out: only with --evidence" in capsys.readouterr().err

@@ -1,0 +1,40 @@
+"""The DOPE-style OPE summary on hand-made rows with known metrics."""
+
+import pandas as pd
+import pytest
+
+from offrl.cli import main
+from offrl.evaluation.ope_summary import ope_metrics, read_ope_results
+from offrl.train.ope import OPE_COLUMNS
+
+
+def _rows(method, estimates, truths=(0.0, 50.0, 100.0), dataset="hopper/medium-v1"):
+    return [{**dict.fromkeys(OPE_COLUMNS), "policy": f"p{i}", "dataset_id": dataset, "method": method, "seed": 0,
+             "estimate": e, "true_value": t} for i, (e, t) in enumerate(zip(estimates, truths, strict=True))]
+
+
+def test_metrics_on_known_rows(tmp_path):
+    rows = _rows("fqe", (10.0, 40.0, 120.0)) + _rows("cql-v", (-10.0, 60.0, 30.0))
+    path = tmp_path / "ope.csv"
+    pd.DataFrame(rows, columns=list(OPE_COLUMNS)).to_csv(path, index=False)
+    metrics = ope_metrics(read_ope_results(path)).set_index("method")
+    fqe, cql = metrics.loc["fqe"], metrics.loc["cql-v"]
+    assert fqe["value_range"] == 100.0
+    assert fqe["abs_error_normalized"] == pytest.approx((10 + 10 + 20) / 3 / 100)
+    assert fqe["rank_correlation"] == pytest.approx(1.0) and fqe["regret_at_1"] == 0.0
+    assert fqe["lower_bound_rate"] == pytest.approx(1 / 3)  # only 40 <= 50
+    assert cql["rank_correlation"] == pytest.approx(0.5)  # ranks (1, 3, 2) against (1, 2, 3)
+    assert cql["regret_at_1"] == pytest.approx(0.5)  # picks p1 (truth 50) instead of p2 (100)
+    assert cql["lower_bound_rate"] == pytest.approx(2 / 3)
+
+
+def test_cli_writes_the_summary_and_refuses_another_file(tmp_path, capsys):
+    path = tmp_path / "ope.csv"
+    pd.DataFrame(_rows("fqe", (10.0, 40.0, 120.0)), columns=list(OPE_COLUMNS)).to_csv(path, index=False)
+    assert main(["ope-summary", str(path)]) == 0
+    assert (tmp_path / "ope_summary.md").read_text().count("| hopper | fqe |") == 1
+    assert (tmp_path / "ope_hopper.png").read_bytes()[:4] == b"\x89PNG"
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    assert main(["ope-summary", str(other)]) == 2
+    assert "not an offrl OPE results file" in capsys.readouterr().err

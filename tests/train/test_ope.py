@@ -1,0 +1,167 @@
+"""`offrl ope` and `offrl.evaluate_policy_offline`: estimate, truth, run folder, results row, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import offrl
+from offrl.algos.ope import OPEConfig
+from offrl.cli import main
+from offrl.data.collect import rollout_transitions
+from offrl.data.registry import register_dataset
+from offrl.train.ope import OPE_COLUMNS, append_ope_row, evaluate_policy_offline, load_target_policy
+
+TINY = OPEConfig(critic_hidden=(16,), batch_size=32, n_actions=4, backup_samples=2)
+
+
+@pytest.fixture
+def pendulum(tiny_policies):
+    arrays, _ = rollout_transitions("Pendulum-v1", None, 400, seed=0, num_envs=2)
+    register_dataset("pendulum/random-v0", arrays, {"env_id": "Pendulum-v1"})
+    return offrl.load_dataset("pendulum/random-v0")
+
+
+def test_an_estimate_with_its_truth_run_folder_resume_and_results_row(pendulum, tmp_path):
+    out = tmp_path / "ope"
+    report = evaluate_policy_offline("Pendulum-v1/expert", pendulum, "fqe", 20, config=TINY, truth_episodes=3,
+                                     eval_every=10, log_every=10, run_dir=out, show_progress=False)
+    assert report.updates == 20 and report.initial_states == 3 and report.initial_state_source == "env reset"
+    assert report.estimate_ci_low <= report.estimate <= report.estimate_ci_high
+    assert report.true_ci_low <= report.true_value <= report.true_ci_high and report.truth_episodes == 3
+    assert report.error == pytest.approx(report.estimate - report.true_value)
+    assert report.is_lower_bound == (report.estimate <= report.true_value)
+    assert [step for step, _ in report.curve] == [10, 20]
+    # the truth is π's mean discounted return from the same reset states (Pendulum: 200 steps, no termination)
+    policy = load_target_policy("Pendulum-v1/expert")
+    from offrl.train.ope import monte_carlo_value
+
+    assert monte_carlo_value(policy, "Pendulum-v1", 3, 0.99)[0] == pytest.approx(report.true_value)
+    estimates = pd.read_csv(out / "estimates.csv")
+    assert list(estimates["step"]) == [10, 20] and estimates["estimate"].iloc[-1] == pytest.approx(report.estimate)
+    assert json.loads((out / "run.json").read_text())["kind"] == "ope"
+    # a finished estimate is reported, not redone
+    again = evaluate_policy_offline("Pendulum-v1/expert", pendulum, "fqe", 20, config=TINY, truth_episodes=3,
+                                    eval_every=10, log_every=10, run_dir=out, resume=True, show_progress=False)
+    assert again.estimate == report.estimate
+    results = tmp_path / "ope.csv"
+    append_ope_row(results, report)
+    append_ope_row(results, again)
+    table = pd.read_csv(results)
+    assert tuple(table.columns) == OPE_COLUMNS and len(table) == 2 and table["method"].tolist() == ["fqe", "fqe"]
+
+
+def test_a_resumed_estimate_equals_an_uninterrupted_one(pendulum, tmp_path):
+    whole = evaluate_policy_offline("Pendulum-v1/medium", pendulum, "cql-v", 20, config=TINY, truth=False, states=4,
+                                    show_progress=False)
+    evaluate_policy_offline("Pendulum-v1/medium", pendulum, "cql-v", 10, config=TINY, truth=False, states=4,
+                            checkpoint_every=10, run_dir=tmp_path / "r", show_progress=False)
+    # the same folder continued to 20 updates: another config hash is refused, the same one resumes
+    with pytest.raises(offrl.OfflineRLError, match="holds another estimate"):
+        evaluate_policy_offline("Pendulum-v1/medium", pendulum, "fqe", 20, config=TINY, truth=False, states=4,
+                                run_dir=tmp_path / "r", resume=True, show_progress=False)
+    (tmp_path / "r" / "final.json").unlink()  # as if killed after its last checkpoint, before its report
+    resumed = evaluate_policy_offline("Pendulum-v1/medium", pendulum, "cql-v", 20, config=TINY, truth=False,
+                                      states=4, checkpoint_every=10, run_dir=tmp_path / "r", resume=True,
+                                      show_progress=False)
+    assert resumed.estimate == pytest.approx(whole.estimate, abs=0, rel=0)
+
+
+def test_the_conservative_penalty_pulls_the_estimate_below_fqe_the_more_the_larger_alpha(pendulum):
+    def estimate(method: str, alpha: float) -> float:
+        config = OPEConfig(**{**TINY.__dict__, "critic_lr": 3e-3, "alpha": alpha})
+        return evaluate_policy_offline("Pendulum-v1/expert", pendulum, method, 150, config=config, truth=False,
+                                       states=8, show_progress=False).estimate
+
+    fqe = estimate("fqe", 1.0)
+    for method in ("cql-v", "cql-q"):
+        assert estimate(method, 10.0) < estimate(method, 1.0) < fqe
+
+
+def test_without_an_env_the_initial_states_are_the_datasets_episode_starts(tiny_policies):
+    arrays, _ = rollout_transitions("Pendulum-v1", None, 400, seed=0, num_envs=2)
+    keys = ("observations", "actions", "rewards", "terminals", "timeouts")
+    dataset = offrl.dataset_from_arrays(*(arrays[k] for k in keys), next_observations=arrays["next_observations"])
+    report = evaluate_policy_offline("Pendulum-v1/medium", dataset, "fqe", 5, config=TINY, truth=False,
+                                     show_progress=False)
+    assert report.initial_state_source == "dataset episode starts" and report.initial_states == 2  # 2 episodes
+    assert report.true_value is None and report.is_lower_bound is None
+    with pytest.raises(offrl.OfflineRLError, match="no env to roll the policy out in"):
+        evaluate_policy_offline("Pendulum-v1/medium", dataset, "fqe", 5, config=TINY, show_progress=False)
+    # dataset_from_arrays refuses data whose last row ends no episode; a hand-built OfflineDataset may hold one
+    tensors = {**dataset.tensors, "terminals": dataset.tensors["terminals"] * 0,
+               "timeouts": dataset.tensors["timeouts"] * 0}
+    endless = offrl.OfflineDataset("stream", {"sha256": "x"}, tensors)
+    with pytest.raises(offrl.OfflineRLError, match="no episode ends"):
+        evaluate_policy_offline("Pendulum-v1/medium", endless, "fqe", 5, config=TINY, truth=False,
+                                show_progress=False)
+
+
+def test_an_exported_policy_is_deterministic_and_softmax_cql_q_refuses_it(pendulum, tmp_path):
+    offrl.BC(actor_hidden=(8,), batch_size=16).fit(pendulum, 3, run_dir=tmp_path / "bc", final_eval_episodes=1,
+                                                   show_progress=False)
+    from offrl.export import export_policy
+
+    exported = export_policy(tmp_path / "bc", tmp_path / "export")[0]
+    policy = load_target_policy(exported)
+    assert policy.deterministic and (policy.obs_dim, policy.act_dim) == (3, 1)
+    observations = pendulum.tensors["observations"][:5]
+    actions, densities = policy.sample(observations, 7)
+    run_policy = load_target_policy(tmp_path / "bc", deterministic=True)
+    np.testing.assert_allclose(actions.numpy(), run_policy.sample(observations, 1)[0].numpy(), atol=1e-5)
+    assert actions.shape == (1, 5, 1) and densities is None
+    with pytest.raises(offrl.OfflineRLError, match="needs a stochastic policy"):
+        evaluate_policy_offline(exported, pendulum, "cql-q", 5, config=TINY, show_progress=False)
+    report = evaluate_policy_offline(exported, pendulum, "cql-q", 5, config=OPEConfig(**{**TINY.__dict__, "mu":
+                                                                                        "uniform"}),
+                                     truth_episodes=2, show_progress=False)
+    assert report.deterministic and report.mu == "uniform"
+
+
+def test_cli_prints_the_estimate_and_appends_a_row(pendulum, tmp_path, capsys):
+    results = tmp_path / "results" / "ope.csv"
+    code = main(["ope", "--policy", "Pendulum-v1/expert", "--dataset", "pendulum/random-v0", "--method", "cql-v",
+                 "--steps", "4", "--alpha", "2", "--truth-episodes", "2", "--quiet", "--set", "critic_hidden=[8]",
+                 "--set", "batch_size=16", "--results", str(results), "--out", str(tmp_path / "run")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "estimate V(s0)" in out and "true value (Monte Carlo)" in out and "lower bound" in out
+    row = pd.read_csv(results).iloc[0]
+    assert row["method"] == "cql-v" and row["alpha"] == 2.0 and row["mu"] == "policy" and row["updates"] == 4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--policy", "HalfCheetah-v5/expert"], "--policy HalfCheetah-v5/expert: observation/action dimensions 17/6 do "
+                                            "not match dataset pendulum/random-v0 (3/1)"),
+    (["--policy", "Pendulum-v1/nope"], "--policy Pendulum-v1/nope: no shipped policy 'nope' for Pendulum-v1"),
+    (["--policy", "no/such/thing"], "--policy no/such/thing: not a shipped policy"),
+    (["--set", "alpha=-1"], "alpha must be a number >= 0"),
+    (["--set", "gamma=2"], "gamma must be in [0, 1)"),
+    (["--env", "HalfCheetah-v5"], "--env HalfCheetah-v5: observation/action dimensions 17/6 do not match"),
+])
+def test_cli_bad_input_is_one_line_exit_2_and_nothing_written(pendulum, tmp_path, capsys, monkeypatch, args,
+                                                              message):
+    if args[:2] == ["--policy", "HalfCheetah-v5/expert"]:
+        monkeypatch.delenv("OFFRL_POLICIES_PATH")  # the shipped HalfCheetah policy
+    base = {"--policy": "Pendulum-v1/expert", "--dataset": "pendulum/random-v0", "--method": "fqe", "--steps": "3"}
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    argv = ["ope", *[x for k, v in {**base, **flags}.items() if k != "--set" for x in (k, v)],
+            *(["--set", flags["--set"]] if "--set" in flags else []), "--quiet", "--out", str(tmp_path / "out"),
+            "--results", str(tmp_path / "ope.csv")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ope.csv").exists()
+
+
+def test_a_results_file_of_another_kind_is_refused(pendulum, tmp_path):
+    report = evaluate_policy_offline("Pendulum-v1/expert", pendulum, "fqe", 2, config=TINY, truth=False, states=2,
+                                     show_progress=False)
+    other = tmp_path / "leaderboard.csv"
+    other.write_text("run_id,phase\nx,offline\n")
+    with pytest.raises(offrl.OfflineRLError, match="not an offrl OPE results file"):
+        append_ope_row(other, report)
+    assert other.read_text() == "run_id,phase\nx,offline\n"

@@ -421,18 +421,27 @@ def cmd_ope(args: argparse.Namespace) -> int:
     from offrl.algos.ope import OPEConfig
     from offrl.config import parse_overrides
     from offrl.data.dataset import load_dataset
-    from offrl.train.ope import append_ope_row, evaluate_policy_offline, load_target_policy
+    from offrl.errors import OfflineRLError
+    from offrl.train.ope import append_ope_row, check_ope_results, evaluate_policy_offline, load_target_policy
 
+    if args.alpha is not None and args.method == "fqe":
+        raise OfflineRLError("--alpha: fqe has no penalty to weigh; use --method cql-q or cql-v")
+    if args.mu is not None and args.method != "cql-q":
+        raise OfflineRLError(f"--mu: only cql-q takes a penalty distribution ({args.method} "
+                             f"{'has none' if args.method == 'fqe' else 'uses mu = pi by definition'})")
     overrides = {**parse_overrides(args.set), **({"alpha": args.alpha} if args.alpha is not None else {}),
                  **({"mu": args.mu} if args.mu is not None else {})}
     config = _config_with(OPEConfig, overrides)
     if args.out is not None:
         _output_folder(Path(args.out), "--out")
+    if args.results is not None:
+        check_ope_results(Path(args.results))
     policy = load_target_policy(args.policy, args.deterministic, args.device)
     dataset = load_dataset(args.dataset, args.device, collect_missing=args.collect_missing)
     report = evaluate_policy_offline(policy, dataset, args.method, args.steps, config=config, seed=args.seed,
                                      env=args.env or True, truth=not args.no_truth,
                                      truth_episodes=args.truth_episodes, states=args.states,
+                                     initial_state_source=args.initial_states,
                                      eval_every=args.eval_every, log_every=args.log_every,
                                      checkpoint_every=args.checkpoint_every, deterministic=args.deterministic,
                                      run_dir=args.out, resume=args.resume, show_progress=not args.quiet,
@@ -710,8 +719,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true",
                    help="evaluate the policy's mean action (tanh of the mean) instead of the stochastic policy")
     p.add_argument("--env", default=None, help="env for the initial states and the truth (default: the dataset's)")
-    p.add_argument("--no-truth", action="store_true", help="no Monte-Carlo truth (initial states from --env if any, "
-                                                            "else the dataset's episode starts)")
+    p.add_argument("--no-truth", action="store_true", help="no Monte-Carlo truth")
+    p.add_argument("--initial-states", choices=["auto", "env", "dataset"], default="auto",
+                   help="where V(s0) is averaged: env resets (the truth's own start states), the dataset's episode "
+                        "starts (d3rlpy's choice), or auto: env resets when there is an env")
     p.add_argument("--truth-episodes", type=_integer_at_least(2), default=50,
                    help="rollouts of the policy for its true value; their reset states are the initial states")
     p.add_argument("--states", type=positive_int, default=100,

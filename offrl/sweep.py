@@ -79,18 +79,22 @@ class Trial:
 
 @dataclass(frozen=True)
 class OPETrial:
-    """One off-policy estimate: `policy`'s value on `dataset_id` by `method`, with `seed`."""
+    """One off-policy estimate: `policy`'s value on `dataset_id` by `method`, with `seed`. `settings` is a hash of
+    what else defines the estimate (the policy's resolved path, the OPEConfig fields, the truth's episodes), so
+    two estimates that differ only there never share a run folder."""
 
     dataset_id: str
     policy: str  # a policy SPEC of `offrl ope --policy`
     method: str  # fqe, cql-q or cql-v
     seed: int
+    settings: str = ""
 
     @property
     def name(self) -> str:
-        policy = Path(self.policy).name if ("/" in self.policy and Path(self.policy).exists()) else self.policy
+        path = Path(self.policy)
+        policy = "-".join(path.parts[-2:]) if path.exists() else self.policy
         slug = re.sub(r"[^A-Za-z0-9.]+", "-", policy).strip("-")
-        return f"ope-{self.dataset_id.replace('/', '-')}-{slug}-{self.method}-seed{self.seed}"
+        return f"ope-{self.dataset_id.replace('/', '-')}-{slug}-{self.method}-seed{self.seed}-{self.settings}"
 
 
 @dataclass
@@ -199,13 +203,29 @@ def plan_trials(spec: SweepSpec) -> list[Trial] | list[OPETrial]:
             load_target_policy(policy)  # raises on a policy that cannot be loaded
         if spec.results is None:
             raise OfflineRLError("an OPE sweep needs --results, the CSV its rows are appended to")
-        return [OPETrial(d, p, m, s) for d in spec.datasets for p in spec.ope_policies for m in spec.ope_methods
-                for s in spec.seeds]
+        from offrl.train.ope import check_ope_results
+
+        check_ope_results(spec.results)
+        trials = [OPETrial(d, p, m, s, _ope_settings(spec, p)) for d in spec.datasets for p in spec.ope_policies
+                  for m in spec.ope_methods for s in spec.seeds]
+        names = [trial.name for trial in trials]
+        clashes = sorted({name for name in names if names.count(name) > 1})
+        if clashes:
+            raise OfflineRLError(f"--ope-policies: two trials would share the run folder {clashes[0]}; name each "
+                                 "policy once")
+        return trials
     for algorithm in spec.algorithms:
         for config in spec.configs:
             _agent(algorithm, config)  # raises on an unknown algorithm or config name
     return [Trial(d, a, c, s) for d in spec.datasets for a in spec.algorithms for c in spec.configs
             for s in spec.seeds]
+
+
+def _ope_settings(spec: SweepSpec, policy: str) -> str:
+    path = Path(policy)
+    resolved = str(path.resolve()) if path.exists() else policy
+    settings = {"policy": resolved, "config": spec.ope_config, "truth_episodes": spec.truth_episodes}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _ope_config(spec: SweepSpec):

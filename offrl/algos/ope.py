@@ -13,8 +13,10 @@ with Q̄ the Polyak-averaged target critic, and
 - `fqe`:   no penalty (Le et al. 2019; d3rlpy.ope.FQE). Its fixed point is Q^π where the data covers π.
 - `cql-q`: eq. 1, penalty E_{s~D, a~μ}[Q(s, a)]. In the tabular case the fixed point is
            Q̂ = Q^π − α (I − γ P^π)⁻¹ [μ / π̂_β], a lower bound on Q^π at every (s, a) (Theorem 3.1).
-           μ is `uniform` (in [-1, 1]^|A|), `policy` (π itself) or `softmax`: μ ∝ exp Q, as in CQL(H), the
-           penalty then being the logsumexp over n uniform and n π samples, each weighted by its density.
+           μ is `uniform` (in [-1, 1]^|A|), `policy` (π itself) or `softmax`: μ ∝ exp(Q/τ), the maximising μ of
+           CQL(H)'s regulariser, the penalty then being τ·log ∫ exp(Q/τ) da, estimated from n uniform and n π
+           samples each divided by its own density. (CQL(H) also subtracts E_D[Q]; with that term the bound
+           would hold for V only, like eq. 2's. Without it, this is eq. 1: a bound at every (s, a).)
 - `cql-v`: eq. 2 with μ = π, penalty E_{s~D, a~π}[Q(s, a)] − E_{(s,a)~D}[Q(s, a)]. The fixed point
            Q̂ = Q^π − α (I − γ P^π)⁻¹ [π / π̂_β − 1] is no longer below Q^π everywhere, but its value under π,
            V̂(s) = E_{a~π} Q̂(s, a), is below V^π(s) at every state (Theorem 3.2): a tighter bound on the value.
@@ -49,9 +51,19 @@ OPE_METRICS = ("loss", "bellman_loss", "penalty", "q_data")
 
 @dataclass
 class OPEConfig:
-    """Hyper-parameters of one estimator. Critic sizes, rates, τ and init follow the CQL `fast` config (offrl's
-    CQL critics) rather than d3rlpy's FQE (one critic, lr 1e-4, batch 100, a hard target copy every 100
-    updates), so that the conservative estimators and FQE differ only in the penalty."""
+    """Hyper-parameters of one estimator. Critic sizes and init follow the CQL `fast` config (offrl's CQL critics).
+
+    Differences from d3rlpy 2.8.1's FQE (d3rlpy/ope/fqe.py), each deliberate:
+    - the learning rate and the target's pace: d3rlpy uses lr 1e-4 and a hard target copy every 100 updates;
+      offrl uses lr 1e-3 and Polyak τ = 0.02, because at CQL's lr 3e-4 and τ 0.005 the estimate of HalfCheetah's
+      expert on medium-v1 was still rising after 60k updates, while with these it stops moving by ~30k (the
+      probe curves in evaluation/RESULTS.md, "Off-policy evaluation budget");
+    - π's next actions are samples of the stochastic policy (averaged over `backup_samples`), since the value
+      estimated is the stochastic policy's; d3rlpy backs up its deterministic best action (offrl's
+      `--deterministic` evaluates that policy instead);
+    - two critics averaged (d3rlpy: one by default, the minimum when there are more), batch 256 (d3rlpy 100),
+      observations standardised by the dataset's statistics (d3rlpy: not), the Bellman term halved (eq. 1's ½).
+    """
 
     method: str = "fqe"  # fqe, cql-q or cql-v
     alpha: float = 1.0  # α of the penalty (ignored by fqe); the fixed point moves by α / (data density ratio)
@@ -60,10 +72,10 @@ class OPEConfig:
     backup_samples: int = 4  # a′ ~ π(s′) averaged in the backup: E_{a′~π} without a max, so more samples cut variance
     temperature: float = 1.0  # τ of the `softmax` penalty's logsumexp (CQL(H))
     critic_hidden: tuple[int, ...] = field(default=(256, 256))
-    critic_lr: float = 3e-4
+    critic_lr: float = 1e-3  # see the class docstring
     batch_size: int = 256
     gamma: float = 0.99
-    tau: float = 0.005
+    tau: float = 0.02  # Polyak rate of the target critics; see the class docstring
     orthogonal_init: bool = True  # CORL's CQL critics
     normalize_observations: bool = True  # the critics see observations standardised by the dataset's statistics
 
@@ -72,11 +84,12 @@ class OPEConfig:
             raise OfflineRLError(f"config: method must be one of {', '.join(OPE_METHODS)}, found {self.method!r}")
         if self.mu not in MU_CHOICES:
             raise OfflineRLError(f"config: mu must be one of {', '.join(MU_CHOICES)}, found {self.mu!r}")
-        if not (isinstance(self.alpha, int | float) and self.alpha >= 0 and math.isfinite(self.alpha)):
+        if isinstance(self.alpha, bool) or not (isinstance(self.alpha, int | float) and self.alpha >= 0
+                                                 and math.isfinite(self.alpha)):
             raise OfflineRLError(f"config: alpha must be a number >= 0, found {self.alpha!r}")
         for name in ("critic_lr", "tau", "temperature"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+            if isinstance(value, bool) or not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
                 raise OfflineRLError(f"config: {name} must be a positive number, found {value!r}")
         if not 0 <= self.gamma < 1:
             raise OfflineRLError(f"config: gamma must be in [0, 1), found {self.gamma!r}")
@@ -149,16 +162,17 @@ def conservative_penalty(model: OPECritic, policy: TargetPolicy, batch: Batch, c
         return model.critic(observations, uniform).mean(dim=(1, 2))
     if config.mu == "policy":  # eq. 1, μ = π
         return model.critic(observations, pi_actions).mean(dim=(1, 2))
-    # eq. 1 with μ ∝ exp(Q / τ) (CQL(H)): E_s[τ log ∫ exp(Q(s, a) / τ) da], the integral estimated by importance
-    # sampling from n uniform and n π actions, each divided by its own density.
+    # eq. 1 with μ ∝ exp(Q / τ) (CQL(H)'s μ): E_s[τ log ∫ exp(Q(s, a) / τ) da], the integral estimated by
+    # importance sampling from n uniform and n π actions, each divided by its own density (outside the 1/τ:
+    # dividing the log-density by τ too, as CORL's CQL does, would tilt μ by the proposal for τ ≠ 1).
     if pi_log_density is None:
         raise OfflineRLError("cql-q with mu=softmax needs a stochastic policy (the densities of its actions); "
                              "use mu=uniform or mu=policy for a deterministic one")
     actions = torch.cat([uniform, pi_actions])
     log_density = torch.cat([torch.full((n, batch_size), act_dim * math.log(0.5), device=uniform.device,
                                         dtype=uniform.dtype), pi_log_density])
-    weighted = model.critic(observations, actions) - log_density  # (2, 2n, B)
-    return (config.temperature * torch.logsumexp(weighted / config.temperature, dim=1)).mean(dim=1)
+    weighted = model.critic(observations, actions) / config.temperature - log_density  # (2, 2n, B)
+    return (config.temperature * torch.logsumexp(weighted, dim=1)).mean(dim=1)
 
 
 def ope_losses(model: OPECritic, policy: TargetPolicy, batch: Batch, config: OPEConfig, normalize: Normalize

@@ -1,12 +1,15 @@
 """The off-policy evaluation benchmark's summary, DOPE-style (Fu et al. 2021, "Benchmarks for Deep Off-Policy
 Evaluation", section 5): per env and method, over a set of target policies evaluated on one or more datasets,
-- absolute error: mean |V̂ − V^π|, divided by the range of the policies' true values in that env;
+- absolute error: mean |V̂ − V^π|, divided by the range of the policies' true values in that env (the same
+  range for every method: it is computed over all rows of the env, γ and policy kind);
 - rank correlation: Spearman's ρ between estimates and true values across the policies (scipy), per dataset and
   seed, then averaged;
 - regret@1: the best policy's true value minus the true value of the policy with the highest estimate, divided
   by the same range, per dataset and seed, then averaged;
 - lower-bound rate: the share of (policy, dataset, seed) estimates at or below the truth.
-Rows come from `evaluation/ope.csv` (offrl.train.ope.OPE_COLUMNS).
+Rows come from `evaluation/ope.csv` (offrl.train.ope.OPE_COLUMNS). A row repeated for one run folder counts
+once; estimates are pooled only when everything that defines an estimator matches (method, α, μ, γ, updates and
+whether the policies are deterministic), each such setting a row of the summary.
 """
 
 from __future__ import annotations
@@ -32,20 +35,31 @@ def read_ope_results(path: Path) -> pd.DataFrame:
     if tuple(frame.columns) != OPE_COLUMNS:
         raise OfflineRLError(f"OPE results {path}: not an offrl OPE results file (its header differs)")
     frame = frame[frame["true_value"].notna()].copy()
+    frame = frame[~(frame["run_dir"].notna() & frame.duplicated("run_dir", keep="last"))]
     if frame.empty:
         raise OfflineRLError(f"OPE results {path}: no row has a true value to compare with")
     frame["env"] = frame["dataset_id"].str.split("/").str[0]
     return frame
 
 
+SETTING = ["env", "method", "alpha", "mu", "gamma", "updates", "deterministic"]
+
+
 def ope_metrics(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (env, method): the DOPE metrics over every policy, dataset and seed of that env."""
+    """One row per estimator setting (SETTING): the DOPE metrics over every policy, dataset and seed of its env."""
     from scipy.stats import spearmanr
 
+    frame = frame.copy()
+    for column in SETTING[2:]:  # fqe has no α or μ: a group key may not be NaN
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), "-")
+    # the value range of the policies of one env (γ, policy kind), the same whichever method estimates them
+    per_policy = frame.groupby(["env", "gamma", "deterministic", "policy"])["true_value"].mean()
+    ranges = {key: float(truths.max() - truths.min()) if len(truths) > 1 else float("nan")
+              for key, truths in per_policy.groupby(level=[0, 1, 2])}
     rows = []
-    for (env, method), group in frame.groupby(["env", "method"], sort=True):
-        truths = group.groupby("policy")["true_value"].mean()
-        value_range = float(truths.max() - truths.min()) or 1.0
+    for setting, group in frame.groupby(SETTING, sort=True):
+        env, method, alpha, mu, gamma, updates, deterministic = setting
+        value_range = ranges[(env, gamma, deterministic)]
         correlations, regrets = [], []
         for _, ranked in group.groupby(["dataset_id", "seed"]):
             if ranked["policy"].nunique() < 2:
@@ -54,7 +68,8 @@ def ope_metrics(frame: pd.DataFrame) -> pd.DataFrame:
                 correlations.append(float(spearmanr(ranked["estimate"], ranked["true_value"]).statistic))
             chosen = ranked.loc[ranked["estimate"].idxmax(), "true_value"]
             regrets.append(float(ranked["true_value"].max() - chosen) / value_range)
-        rows.append({"env": env, "method": method, "policies": int(group["policy"].nunique()),
+        rows.append({"env": env, "method": method, "alpha": alpha, "mu": mu, "gamma": gamma, "updates": updates,
+                     "deterministic": deterministic, "policies": int(group["policy"].nunique()),
                      "datasets": int(group["dataset_id"].nunique()), "estimates": len(group),
                      "value_range": value_range,
                      "abs_error_normalized": float((group["estimate"] - group["true_value"]).abs().mean()
@@ -69,10 +84,11 @@ def write_ope_summary(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     """ope_summary.csv, ope_summary.md and one scatter plot per env (estimate vs truth) into `out_dir`."""
     out_dir = Path(out_dir)
     metrics = ope_metrics(frame)
-    lines = ["| env | method | policies | datasets | estimates | abs. error / range | Spearman ρ | regret@1 | "
-             "lower-bound rate |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| env | method | α | μ | updates | policies | datasets | estimates | abs. error / range | Spearman ρ | "
+             "regret@1 | lower-bound rate |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in metrics.itertuples():
-        lines.append(f"| {r.env} | {r.method} | {r.policies} | {r.datasets} | {r.estimates} | "
+        lines.append(f"| {r.env} | {r.method} | {r.alpha} | {r.mu} | {r.updates} | {r.policies} | {r.datasets} | "
+                     f"{r.estimates} | "
                      f"{r.abs_error_normalized:.3f} | {r.rank_correlation:.2f} | {r.regret_at_1:.3f} | "
                      f"{r.lower_bound_rate:.2f} |")
     csv_path, md_path = out_dir / "ope_summary.csv", out_dir / "ope_summary.md"

@@ -1,11 +1,13 @@
 """Off-policy evaluation runs: a fixed policy, a dataset, an estimator (offrl.algos.ope) → V̂^π with a CI, and,
 where the dataset's env exists, the true value from Monte-Carlo rollouts of π and the estimate's error.
 
-V̂^π = E_{s0}[E_{a~π(s0)} Q̂^π(s0, a)] over initial states: the env's reset distribution when there is an env
-(the same reset seeds the truth's rollouts start from), otherwise the dataset's episode starts. Its CI is a
+V̂^π = E_{s0}[E_{a~π(s0)} Q̂^π(s0, a)] over initial states: env resets (the same reset seeds the truth's rollouts
+start from) or the dataset's episode starts (d3rlpy's choice, and the only one without an env). Its CI is a
 bootstrap over those states (scipy), so it measures how many states were averaged, not the estimator's error;
 the error is what the truth is for. The truth is the mean discounted return of `truth_episodes` rollouts of π
-(the same stochastic or deterministic π), with its own bootstrap CI.
+(the same stochastic or deterministic π), with its own bootstrap CI. The backup bootstraps through time-limit
+cuts, so Q̂ estimates the value without a time limit; the truth's rollouts therefore run past the env's limit
+until γ^T ≤ TRUTH_TAIL (Pendulum's 200-step limit would otherwise drop 13% of the value at γ = 0.99).
 
 A run folder (optional) holds run.json, metrics.csv, estimates.csv (V̂ every `eval_every` updates: the curve
 that shows the estimate has stopped moving), checkpoints and final.json; it resumes like a training run.
@@ -15,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
+import os
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -32,7 +36,7 @@ from offrl.config import config_hash
 from offrl.data.dataset import ObservationNormalizer, OfflineDataset, buffer_from_dataset
 from offrl.envs import env_spec, make_env, seed_everything
 from offrl.errors import OfflineRLError
-from offrl.evaluation.q_bias import discounted_returns
+from offrl.evaluation.q_bias import discounted_returns, dropped_tail
 from offrl.evaluation.rollout import rollout_episodes
 from offrl.fileio import atomic_write_bytes, git_commit
 from offrl.runs import write_run_record
@@ -42,11 +46,14 @@ from offrl.train.run_folder import RunFolder
 
 __all__ = ["OPE_KIND", "OPE_COLUMNS", "OPEReport", "ActorPolicy", "ExportedFilePolicy", "UniformPolicy",
            "load_target_policy",
-           "initial_states", "bootstrap_mean_ci", "monte_carlo_value", "evaluate_policy_offline", "append_ope_row"]
+           "initial_states", "bootstrap_mean_ci", "truth_horizon", "monte_carlo_value", "evaluate_policy_offline",
+           "policy_fingerprint", "check_ope_results", "append_ope_row"]
 
 OPE_KIND = "ope"
 # Reset seeds of the initial states and of the truth's rollouts: apart from training's evaluation seeds.
 INITIAL_STATE_SEED = 3_000_000
+TRUTH_TAIL = 1e-3  # the truth's rollouts end where γ^T is below this (or at the env's limit, if later)
+INITIAL_STATE_CHOICES = ("auto", "env", "dataset")
 
 
 @dataclass
@@ -67,6 +74,8 @@ class OPEReport:
     estimate_ci_high: float
     initial_states: int
     initial_state_source: str  # "env reset" or "dataset episode starts"
+    policy_fingerprint: str | None = None  # sha256 of π's weights: what a resume and a results row identify π by
+    truth_horizon: int | None = None  # steps per truth rollout
     true_value: float | None = None
     true_ci_low: float | None = None
     true_ci_high: float | None = None
@@ -89,6 +98,30 @@ class OPEReport:
 
 
 # --- the policy being evaluated -------------------------------------------------------------------------------
+
+def _tensors_sha256(*state_dicts: dict) -> str:
+    digest = hashlib.sha256()
+    for state in state_dicts:
+        for key in sorted(state):
+            digest.update(key.encode())
+            digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def policy_fingerprint(policy: TargetPolicy) -> str:
+    """π's identity for resume checks and results rows: its weights' sha256 (and whether it is deterministic)."""
+    if isinstance(policy, ActorPolicy):
+        normalizer = ({"mean": policy.normalizer.mean, "std": policy.normalizer.std}
+                      if policy.normalizer is not None else {})
+        digest = _tensors_sha256(policy.actor.state_dict(), normalizer)
+    elif isinstance(policy, ExportedFilePolicy):
+        digest = _tensors_sha256(dict(policy.module.state_dict()))
+    elif isinstance(policy, UniformPolicy):
+        digest = "uniform"
+    else:
+        digest = type(policy).__name__
+    return f"{digest[:16]}{'-deterministic' if policy.deterministic else ''}"
+
 
 class ActorPolicy:
     """A tanh-Gaussian actor (shipped policy or a run's), on raw observations through its own normaliser."""
@@ -158,7 +191,7 @@ def load_target_policy(spec: str | Path, deterministic: bool = False, device: st
         if int(replay[2]) not in steps:
             raise OfflineRLError(f"--policy {text}: no replay snapshot at step {replay[2]} (shipped: "
                                  f"{', '.join(map(str, steps))})")
-        return ActorPolicy(actors[steps.index(int(replay[2]))], None, deterministic, text)
+        return ActorPolicy(actors[steps.index(int(replay[2]))].to(device), None, deterministic, text)
     path = Path(text)
     if path.is_dir():
         run = restore_run(path, str(device), verify_dataset=False)
@@ -193,7 +226,7 @@ def _json(path: Path) -> dict:
 # --- initial states and the truth ------------------------------------------------------------------------------
 
 def initial_states(dataset: OfflineDataset, env_id: str | None, count: int, seed: int) -> tuple[torch.Tensor, str]:
-    """(states, source): `count` env resets (seeds INITIAL_STATE_SEED + 1000·seed + i) when there is an env,
+    """(states, source): `count` env resets (seeds INITIAL_STATE_SEED + 1000·seed + i) when `env_id` is given,
     else every episode start of the dataset (row 0 and each row after a terminal or time-limit row)."""
     if env_id is not None:
         base = INITIAL_STATE_SEED + 1000 * seed
@@ -222,16 +255,24 @@ def bootstrap_mean_ci(values: np.ndarray, seed: int = 0, confidence: float = 0.9
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def monte_carlo_value(policy: TargetPolicy, env_id: str, episodes: int, gamma: float, seed: int = 0
-                      ) -> tuple[float, float, float]:
+def truth_horizon(env_id: str, gamma: float) -> int:
+    """Steps per truth rollout: past the env's time limit until γ^T ≤ TRUTH_TAIL (Q̂ knows no time limit)."""
+    import gymnasium as gym
+
+    limit = gym.spec(env_id).max_episode_steps or 0
+    return max(limit, dropped_tail(gamma, TRUTH_TAIL))
+
+
+def monte_carlo_value(policy: TargetPolicy, env_id: str, episodes: int, gamma: float, seed: int = 0,
+                      device: str | torch.device = "cpu") -> tuple[float, float, float]:
     """π's true value from the same initial states as `initial_states`: the mean discounted return of
-    `episodes` rollouts, and its bootstrap CI. The env's time limit cuts the sum at γ^T of the rest
-    (γ^1000 ≈ 4e-5 for the locomotion tasks), the part of V^π no finite rollout sees."""
+    `episodes` rollouts of `truth_horizon` steps (ended early only by a true termination), and its bootstrap CI."""
     def act(observations: torch.Tensor) -> torch.Tensor:
         return policy.sample(observations, 1)[0][0]
 
     torch.manual_seed(INITIAL_STATE_SEED + seed)  # π's own sampling noise, repeatable
-    rollouts = rollout_episodes(act, env_id, episodes, INITIAL_STATE_SEED + 1000 * seed)
+    rollouts = rollout_episodes(act, env_id, episodes, INITIAL_STATE_SEED + 1000 * seed, device,
+                                max_episode_steps=truth_horizon(env_id, gamma))
     returns = np.array([discounted_returns(r.rewards, gamma)[0] for r in rollouts])
     low, high = bootstrap_mean_ci(returns, seed)
     return float(returns.mean()), low, high
@@ -243,6 +284,7 @@ def evaluate_policy_offline(policy: str | Path | TargetPolicy, dataset: OfflineD
                             *,
                             config: OPEConfig | None = None, seed: int = 0, env: str | bool | None = True,
                             truth: bool = True, truth_episodes: int = 50, states: int = 100,
+                            initial_state_source: str = "auto",
                             eval_every: int | None = None, log_every: int = 1_000, checkpoint_every: int = 5_000,
                             deterministic: bool = False, run_dir: str | Path | None = None, resume: bool = False,
                             show_progress: bool = True, command: str | None = None,
@@ -250,7 +292,9 @@ def evaluate_policy_offline(policy: str | Path | TargetPolicy, dataset: OfflineD
     """Estimate π's value from `dataset` with `method` (fqe, cql-q, cql-v) after `steps` critic updates.
 
     `env`: True for the dataset's env, an env id, or False/None for none (initial states from the dataset's
-    episode starts; no truth). `truth`: also roll π out in the env for its true value (needs an env)."""
+    episode starts; no truth). `truth`: also roll π out in the env for its true value (needs an env).
+    `initial_state_source`: "env" (resets: `truth_episodes` of them with the truth, else `states`), "dataset" (its
+    episode starts) or "auto" (env resets when there is an env)."""
     if isinstance(dataset, str):
         from offrl.data.dataset import load_dataset
 
@@ -265,7 +309,11 @@ def evaluate_policy_offline(policy: str | Path | TargetPolicy, dataset: OfflineD
     schedule.validate()
     if resume and run_dir is None:
         raise OfflineRLError("resume=True needs the run_dir of the estimate to continue")
-    target = policy if not isinstance(policy, str | Path) else load_target_policy(policy, deterministic)
+    if initial_state_source not in INITIAL_STATE_CHOICES:
+        raise OfflineRLError(f"initial states {initial_state_source!r}: choose from {', '.join(INITIAL_STATE_CHOICES)}")
+    device = dataset.tensors["observations"].device
+    target = (policy if not isinstance(policy, str | Path)
+              else load_target_policy(policy, deterministic, device))
     if isinstance(target, UniformPolicy) and target.act_dim is None:
         target = UniformPolicy(dataset.obs_dim, dataset.act_dim)
     policy_name = policy_name or (str(policy) if isinstance(policy, str | Path)
@@ -278,14 +326,20 @@ def evaluate_policy_offline(policy: str | Path | TargetPolicy, dataset: OfflineD
         raise OfflineRLError(f"dataset {dataset.dataset_id}: no env to roll the policy out in, so no true value; "
                              "pass truth=False (--no-truth) or name the env (--env)")
     if env_id is not None:
-        spec = env_spec(make_env(env_id))
+        env = make_env(env_id)
+        spec = env_spec(env)
+        env.close()
         if (spec.obs_dim, spec.act_dim) != (dataset.obs_dim, dataset.act_dim):
             raise OfflineRLError(f"--env {env_id}: observation/action dimensions {spec.obs_dim}/{spec.act_dim} do "
                                  f"not match dataset {dataset.dataset_id} ({dataset.obs_dim}/{dataset.act_dim})")
     if config.method == "cql-q" and config.mu == "softmax" and target.deterministic:
         raise OfflineRLError("--method cql-q with mu=softmax needs a stochastic policy (the densities of its actions);"
                              " pass --mu uniform or --mu policy for a deterministic one")
-    start_states, state_source = initial_states(dataset, env_id, truth_episodes if truth else states, seed)
+    if initial_state_source == "env" and env_id is None:
+        raise OfflineRLError(f"dataset {dataset.dataset_id}: no env to draw initial states from; use the dataset's "
+                             "episode starts (--initial-states dataset) or name the env (--env)")
+    from_env = env_id if initial_state_source in ("auto", "env") else None
+    start_states, state_source = initial_states(dataset, from_env, truth_episodes if truth else states, seed)
     folder = RunFolder(Path(run_dir), resume, OPE_KIND) if run_dir is not None else None
     with folder if folder is not None else contextlib.nullcontext():
         return _estimate(target, policy_name, dataset, config, schedule, folder, start_states, state_source,
@@ -303,13 +357,17 @@ def _estimate(policy: TargetPolicy, policy_name: str, dataset: OfflineDataset, c
               "deterministic": deterministic, "dataset_id": dataset.dataset_id, "dataset_sha256": card.get("sha256"),
               "method": config.method, "config": dataclasses.asdict(config), "config_hash": config_hash(config),
               "updates": schedule.steps, "seed": seed, "truth_env": truth_env, "truth_episodes": truth_episodes,
+              "policy_fingerprint": policy_fingerprint(policy), "initial_state_source": state_source,
+              "initial_states": len(start_states),
               "git_commit": git_commit(), "offrl_version": __version__, "command": command}
     resume_state = None
     if folder is not None and folder.resume:
         previous = _json(out_dir / "run.json")
-        if previous.get("kind") != OPE_KIND or previous.get("config_hash") != record["config_hash"] \
-                or previous.get("dataset_sha256") != record["dataset_sha256"] or previous.get("policy") != policy_name:
-            raise OfflineRLError(f"--resume: {out_dir} holds another estimate (policy, dataset or config differ)")
+        identity = ("kind", "config_hash", "dataset_sha256", "policy_fingerprint", "deterministic", "seed",
+                    "truth_env", "truth_episodes", "initial_state_source", "initial_states")
+        differ = [key for key in identity if previous.get(key) != record[key]]
+        if differ:
+            raise OfflineRLError(f"--resume: {out_dir} holds another estimate ({', '.join(differ)} differ)")
         finished = folder.finished_report(schedule.steps)
         if finished is not None:
             return OPEReport.from_dict(finished)
@@ -330,8 +388,10 @@ def _estimate(policy: TargetPolicy, policy_name: str, dataset: OfflineDataset, c
         return policy_value(model, policy, start_states, normalizer).double().cpu().numpy()
 
     resume_step = resume_state["loop"]["step"] if resume_state is not None else None
+    # the final estimate's row follows the last checkpoint: a run resumed at its last step writes it again
+    keep = resume_step - 1 if resume_step is not None and resume_step >= schedule.steps else resume_step
     metrics_log = MetricsLog(out_dir / "metrics.csv" if out_dir else None, resume_step)
-    estimates_log = MetricsLog(out_dir / "estimates.csv" if out_dir else None, resume_step)
+    estimates_log = MetricsLog(out_dir / "estimates.csv" if out_dir else None, keep)
 
     def evaluate(step: int) -> tuple[float, dict]:
         value = float(estimate_at_states().mean())
@@ -356,10 +416,12 @@ def _estimate(policy: TargetPolicy, policy_name: str, dataset: OfflineDataset, c
                        seed=seed, gamma=config.gamma, deterministic=deterministic, estimate=estimate,
                        estimate_ci_low=low, estimate_ci_high=high, initial_states=len(values),
                        initial_state_source=state_source, curve=[*state.curve, (state.step, estimate)],
+                       policy_fingerprint=record["policy_fingerprint"],
                        dataset_sha256=card.get("sha256"), run_dir=str(out_dir) if out_dir else None,
                        wall_time_s=state.elapsed_s, git_commit=record.get("git_commit"))
     if truth_env is not None:
-        truth, truth_low, truth_high = monte_carlo_value(policy, truth_env, truth_episodes, config.gamma, seed)
+        truth, truth_low, truth_high = monte_carlo_value(policy, truth_env, truth_episodes, config.gamma, seed, device)
+        report.truth_horizon = truth_horizon(truth_env, config.gamma)
         report.true_value, report.true_ci_low, report.true_ci_high = truth, truth_low, truth_high
         report.truth_episodes = truth_episodes
         report.error = estimate - truth
@@ -371,10 +433,26 @@ def _estimate(policy: TargetPolicy, policy_name: str, dataset: OfflineDataset, c
 
 # --- the results table (evaluation/ope.csv) ---------------------------------------------------------------------
 
-OPE_COLUMNS = ("policy", "dataset_id", "dataset_sha256", "method", "alpha", "mu", "deterministic", "seed", "updates",
-               "gamma", "estimate", "estimate_ci_low", "estimate_ci_high", "initial_states", "initial_state_source",
-               "true_value", "true_ci_low", "true_ci_high", "truth_episodes", "error", "is_lower_bound",
-               "wall_time_s", "git_commit", "offrl_version", "date", "run_dir", "sweep_id")
+OPE_COLUMNS = ("policy", "policy_fingerprint", "dataset_id", "dataset_sha256", "method", "alpha", "mu",
+               "deterministic", "seed", "updates", "gamma", "estimate", "estimate_ci_low", "estimate_ci_high",
+               "initial_states", "initial_state_source", "true_value", "true_ci_low", "true_ci_high",
+               "truth_episodes", "truth_horizon", "error", "is_lower_bound", "wall_time_s", "git_commit",
+               "offrl_version", "date", "run_dir", "sweep_id")
+
+
+def check_ope_results(path: Path) -> None:
+    """Refuse, before any work, a results path a row could not be appended to."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise OfflineRLError(f"--results {path}: exists and is not a file")
+    if path.is_file():
+        with path.open() as f:
+            header = f.readline().strip()
+        if header and tuple(header.split(",")) != OPE_COLUMNS:
+            raise OfflineRLError(f"--results {path}: not an offrl OPE results file (its header differs)")
+    existing = next(folder for folder in (path.parent, *path.parent.parents) if folder.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OfflineRLError(f"--results {path}: {existing} is not writable")
 
 
 def append_ope_row(path: Path, report: OPEReport, sweep_id: str | None = None, once: bool = False) -> bool:

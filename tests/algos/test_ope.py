@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from offrl.algos.ope import OPEConfig, OPECritic, ope_losses
+from offrl.algos.ope import OPEConfig, OPECritic, ope_losses, ope_update
 from offrl.data.buffer import Batch
 
 S, A, GAMMA = 4, 3, 0.8
@@ -42,24 +42,27 @@ def _values(q, pi):
     return (q * pi).sum(axis=1)
 
 
-def _empirical(transitions, rewards, behaviour, rows: int, seed: int = 1, reward_noise: float = 0.5):
-    """A dataset of `rows` transitions (s uniform, a ~ β, s' ~ P, noisy r) and its empirical model."""
+def _empirical(transitions, rewards, behaviour, rows: int, seed: int = 1, reward_noise: float = 0.5,
+               terminal_rate: float = 0.0):
+    """A dataset of `rows` transitions (s uniform, a ~ β, s' ~ P, noisy r, a share of them terminal) and its
+    empirical model; a terminal row's successor counts for nothing (P̂'s rows then sum to less than 1)."""
     rng = np.random.default_rng(seed)
     s = rng.integers(S, size=rows)
     a = np.array([rng.choice(A, p=behaviour[i]) for i in s])
     s_next = np.array([rng.choice(S, p=transitions[i, j]) for i, j in zip(s, a, strict=True)])
     r = rewards[s, a] + reward_noise * rng.standard_normal(rows)
+    terminal = rng.random(rows) < terminal_rate
     counts = np.zeros((S, A))
     np.add.at(counts, (s, a), 1)
     assert counts.min() > 0, "every (s, a) must be in the data for the empirical model"
     p_hat = np.zeros((S, A, S))
-    np.add.at(p_hat, (s, a, s_next), 1)
+    np.add.at(p_hat, (s[~terminal], a[~terminal], s_next[~terminal]), 1)
     p_hat /= counts[..., None]
     r_hat = np.zeros((S, A))
     np.add.at(r_hat, (s, a), r)
     r_hat /= counts
     behaviour_hat = counts / counts.sum(axis=1, keepdims=True)
-    return (s, a, r, s_next), p_hat, r_hat, behaviour_hat
+    return (s, a, r, s_next, terminal), p_hat, r_hat, behaviour_hat
 
 
 # --- the theorems, on closed forms ------------------------------------------------------------------------------
@@ -152,20 +155,24 @@ class _TableCritic(torch.nn.Module):
 
 
 class _BinPolicy:
-    """π(k|s) over the bins, as a density on [-1, 1]: pick a bin by π, then a point uniformly inside it."""
+    """π(k|s) over the bins, as a density on [-1, 1]^act_dim: pick a bin of the first action coordinate by π, then
+    a point uniformly inside it; further coordinates are uniform on [-1, 1] (the critic ignores them), so every
+    density carries their factor 1/2 each, as the uniform proposal's does."""
 
     deterministic = False
-    obs_dim, act_dim = S, 1
+    obs_dim = S
 
-    def __init__(self, pi: np.ndarray):
+    def __init__(self, pi: np.ndarray, act_dim: int = 1):
         self.pi = torch.as_tensor(pi, dtype=torch.float64)
+        self.act_dim = act_dim
 
     def sample(self, observations: torch.Tensor, n: int):
         probs = self.pi[observations.argmax(dim=-1)]  # (B, A)
         bins = torch.multinomial(probs, n, replacement=True).T  # (n, B)
-        actions = -1 + (bins + torch.rand(bins.shape, dtype=torch.float64)) * (2.0 / A)
-        log_density = probs.gather(1, bins.T).T.log() + math.log(A / 2.0)
-        return actions.unsqueeze(-1), log_density
+        first = -1 + (bins + torch.rand(bins.shape, dtype=torch.float64)) * (2.0 / A)
+        rest = torch.rand((*bins.shape, self.act_dim - 1), dtype=torch.float64) * 2 - 1
+        log_density = probs.gather(1, bins.T).T.log() + math.log(A / 2.0) + (self.act_dim - 1) * math.log(0.5)
+        return torch.cat([first.unsqueeze(-1), rest], dim=-1), log_density
 
 
 def _mean_gradient(table, batch, policy, config, draws: int = 16) -> np.ndarray:
@@ -182,41 +189,77 @@ def _mean_gradient(table, batch, policy, config, draws: int = 16) -> np.ndarray:
     return total / draws
 
 
-@pytest.mark.parametrize("method, mu", [("fqe", "uniform"), ("cql-q", "uniform"), ("cql-q", "policy"),
-                                        ("cql-v", "policy"), ("cql-q", "softmax")])
-def test_offrl_losses_are_stationary_at_the_closed_form_fixed_point(method, mu):
+def _batch(data, act_dim: int = 1) -> Batch:
+    s, a, r, s_next, terminal = data
+    eye = torch.eye(S, dtype=torch.float64)
+    first = torch.as_tensor(-1 + (a + 0.5) * (2.0 / A)).unsqueeze(-1)
+    rest = torch.rand((len(s), act_dim - 1), dtype=torch.float64) * 2 - 1
+    return Batch(observations=eye[s], actions=torch.cat([first, rest], dim=-1), rewards=torch.as_tensor(r),
+                 next_observations=eye[s_next], terminals=torch.as_tensor(terminal, dtype=torch.float64),
+                 timeouts=torch.zeros(len(s), dtype=torch.float64))
+
+
+def _closed_form(method, mu, alpha, temperature, pi, p_hat, r_hat, behaviour_hat):
+    """The fixed point of each estimator on the empirical model."""
+    if method == "fqe":
+        return _q_fixed_point(p_hat, r_hat, pi, 0.0)
+    if method == "cql-v":
+        return _q_fixed_point(p_hat, r_hat, pi, alpha * (pi / behaviour_hat - 1.0))
+    if mu == "uniform":
+        return _q_fixed_point(p_hat, r_hat, pi, alpha * (1.0 / A) / behaviour_hat)
+    if mu == "policy":
+        return _q_fixed_point(p_hat, r_hat, pi, alpha * pi / behaviour_hat)
+    # softmax: μ ∝ exp(Q/τ) depends on the fixed point itself; solve Q = B̂^π Q − α softmax(Q/τ) / π̂_β by a damped
+    # iteration (the undamped one oscillates once α / π̂_β outgrows 1 − γ)
+    q = _q_fixed_point(p_hat, r_hat, pi, 0.0)
+    for _ in range(5000):
+        softmax = np.exp((q - q.max(axis=1, keepdims=True)) / temperature)
+        softmax /= softmax.sum(axis=1, keepdims=True)
+        q = 0.9 * q + 0.1 * (r_hat - alpha * softmax / behaviour_hat + GAMMA * p_hat @ _values(q, pi))
+    np.testing.assert_allclose(r_hat - alpha * softmax / behaviour_hat + GAMMA * p_hat @ _values(q, pi), q,
+                               atol=1e-9)
+    return q
+
+
+@pytest.mark.parametrize("method, mu, act_dim, temperature", [
+    ("fqe", "uniform", 1, 1.0), ("cql-q", "uniform", 2, 1.0), ("cql-q", "policy", 1, 1.0), ("cql-v", "policy", 2, 1.0),
+    ("cql-q", "softmax", 1, 1.0), ("cql-q", "softmax", 2, 0.5)])
+def test_offrl_losses_are_stationary_at_the_closed_form_fixed_point(method, mu, act_dim, temperature):
+    """Also with a second action coordinate (the uniform density's |A| factor), τ ≠ 1 and terminal rows."""
     torch.manual_seed(0)
     transitions, rewards, pi, behaviour = _random_mdp()
-    (s, a, r, s_next), p_hat, r_hat, behaviour_hat = _empirical(transitions, rewards, behaviour, rows=3000)
-    eye = torch.eye(S, dtype=torch.float64)
-    batch = Batch(observations=eye[s], actions=torch.as_tensor(-1 + (a + 0.5) * (2.0 / A)).unsqueeze(-1),
-                  rewards=torch.as_tensor(r), next_observations=eye[s_next],
-                  terminals=torch.zeros(len(s), dtype=torch.float64), timeouts=torch.zeros(len(s), dtype=torch.float64))
+    data, p_hat, r_hat, behaviour_hat = _empirical(transitions, rewards, behaviour, rows=3000, terminal_rate=0.1)
+    batch = _batch(data, act_dim)
     alpha = 0.4
     config = OPEConfig(method=method, alpha=alpha, mu=mu, n_actions=128, backup_samples=128, gamma=GAMMA,
-                       critic_hidden=(2,))
-    if method == "fqe":
-        shift = np.zeros((S, A))
-    elif method == "cql-v":
-        shift = alpha * (pi / behaviour_hat - 1.0)
-    elif mu == "uniform":
-        shift = alpha * (1.0 / A) / behaviour_hat
-    elif mu == "policy":
-        shift = alpha * pi / behaviour_hat
-    else:  # softmax: μ ∝ exp Q depends on the fixed point itself; solve Q = B̂^π Q − α softmax(Q) / π̂_β by a
-        # damped iteration (the undamped one oscillates once α / π̂_β outgrows 1 − γ)
-        q = _q_fixed_point(p_hat, r_hat, pi, 0.0)
-        for _ in range(5000):
-            softmax = np.exp(q - q.max(axis=1, keepdims=True))
-            softmax /= softmax.sum(axis=1, keepdims=True)
-            q = 0.9 * q + 0.1 * (r_hat - alpha * softmax / behaviour_hat + GAMMA * p_hat @ _values(q, pi))
-        shift = r_hat + GAMMA * p_hat @ _values(q, pi) - q
-        np.testing.assert_allclose(shift, alpha * softmax / behaviour_hat, atol=1e-9)
-    fixed_point = _q_fixed_point(p_hat, r_hat, pi, shift)
+                       critic_hidden=(2,), temperature=temperature)
+    fixed_point = _closed_form(method, mu, alpha, temperature, pi, p_hat, r_hat, behaviour_hat)
     q_pi = _q_fixed_point(transitions, rewards, pi, 0.0)
-    at_fixed_point = _mean_gradient(fixed_point, batch, _BinPolicy(pi), config)
-    at_q_pi = _mean_gradient(q_pi, batch, _BinPolicy(pi), config)
+    at_fixed_point = _mean_gradient(fixed_point, batch, _BinPolicy(pi, act_dim), config)
+    at_q_pi = _mean_gradient(q_pi, batch, _BinPolicy(pi, act_dim), config)
     assert np.abs(at_fixed_point).max() < 0.03 * np.abs(at_q_pi).max(), (at_fixed_point, at_q_pi)
+
+
+@pytest.mark.parametrize("method, mu", [("fqe", "uniform"), ("cql-q", "uniform"), ("cql-v", "policy")])
+def test_ope_update_converges_to_the_closed_form(method, mu):
+    """The whole update (Adam, the Polyak target, the ensemble's mean target) trained to convergence."""
+    torch.manual_seed(1)
+    transitions, rewards, pi, behaviour = _random_mdp()
+    data, p_hat, r_hat, behaviour_hat = _empirical(transitions, rewards, behaviour, rows=1000, terminal_rate=0.1)
+    batch = _batch(data)
+    config = OPEConfig(method=method, alpha=0.4, mu=mu, n_actions=16, backup_samples=16, gamma=GAMMA,
+                       critic_hidden=(2,), critic_lr=1e-2, tau=0.1)
+    model = OPECritic(S, 1, config)
+    start = np.zeros((S, A))
+    model.critic, model.critic_target = _TableCritic(start), _TableCritic(start)
+    model.critic.table.data[1] += 0.5  # the two critics start apart: the target is their mean, not one of them
+    model.critic_optimizer = torch.optim.Adam(model.critic.parameters(), lr=config.critic_lr)
+    policy = _BinPolicy(pi)
+    for _ in range(1500):
+        ope_update(model, policy, batch, config, lambda observations: observations)
+    expected = _closed_form(method, mu, 0.4, 1.0, pi, p_hat, r_hat, behaviour_hat)
+    learned = model.critic.table.detach().mean(dim=0).numpy()
+    assert np.abs(learned - expected).max() < 0.05 * np.abs(expected).max(), (learned, expected)
 
 
 # --- the estimator's interface ---------------------------------------------------------------------------------
@@ -224,7 +267,8 @@ def test_offrl_losses_are_stationary_at_the_closed_form_fixed_point(method, mu):
 def test_config_refuses_bad_values():
     from offrl.errors import OfflineRLError
 
-    for bad in ({"method": "mc"}, {"mu": "beta"}, {"alpha": -1.0}, {"alpha": float("nan")}, {"gamma": 1.0},
+    for bad in ({"method": "mc"}, {"mu": "beta"}, {"alpha": -1.0}, {"alpha": float("nan")}, {"alpha": True},
+                {"gamma": 1.0},
                 {"n_actions": 0}, {"critic_hidden": ()}):
         with pytest.raises(OfflineRLError, match=next(iter(bad))):
             OPEConfig(**bad).validate()

@@ -10,6 +10,7 @@ from offrl.train.ope import OPE_COLUMNS
 
 def _rows(method, estimates, truths=(0.0, 50.0, 100.0), dataset="hopper/medium-v1"):
     return [{**dict.fromkeys(OPE_COLUMNS), "policy": f"p{i}", "dataset_id": dataset, "method": method, "seed": 0,
+             "gamma": 0.99, "updates": 100, "deterministic": False,
              "estimate": e, "true_value": t} for i, (e, t) in enumerate(zip(estimates, truths, strict=True))]
 
 
@@ -26,6 +27,17 @@ def test_metrics_on_known_rows(tmp_path):
     assert cql["rank_correlation"] == pytest.approx(0.5)  # ranks (1, 3, 2) against (1, 2, 3)
     assert cql["regret_at_1"] == pytest.approx(0.5)  # picks p1 (truth 50) instead of p2 (100)
     assert cql["lower_bound_rate"] == pytest.approx(2 / 3)
+
+
+def test_settings_are_not_pooled_and_the_range_is_shared_by_methods(tmp_path):
+    rows = (_rows("cql-v", (10.0, 40.0, 120.0)) + [{**r, "alpha": 5.0} for r in _rows("cql-v", (0.0, 0.0, 0.0))]
+            + _rows("fqe", (1.0, 2.0), truths=(0.0, 50.0), dataset="hopper/medium-replay-v1"))
+    path = tmp_path / "ope.csv"
+    pd.DataFrame(rows, columns=list(OPE_COLUMNS)).to_csv(path, index=False)
+    metrics = ope_metrics(read_ope_results(path))
+    assert len(metrics) == 3  # α unset, α = 5 and fqe: three settings
+    # fqe saw only p0 and p1 (range 50), yet its errors are divided by the env's range, as every method's are
+    assert set(metrics["value_range"]) == {100.0}
 
 
 def test_cli_writes_the_summary_and_refuses_another_file(tmp_path, capsys):

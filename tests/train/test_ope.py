@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import offrl
 from offrl.algos.ope import OPEConfig
@@ -35,11 +36,20 @@ def test_an_estimate_with_its_truth_run_folder_resume_and_results_row(pendulum, 
     assert report.error == pytest.approx(report.estimate - report.true_value)
     assert report.is_lower_bound == (report.estimate <= report.true_value)
     assert [step for step, _ in report.curve] == [10, 20]
-    # the truth is π's mean discounted return from the same reset states (Pendulum: 200 steps, no termination)
+    # the truth is π's mean discounted return from the same reset states, rolled out past Pendulum's 200-step limit
+    # (Q̂ bootstraps through time-limit cuts) until γ^T <= 1e-3: 688 steps at γ = 0.99
     policy = load_target_policy("Pendulum-v1/expert")
-    from offrl.train.ope import monte_carlo_value
+    from offrl.evaluation.q_bias import discounted_returns
+    from offrl.evaluation.rollout import rollout_episodes
+    from offrl.train.ope import INITIAL_STATE_SEED, monte_carlo_value
 
+    assert report.truth_horizon == 688
     assert monte_carlo_value(policy, "Pendulum-v1", 3, 0.99)[0] == pytest.approx(report.true_value)
+    torch.manual_seed(INITIAL_STATE_SEED)
+    episodes = rollout_episodes(lambda obs: policy.sample(obs, 1)[0][0], "Pendulum-v1", 3, INITIAL_STATE_SEED,
+                                max_episode_steps=688)
+    assert [len(e.rewards) for e in episodes] == [688] * 3
+    assert np.mean([discounted_returns(e.rewards, 0.99)[0] for e in episodes]) == pytest.approx(report.true_value)
     estimates = pd.read_csv(out / "estimates.csv")
     assert list(estimates["step"]) == [10, 20] and estimates["estimate"].iloc[-1] == pytest.approx(report.estimate)
     assert json.loads((out / "run.json").read_text())["kind"] == "ope"
@@ -59,10 +69,16 @@ def test_a_resumed_estimate_equals_an_uninterrupted_one(pendulum, tmp_path):
                                     show_progress=False)
     evaluate_policy_offline("Pendulum-v1/medium", pendulum, "cql-v", 10, config=TINY, truth=False, states=4,
                             checkpoint_every=10, run_dir=tmp_path / "r", show_progress=False)
-    # the same folder continued to 20 updates: another config hash is refused, the same one resumes
-    with pytest.raises(offrl.OfflineRLError, match="holds another estimate"):
-        evaluate_policy_offline("Pendulum-v1/medium", pendulum, "fqe", 20, config=TINY, truth=False, states=4,
-                                run_dir=tmp_path / "r", resume=True, show_progress=False)
+    # the same folder continued to 20 updates: another estimate is refused, naming what differs; the same resumes
+    for change, differ in (({"method": "fqe"}, "config_hash"), ({"seed": 7}, "seed"),
+                           ({"deterministic": True}, "policy_fingerprint"), ({"states": 5}, "initial_states"),
+                           ({"policy": "Pendulum-v1/expert"}, "policy_fingerprint")):
+        arguments = {"policy": "Pendulum-v1/medium", "method": "cql-v", "seed": 0, "deterministic": False,
+                     "states": 4, **change}
+        with pytest.raises(offrl.OfflineRLError, match=f"holds another estimate .*{differ}"):
+            evaluate_policy_offline(arguments.pop("policy"), pendulum, arguments.pop("method"), 20, config=TINY,
+                                    truth=False, run_dir=tmp_path / "r", resume=True, show_progress=False,
+                                    **arguments)
     (tmp_path / "r" / "final.json").unlink()  # as if killed after its last checkpoint, before its report
     resumed = evaluate_policy_offline("Pendulum-v1/medium", pendulum, "cql-v", 20, config=TINY, truth=False,
                                       states=4, checkpoint_every=10, run_dir=tmp_path / "r", resume=True,
@@ -88,6 +104,9 @@ def test_without_an_env_the_initial_states_are_the_datasets_episode_starts(tiny_
     report = evaluate_policy_offline("Pendulum-v1/medium", dataset, "fqe", 5, config=TINY, truth=False,
                                      show_progress=False)
     assert report.initial_state_source == "dataset episode starts" and report.initial_states == 2  # 2 episodes
+    with pytest.raises(offrl.OfflineRLError, match="no env to draw initial states from"):
+        evaluate_policy_offline("Pendulum-v1/medium", dataset, "fqe", 5, config=TINY, truth=False,
+                                initial_state_source="env", show_progress=False)
     assert report.true_value is None and report.is_lower_bound is None
     with pytest.raises(offrl.OfflineRLError, match="no env to roll the policy out in"):
         evaluate_policy_offline("Pendulum-v1/medium", dataset, "fqe", 5, config=TINY, show_progress=False)
@@ -131,6 +150,12 @@ def test_cli_prints_the_estimate_and_appends_a_row(pendulum, tmp_path, capsys):
     assert "estimate V(s0)" in out and "true value (Monte Carlo)" in out and "lower bound" in out
     row = pd.read_csv(results).iloc[0]
     assert row["method"] == "cql-v" and row["alpha"] == 2.0 and row["mu"] == "policy" and row["updates"] == 4
+    # the dataset's episode starts instead of env resets (d3rlpy's choice), the truth still from env resets
+    assert main(["ope", "--policy", "Pendulum-v1/expert", "--dataset", "pendulum/random-v0", "--method", "fqe",
+                 "--steps", "2", "--truth-episodes", "2", "--quiet", "--set", "critic_hidden=[8]",
+                 "--initial-states", "dataset", "--results", str(results)]) == 0
+    row = pd.read_csv(results).iloc[1]
+    assert row["initial_state_source"] == "dataset episode starts" and row["initial_states"] == 2
 
 
 @pytest.mark.parametrize("args, message", [
@@ -141,6 +166,8 @@ def test_cli_prints_the_estimate_and_appends_a_row(pendulum, tmp_path, capsys):
     (["--set", "alpha=-1"], "alpha must be a number >= 0"),
     (["--set", "gamma=2"], "gamma must be in [0, 1)"),
     (["--env", "HalfCheetah-v5"], "--env HalfCheetah-v5: observation/action dimensions 17/6 do not match"),
+    (["--alpha", "2"], "--alpha: fqe has no penalty to weigh"),
+    (["--method", "cql-v", "--mu", "uniform"], "--mu: only cql-q takes a penalty distribution"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_nothing_written(pendulum, tmp_path, capsys, monkeypatch, args,
                                                               message):
@@ -155,6 +182,14 @@ def test_cli_bad_input_is_one_line_exit_2_and_nothing_written(pendulum, tmp_path
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "ope.csv").exists()
+
+
+def test_a_results_file_of_another_kind_is_refused_before_any_work(pendulum, tmp_path, capsys):
+    other = tmp_path / "leaderboard.csv"
+    other.write_text("run_id,phase\nx,offline\n")
+    assert main(["ope", "--policy", "Pendulum-v1/expert", "--dataset", "pendulum/random-v0", "--method", "fqe",
+                 "--steps", "2", "--quiet", "--results", str(other), "--out", str(tmp_path / "out")]) == 2
+    assert "not an offrl OPE results file" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_a_results_file_of_another_kind_is_refused(pendulum, tmp_path):

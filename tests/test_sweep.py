@@ -44,11 +44,21 @@ def _sweep(base, *extra, fault=None):
                           text=True, timeout=600)
 
 
+def _ray_pids() -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return {int(line.split(None, 1)[0]) for line in out.splitlines()
+            if any(name in line for name in ("raylet", "gcs_server", "ray::"))}
+
+
+# Ray processes of other jobs on this machine (another user's cluster, a long sweep) are not the tests' business:
+# only processes that appeared after the test session started must be gone.
+_RAY_PIDS_BEFORE = _ray_pids()
+
+
 def _no_ray_processes_left() -> bool:
     deadline = time.time() + 20
     while time.time() < deadline:
-        out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-        if not any(name in out for name in ("raylet", "gcs_server", "ray::")):
+        if not _ray_pids() - _RAY_PIDS_BEFORE:
             return True
         time.sleep(0.5)
     return False

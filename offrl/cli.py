@@ -256,7 +256,8 @@ def cmd_train_cql(args: argparse.Namespace) -> int:
         f"{agent.config_name}{'-calql' if agent.config.calibrated else ''}-seed{args.seed}"
     _output_folder(out, "--out")
     leaderboard = _appendable_leaderboard(args)
-    dataset = load_dataset(args.dataset, args.device, collect_missing=args.collect_missing)
+    dataset = load_dataset(args.dataset, args.device, collect_missing=args.collect_missing,
+                           show_progress=not args.quiet)
     report = agent.fit(dataset, args.steps, seed=args.seed, eval_every=args.eval_every,
                        eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
                        log_every=args.log_every, checkpoint_every=args.checkpoint_every, run_dir=out,
@@ -437,7 +438,8 @@ def cmd_ope(args: argparse.Namespace) -> int:
     if args.results is not None:
         check_ope_results(Path(args.results))
     policy = load_target_policy(args.policy, args.deterministic, args.device)
-    dataset = load_dataset(args.dataset, args.device, collect_missing=args.collect_missing)
+    dataset = load_dataset(args.dataset, args.device, collect_missing=args.collect_missing,
+                           show_progress=not args.quiet)
     report = evaluate_policy_offline(policy, dataset, args.method, args.steps, config=config, seed=args.seed,
                                      env=args.env or True, truth=not args.no_truth,
                                      truth_episodes=args.truth_episodes, states=args.states,

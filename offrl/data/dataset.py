@@ -47,12 +47,13 @@ class OfflineDataset:
 
 
 def load_dataset(dataset_id: str, device: torch.device | str = "cpu", root: Path | None = None,
-                 collect_missing: bool = False) -> OfflineDataset:
+                 collect_missing: bool = False, show_progress: bool = True) -> OfflineDataset:
     """A registered dataset on `device`, its file's sha256 checked against its card (refused on mismatch).
 
     An id that is not in the store is imported from the local Minari store when Minari has it (checksummed and
     carded on first use); with `collect_missing`, one of offrl's ids whose file is absent is collected from its
-    shipped policy and card (the store's card, or the one offrl ships)."""
+    shipped policy and card (the store's card, or the one offrl ships), with a progress bar unless
+    `show_progress` is false."""
     if not isinstance(dataset_id, str):
         raise OfflineRLError(f"dataset_id: expected a dataset id string, found {type(dataset_id).__name__}")
     device = resolve_device(device)
@@ -66,7 +67,8 @@ def load_dataset(dataset_id: str, device: torch.device | str = "cpu", root: Path
 
             check_writable_store()  # before collecting, not after
 
-            collect_shipped(dataset_id)  # also rebuilds a file whose card is in the store (a source checkout)
+            # also rebuilds a file whose card is in the store (a source checkout)
+            collect_shipped(dataset_id, show_progress)
     card = verify_dataset(dataset_id, root, structural=False)
     arrays, _ = read_transitions(data_path(dataset_id, root))
     if len(arrays["rewards"]) != card["transitions"]:

@@ -39,7 +39,7 @@ from offrl.errors import OfflineRLError
 from offrl.evaluation.q_bias import discounted_returns, dropped_tail
 from offrl.evaluation.rollout import rollout_episodes
 from offrl.fileio import atomic_write_bytes, git_commit
-from offrl.runs import write_run_record
+from offrl.runs import read_run_record, write_run_record
 from offrl.train.logs import MetricsLog
 from offrl.train.loop import OfflineSteps, Schedule, run_loop
 from offrl.train.run_folder import RunFolder
@@ -362,8 +362,8 @@ def _estimate(policy: TargetPolicy, policy_name: str, dataset: OfflineDataset, c
               "git_commit": git_commit(), "offrl_version": __version__, "command": command}
     resume_state = None
     if folder is not None and folder.resume:
-        previous = _json(out_dir / "run.json")
-        identity = ("kind", "config_hash", "dataset_sha256", "policy_fingerprint", "deterministic", "seed",
+        previous = read_run_record(out_dir, OPE_KIND)  # refuses a missing, damaged or non-OPE record
+        identity = ("config_hash", "dataset_sha256", "policy_fingerprint", "deterministic", "seed",
                     "truth_env", "truth_episodes", "initial_state_source", "initial_states")
         differ = [key for key in identity if previous.get(key) != record[key]]
         if differ:

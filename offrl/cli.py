@@ -712,7 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fqe: Fitted Q Evaluation; cql-q: CQL eq. 1, a lower bound on Q at every (s, a); cql-v: CQL "
                         "eq. 2 with mu = pi, a tighter lower bound on the value")
     p.add_argument("--steps", type=positive_int, required=True, help="critic updates")
-    p.add_argument("--alpha", type=_finite_float, default=None, help="weight of the conservative penalty (default 1)")
+    p.add_argument("--alpha", type=_finite_float, default=None,
+                   help="weight of the conservative penalty (default 0.01)")
     p.add_argument("--mu", choices=["softmax", "uniform", "policy"], default=None,
                    help="cql-q's penalty distribution (default softmax: CQL(H)'s logsumexp over uniform and policy "
                         "actions)")

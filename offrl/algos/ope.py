@@ -66,7 +66,10 @@ class OPEConfig:
     """
 
     method: str = "fqe"  # fqe, cql-q or cql-v
-    alpha: float = 1.0  # α of the penalty (ignored by fqe); the fixed point moves by α / (data density ratio)
+    # α of the penalty (ignored by fqe); the fixed point moves by α / (data density ratio). 0.01 because that ratio
+    # is enormous for a 6-D policy outside the data: at α 0.1 and 1 the eq. 2 estimate of HalfCheetah's expert on
+    # medium-v1 kept falling far below zero (evaluation/RESULTS.md, "Off-policy evaluation budget: probes").
+    alpha: float = 0.01
     mu: str = "softmax"  # cql-q's μ (see the module docstring); cql-v's μ is π by definition
     n_actions: int = 10  # actions per state for the penalty (n uniform and n from π for `softmax`)
     backup_samples: int = 4  # a′ ~ π(s′) averaged in the backup: E_{a′~π} without a max, so more samples cut variance

@@ -472,13 +472,15 @@ def cmd_ope(args: argparse.Namespace) -> int:
 
 
 def cmd_ope_summary(args: argparse.Namespace) -> int:
-    from offrl.evaluation.ope_summary import ope_metrics, read_ope_results, write_ope_summary
+    import pandas as pd
+
+    from offrl.evaluation.ope_summary import read_ope_results, write_ope_summary
 
     frame = read_ope_results(Path(args.results))
     out = _output_folder(Path(args.out) if args.out else Path(args.results).parent, "--out")
     for path in write_ope_summary(frame, out):
         print(f"wrote {path}")
-    print(ope_metrics(frame).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(pd.read_csv(out / "ope_summary.csv").to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 
 

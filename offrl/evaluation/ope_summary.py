@@ -6,7 +6,10 @@ Evaluation", section 5): per env and method, over a set of target policies evalu
   seed, then averaged;
 - regret@1: the best policy's true value minus the true value of the policy with the highest estimate, divided
   by the same range, per dataset and seed, then averaged;
-- lower-bound rate: the share of (policy, dataset, seed) estimates at or below the truth.
+- lower-bound rate: the share of (policy, dataset, seed) estimates at or below the truth;
+- drift over the last quarter: the largest |V̂(end) − V̂(¾ of the updates)| over the setting's estimates, divided
+  by the same range: whether the budget let the estimates stop moving (their curves are `ope_curves.csv` and
+  one plot per env).
 Rows come from `evaluation/ope.csv` (offrl.train.ope.OPE_COLUMNS). A row repeated for one run folder counts
 once; estimates are pooled only when everything that defines an estimator matches (method, α, μ, γ, updates and
 whether the policies are deterministic), each such setting a row of the summary.
@@ -22,7 +25,8 @@ import pandas as pd
 from offrl.errors import OfflineRLError
 from offrl.fileio import atomic_write_bytes
 
-__all__ = ["read_ope_results", "ope_metrics", "write_ope_summary", "plot_ope_scatter"]
+__all__ = ["read_ope_results", "ope_metrics", "collect_ope_curves", "read_ope_curves", "write_ope_summary", "plot_ope_scatter",
+           "plot_ope_curves", "CURVE_COLUMNS"]
 
 
 def read_ope_results(path: Path) -> pd.DataFrame:
@@ -45,17 +49,71 @@ def read_ope_results(path: Path) -> pd.DataFrame:
 SETTING = ["env", "method", "alpha", "mu", "gamma", "updates", "deterministic"]
 
 
-def ope_metrics(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per estimator setting (SETTING): the DOPE metrics over every policy, dataset and seed of its env."""
-    from scipy.stats import spearmanr
-
+def _with_group_keys(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     for column in SETTING[2:]:  # fqe has no α or μ: a group key may not be NaN
         frame[column] = frame[column].astype(object).where(frame[column].notna(), "-")
-    # the value range of the policies of one env (γ, policy kind), the same whichever method estimates them
+    return frame
+
+
+def _value_ranges(frame: pd.DataFrame) -> dict[tuple, float]:
+    """The range of the true values of one env's policies (per γ and policy kind), the same whichever method
+    estimates them."""
     per_policy = frame.groupby(["env", "gamma", "deterministic", "policy"])["true_value"].mean()
-    ranges = {key: float(truths.max() - truths.min()) if len(truths) > 1 else float("nan")
-              for key, truths in per_policy.groupby(level=[0, 1, 2])}
+    return {key: float(truths.max() - truths.min()) if len(truths) > 1 else float("nan")
+            for key, truths in per_policy.groupby(level=[0, 1, 2])}
+
+
+# --- the estimates' curves: kept in ope_curves.csv beside the summary, since run folders are not committed ------
+
+CURVE_COLUMNS = ("run_dir", "env", "dataset_id", "policy", "method", "alpha", "mu", "seed", "updates", "step",
+                 "estimate")
+
+
+def collect_ope_curves(frame: pd.DataFrame, previous: pd.DataFrame | None = None) -> pd.DataFrame:
+    """V̂ along training for every row of `frame` that has a run folder: read from its `estimates.csv` where the
+    folder exists, else kept from `previous` (an earlier `ope_curves.csv`), else left out."""
+    pieces = []
+    kept = previous.groupby("run_dir") if previous is not None and not previous.empty else None
+    kept_dirs = set(previous["run_dir"]) if kept is not None else set()
+    for row in frame.itertuples(index=False):
+        if not isinstance(row.run_dir, str):
+            continue
+        path = Path(row.run_dir) / "estimates.csv"
+        if path.is_file():
+            curve = pd.read_csv(path).drop_duplicates("step", keep="last").sort_values("step")
+            pieces.append(pd.DataFrame({"run_dir": row.run_dir, "env": row.env, "dataset_id": row.dataset_id,
+                                        "policy": row.policy, "method": row.method, "alpha": row.alpha,
+                                        "mu": row.mu, "seed": row.seed, "updates": row.updates,
+                                        "step": curve["step"].to_numpy(), "estimate": curve["estimate"].to_numpy()}))
+        elif row.run_dir in kept_dirs:
+            pieces.append(kept.get_group(row.run_dir))
+    if not pieces:
+        return pd.DataFrame(columns=list(CURVE_COLUMNS))
+    return pd.concat(pieces, ignore_index=True)[list(CURVE_COLUMNS)]
+
+
+def _late_drift(curves: pd.DataFrame) -> pd.Series:
+    """Per run folder: |V̂ at the end − V̂ at the last point at or before ¾ of the updates| (NaN without one)."""
+    def drift(curve: pd.DataFrame) -> float:
+        curve = curve.sort_values("step")
+        earlier = curve[curve["step"] <= 0.75 * float(curve["updates"].iloc[0])]
+        if earlier.empty:
+            return float("nan")
+        return abs(float(curve["estimate"].iloc[-1]) - float(earlier["estimate"].iloc[-1]))
+
+    return curves.groupby("run_dir").apply(drift, include_groups=False) if not curves.empty else pd.Series(
+        dtype=float)
+
+
+def ope_metrics(frame: pd.DataFrame, curves: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per estimator setting (SETTING): the DOPE metrics over every policy, dataset and seed of its env,
+    and, given the estimates' curves, how far they still moved over the last quarter of the updates."""
+    from scipy.stats import spearmanr
+
+    frame = _with_group_keys(frame)
+    ranges = _value_ranges(frame)
+    drifts = _late_drift(curves) if curves is not None else pd.Series(dtype=float)
     rows = []
     for setting, group in frame.groupby(SETTING, sort=True):
         env, method, alpha, mu, gamma, updates, deterministic = setting
@@ -76,25 +134,48 @@ def ope_metrics(frame: pd.DataFrame) -> pd.DataFrame:
                                                    / value_range),
                      "rank_correlation": float(np.mean(correlations)) if correlations else float("nan"),
                      "regret_at_1": float(np.mean(regrets)) if regrets else float("nan"),
-                     "lower_bound_rate": float((group["estimate"] <= group["true_value"]).mean())})
+                     "lower_bound_rate": float((group["estimate"] <= group["true_value"]).mean()),
+                     "late_drift_max": _max_drift(drifts, group["run_dir"]) / value_range})
     return pd.DataFrame(rows)
 
 
+def _max_drift(drifts: pd.Series, run_dirs: pd.Series) -> float:
+    known = drifts.reindex(run_dirs.dropna()).dropna()
+    return float(known.max()) if not known.empty else float("nan")
+
+
+def read_ope_curves(path: Path) -> pd.DataFrame | None:
+    path = Path(path)
+    if not path.is_file():
+        return None
+    curves = pd.read_csv(path)
+    if tuple(curves.columns) != CURVE_COLUMNS:
+        raise OfflineRLError(f"OPE curves {path}: not an offrl OPE curves file (its header differs)")
+    return curves
+
+
 def write_ope_summary(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """ope_summary.csv, ope_summary.md and one scatter plot per env (estimate vs truth) into `out_dir`."""
+    """ope_summary.csv, ope_summary.md, ope_curves.csv (the estimates' curves, updated from the run folders that
+    exist), one scatter plot per env (estimate vs truth) and one plot of the curves per env into `out_dir`."""
     out_dir = Path(out_dir)
-    metrics = ope_metrics(frame)
+    curves_path = out_dir / "ope_curves.csv"
+    curves = collect_ope_curves(frame, read_ope_curves(curves_path))
+    metrics = ope_metrics(frame, curves)
     lines = ["| env | method | α | μ | updates | policies | datasets | estimates | abs. error / range | Spearman ρ | "
-             "regret@1 | lower-bound rate |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "regret@1 | lower-bound rate | last-quarter drift / range |", "|" + "---|" * 13]
     for r in metrics.itertuples():
         lines.append(f"| {r.env} | {r.method} | {r.alpha} | {r.mu} | {r.updates} | {r.policies} | {r.datasets} | "
                      f"{r.estimates} | "
                      f"{r.abs_error_normalized:.3f} | {r.rank_correlation:.2f} | {r.regret_at_1:.3f} | "
-                     f"{r.lower_bound_rate:.2f} |")
+                     f"{r.lower_bound_rate:.2f} | {r.late_drift_max:.3f} |")
     csv_path, md_path = out_dir / "ope_summary.csv", out_dir / "ope_summary.md"
     atomic_write_bytes(csv_path, metrics.to_csv(index=False).encode())
     atomic_write_bytes(md_path, ("\n".join(lines) + "\n").encode())
-    return [csv_path, md_path, *plot_ope_scatter(frame, out_dir)]
+    written = [csv_path, md_path]
+    if not curves.empty:
+        atomic_write_bytes(curves_path, curves.to_csv(index=False).encode())
+        written += [curves_path, *plot_ope_curves(curves, _value_ranges(_with_group_keys(frame)), out_dir)]
+    return [*written, *plot_ope_scatter(frame, out_dir)]
 
 
 def plot_ope_scatter(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -116,4 +197,38 @@ def plot_ope_scatter(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_title(f"{env}: off-policy estimates vs truth")
         ax.legend(fontsize=8)
         written.append(_save_figure(fig, Path(out_dir) / f"ope_{env}.png"))
+    return written
+
+
+def plot_ope_curves(curves: pd.DataFrame, ranges: dict[tuple, float], out_dir: Path) -> list[Path]:
+    """Per env, one panel per estimator: V̂ along training minus its final value, over the env's value range, one
+    line per (policy, dataset): flat lines at the right edge mean the budget sufficed."""
+    from offrl.evaluation.leaderboard import _pyplot, _save_figure
+
+    plt = _pyplot()
+    written = []
+    for env, group in curves.groupby("env", sort=True):
+        env_ranges = [r for (e, *_), r in ranges.items() if e == env and np.isfinite(r) and r > 0]
+        value_range = max(env_ranges) if env_ranges else 1.0
+        settings = list(group.groupby(["method", "alpha", "mu"], dropna=False, sort=True))
+        fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.8), sharey=True, squeeze=False)
+        policies = sorted(group["policy"].unique())
+        colours = {policy: plt.cm.tab10(i % 10) for i, policy in enumerate(policies)}
+        datasets = sorted(group["dataset_id"].unique())
+        styles = {dataset_id: ("-", "--", ":", "-.")[i % 4] for i, dataset_id in enumerate(datasets)}
+        for ax, ((method, alpha, mu), rows) in zip(axes[0], settings, strict=True):
+            for _, curve in rows.groupby("run_dir", sort=True):  # one line per estimate
+                curve = curve.sort_values("step")
+                policy, dataset_id = curve["policy"].iloc[0], curve["dataset_id"].iloc[0]
+                relative = (curve["estimate"] - curve["estimate"].iloc[-1]) / value_range
+                ax.plot(curve["step"], relative, linewidth=1, color=colours[policy], linestyle=styles[dataset_id],
+                        label=f"{policy} · {dataset_id}")
+            ax.axhline(0.0, color="grey", linewidth=0.8)
+            ax.set_title(method if pd.isna(alpha) else f"{method} (α {alpha:g}, μ {mu})", fontsize=9)
+            ax.set_xlabel("critic updates")
+            ax.set_ylim(-0.5, 0.5)
+        axes[0][0].set_ylabel("(V̂ − final V̂) / value range")
+        axes[0][-1].legend(fontsize=5, loc="lower right")
+        fig.suptitle(f"{env}: off-policy estimates along training", fontsize=10)
+        written.append(_save_figure(fig, Path(out_dir) / f"ope_curves_{env}.png"))
     return written

@@ -50,3 +50,32 @@ def test_cli_writes_the_summary_and_refuses_another_file(tmp_path, capsys):
     other.write_text("a,b\n1,2\n")
     assert main(["ope-summary", str(other)]) == 2
     assert "not an offrl OPE results file" in capsys.readouterr().err
+
+
+def test_curves_measure_the_last_quarters_drift_and_outlive_their_run_folders(tmp_path):
+    rows = _rows("fqe", (10.0, 40.0, 120.0))
+    for i, row in enumerate(rows):  # p0 still moves by 8 over its last quarter; p1 and p2 have stopped
+        run_dir = tmp_path / "runs" / f"p{i}"
+        run_dir.mkdir(parents=True)
+        row["run_dir"] = str(run_dir)
+        at_75 = 2.0 if i == 0 else row["estimate"]
+        pd.DataFrame({"step": [25, 50, 75, 100, 100],
+                      "estimate": [0.0, 1.0, at_75, row["estimate"], row["estimate"]]}).to_csv(
+            run_dir / "estimates.csv", index=False)  # the final step written twice, as a resumed run does
+    path = tmp_path / "ope.csv"
+    pd.DataFrame(rows, columns=list(OPE_COLUMNS)).to_csv(path, index=False)
+    assert main(["ope-summary", str(path)]) == 0
+    curves = pd.read_csv(tmp_path / "ope_curves.csv")
+    assert len(curves) == 3 * 4 and set(curves["policy"]) == {"p0", "p1", "p2"}
+    summary = pd.read_csv(tmp_path / "ope_summary.csv")
+    assert summary["late_drift_max"].item() == pytest.approx(8.0 / 100)
+    assert (tmp_path / "ope_curves_hopper.png").read_bytes()[:4] == b"\x89PNG"
+    # a fresh clone has the committed ope_curves.csv but not the run folders: the curves are kept from it
+    for i in range(3):
+        for file in (tmp_path / "runs" / f"p{i}").iterdir():
+            file.unlink()
+    (tmp_path / "ope_curves_hopper.png").unlink()
+    assert main(["ope-summary", str(path)]) == 0
+    assert pd.read_csv(tmp_path / "ope_curves.csv").equals(curves)
+    assert pd.read_csv(tmp_path / "ope_summary.csv")["late_drift_max"].item() == pytest.approx(0.08)
+    assert (tmp_path / "ope_curves_hopper.png").is_file()

@@ -25,8 +25,8 @@ import pandas as pd
 from offrl.errors import OfflineRLError
 from offrl.fileio import atomic_write_bytes
 
-__all__ = ["read_ope_results", "ope_metrics", "collect_ope_curves", "read_ope_curves", "write_ope_summary", "plot_ope_scatter",
-           "plot_ope_curves", "CURVE_COLUMNS"]
+__all__ = ["read_ope_results", "ope_metrics", "collect_ope_curves", "read_ope_curves", "write_ope_summary",
+           "plot_ope_scatter", "plot_ope_curves", "CURVE_COLUMNS"]
 
 
 def read_ope_results(path: Path) -> pd.DataFrame:

@@ -707,8 +707,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "ope", "off-policy evaluation: estimate a fixed policy's value from a dataset alone (FQE, or a "
                          "conservative lower bound), and check it against Monte-Carlo rollouts where the env exists")
     p.add_argument("--policy", required=True,
-                   help="a shipped policy ENV/TIER (e.g. HalfCheetah-v5/expert), a training run's folder, an exported "
-                        "policy.pt (beside its policy.json) or a shipped-format policy file")
+                   help="a shipped policy ENV/TIER (e.g. HalfCheetah-v5/expert), a shipped snapshot ENV/replay/STEP, "
+                        "random, a training run's folder, one of its snapshots RUN/snapshots/actor_STEP.pt, an "
+                        "exported policy.pt (beside its policy.json) or a shipped-format policy file")
     p.add_argument("--dataset", required=True, help="dataset id, e.g. halfcheetah/medium-v1")
     p.add_argument("--method", required=True, choices=["fqe", "cql-q", "cql-v"],
                    help="fqe: Fitted Q Evaluation; cql-q: CQL eq. 1, a lower bound on Q at every (s, a); cql-v: CQL "

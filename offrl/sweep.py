@@ -91,8 +91,12 @@ class OPETrial:
 
     @property
     def name(self) -> str:
+        from offrl.train.run_folder import SNAPSHOT_FOLDER
+
         path = Path(self.policy)
-        policy = "-".join(path.parts[-2:]) if path.exists() else self.policy
+        # a run folder's snapshot (RUN/snapshots/actor_STEP.pt) is named by its run folder too
+        parts = path.parts[-3:] if path.parent.name == SNAPSHOT_FOLDER else path.parts[-2:]
+        policy = "-".join(parts) if path.exists() else self.policy
         slug = re.sub(r"[^A-Za-z0-9.]+", "-", policy).strip("-")
         return f"ope-{self.dataset_id.replace('/', '-')}-{slug}-{self.method}-seed{self.seed}-{self.settings}"
 
@@ -238,13 +242,14 @@ def _ope_config(spec: SweepSpec):
 def run_trial(trial: Trial, spec: SweepSpec, run_dir: Path) -> dict[str, Any]:
     """One trial, where Ray placed it: fit (resuming if its folder holds a run), report back. Never raises: a
     failure comes back as a status and one line, so it cannot stop the other trials."""
-    import torch
-
     from offrl.data.dataset import load_dataset
     from offrl.runs import read_run_record
+    from offrl.runtime import configure_process
 
     os.environ.update(spec.env_vars)
-    torch.set_num_threads(spec.cpus_per_trial)
+    # what the CLI does for every program: the trial's thread count, and glibc keeping freed activations mapped
+    # (without it every update page-faults its memory in afresh: the `updates` rows of evaluation/bench.csv)
+    configure_process(spec.cpus_per_trial)
     if isinstance(trial, OPETrial):
         return _run_ope_trial(trial, spec, run_dir)
     try:

@@ -187,3 +187,29 @@ def test_an_ope_sweep_appends_one_results_row_per_trial_once(world, tiny_policie
     assert again.returncode == 0 and "4 already done, 0 to run" in again.stdout and len(pd.read_csv(results)) == 4
     missing = _sweep([a for a in base if a not in ("--results", str(results))])
     assert missing.returncode == 2 and "needs --results" in missing.stderr
+
+
+def test_snapshots_of_two_runs_are_two_ope_trials(tmp_path):
+    from offrl.sweep import OPETrial
+
+    names = []
+    for run in ("cql-seed0", "cql-seed1"):
+        snapshot = tmp_path / run / "snapshots" / "actor_100.pt"
+        snapshot.parent.mkdir(parents=True)
+        snapshot.write_bytes(b"")
+        names.append(OPETrial("pendulum/random-v0", str(snapshot), "fqe", 0).name)
+    assert names[0] != names[1] and "cql-seed0-snapshots-actor-100.pt" in names[0]
+
+
+def test_a_trial_runs_with_the_process_settings_of_the_cli(world, monkeypatch):
+    """A worker is an offrl program too: its thread count and glibc's memory settings are those the CLI sets."""
+    import offrl.runtime
+    from offrl.sweep import Trial, run_trial
+
+    tmp_path, _ = world
+    calls = []
+    monkeypatch.setattr(offrl.runtime, "configure_process", lambda threads=None: calls.append(threads))
+    spec = SweepSpec(datasets=["pendulum/none-v0"], algorithms=["cql"], configs=["fast"], seeds=[0], steps=1,
+                     out=tmp_path / "o", leaderboard=tmp_path / "l", cpus_per_trial=2)
+    outcome = run_trial(Trial("pendulum/none-v0", "cql", "fast", 0), spec, tmp_path / "o" / "t")
+    assert calls == [2] and outcome["status"] == "failed"  # the settings come first, before the trial's own work

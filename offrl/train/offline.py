@@ -37,7 +37,7 @@ from offrl.runs import (
 )
 from offrl.train.logs import MetricsLog
 from offrl.train.loop import OfflineSteps, Schedule, run_loop
-from offrl.train.run_folder import RunFolder
+from offrl.train.run_folder import RunFolder, save_policy_snapshot
 
 if TYPE_CHECKING:
     from offrl.agents import Agent
@@ -171,6 +171,8 @@ def _fit(agent: Agent, dataset: OfflineDataset, card: dict, env_id: str | None, 
 
     def evaluate(step: int) -> tuple[float, dict]:
         result = evaluate_in_env(policy, env_id, eval_episodes, seed, reference, config.gamma, device, True)
+        if out_dir is not None:
+            save_policy_snapshot(out_dir, step, agent.networks.actor)
         return result.normalized_return, evaluation_row(result)
 
     state = run_loop(update=lambda step: agent.update(buffer.sample(config.batch_size), step), source=OfflineSteps(),
@@ -187,6 +189,8 @@ def _fit(agent: Agent, dataset: OfflineDataset, card: dict, env_id: str | None, 
     if env_id is not None:
         fault_point("final-evaluation")
         final = evaluate_in_env(policy, env_id, final_eval_episodes, seed, reference, config.gamma, device, True)
+        if out_dir is not None:
+            save_policy_snapshot(out_dir, state.step, agent.networks.actor)
         row = {"step": state.step, **evaluation_row(final)}
         eval_log.write(row)
         fault_point("final-evaluation-row-written")

@@ -38,11 +38,12 @@ from offrl.envs import env_spec, make_env, seed_everything
 from offrl.errors import OfflineRLError
 from offrl.evaluation.q_bias import discounted_returns, dropped_tail
 from offrl.evaluation.rollout import rollout_episodes
-from offrl.fileio import atomic_write_bytes, git_commit
+from offrl.fileio import atomic_write_bytes, git_commit, safe_torch_load
 from offrl.runs import read_run_record, write_run_record
+from offrl.train.checkpoints import load_weights
 from offrl.train.logs import MetricsLog
 from offrl.train.loop import OfflineSteps, Schedule, run_loop
-from offrl.train.run_folder import RunFolder
+from offrl.train.run_folder import SNAPSHOT_FOLDER, RunFolder
 
 __all__ = ["OPE_KIND", "OPE_COLUMNS", "OPEReport", "ActorPolicy", "ExportedFilePolicy", "UniformPolicy",
            "load_target_policy",
@@ -176,7 +177,8 @@ class UniformPolicy:
 def load_target_policy(spec: str | Path, deterministic: bool = False, device: str | torch.device = "cpu"
                        ) -> TargetPolicy:
     """SPEC: a shipped policy `ENV/TIER` (`HalfCheetah-v5/expert`), a shipped medium-replay snapshot
-    `ENV/replay/STEP`, `random` (uniform actions), a training run's folder, an exported `policy.pt` (beside its
+    `ENV/replay/STEP`, `random` (uniform actions), a training run's folder, one of its policy snapshots
+    (`RUN/snapshots/actor_STEP.pt`, written at each evaluation), an exported `policy.pt` (beside its
     `policy.json`), or a shipped-format policy file (beside its card)."""
     from offrl.policies import load_policy, load_replay_card, policy_path
     from offrl.runs import restore_run
@@ -195,6 +197,11 @@ def load_target_policy(spec: str | Path, deterministic: bool = False, device: st
     path = Path(text)
     if path.is_dir():
         run = restore_run(path, str(device), verify_dataset=False)
+        return ActorPolicy(run.agent.networks.actor, run.agent.normalizer, deterministic, text)
+    if path.is_file() and path.parent.name == SNAPSHOT_FOLDER and (path.parent.parent / "run.json").is_file():
+        # RUN/snapshots/actor_STEP.pt: the run's actor (its config and normaliser) with the weights of that step
+        run = restore_run(path.parent.parent, str(device), verify_dataset=False)
+        load_weights(run.agent.networks.actor, safe_torch_load(path, "policy snapshot"), f"snapshot {path}")
         return ActorPolicy(run.agent.networks.actor, run.agent.normalizer, deterministic, text)
     if path.is_file():
         exported_card = path.parent / "policy.json"

@@ -22,11 +22,44 @@ from offrl.faults import fault_point
 from offrl.fileio import remove_orphan_temps
 from offrl.train.checkpoints import load_checkpoint
 
-__all__ = ["LOCK_NAME", "RunFolder", "finished_report"]
+__all__ = ["LOCK_NAME", "SNAPSHOT_FOLDER", "RunFolder", "finished_report", "snapshot_path", "save_policy_snapshot",
+           "snapshot_steps"]
 
 LOCK_NAME = ".offrl.lock"
 RUN_RECORD = "run.json"
 FINAL_REPORT = "final.json"
+# The policy at every evaluation, like d3rlpy's model_{epoch}.d3 files: the actor's weights only (the run's
+# config, normaliser and record rebuild the rest), so a run keeps its learning curve's policies (e.g. as
+# target policies of `offrl ope`) at a few hundred kB each.
+SNAPSHOT_FOLDER = "snapshots"
+
+
+def snapshot_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / SNAPSHOT_FOLDER / f"actor_{step}.pt"
+
+
+def save_policy_snapshot(run_dir: Path, step: int, actor) -> Path:
+    """The actor's weights at `step` (written through a temp file; a resumed run that reaches the step again
+    overwrites it, as it rewrites that step's evaluation row)."""
+    import io
+
+    import torch
+
+    from offrl.fileio import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in actor.state_dict().items()}, buffer)
+    path = snapshot_path(run_dir, step)
+    path.parent.mkdir(exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def snapshot_steps(run_dir: Path) -> list[int]:
+    """The steps a run folder holds policy snapshots of, ascending."""
+    folder = Path(run_dir) / SNAPSHOT_FOLDER
+    steps = [int(p.stem.removeprefix("actor_")) for p in folder.glob("actor_*.pt") if p.stem[6:].isdigit()]
+    return sorted(steps)
 
 
 class RunFolder:

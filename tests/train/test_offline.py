@@ -64,6 +64,19 @@ def test_a_run_leaves_its_record_and_a_leaderboard_row(pendulum_dataset, tmp_pat
     assert len(pd.read_csv(leaderboard)) == 2
 
 
+def test_a_run_keeps_its_policy_at_every_evaluation(pendulum_dataset, tmp_path):
+    from offrl.runs import restore_run
+    from offrl.train.run_folder import snapshot_path, snapshot_steps
+
+    train_cql(pendulum_dataset, CQLConfig(**TINY), tmp_path / "run", steps=40)
+    assert snapshot_steps(tmp_path / "run") == [20, 40]  # the evaluations' steps, the final one included
+    final = restore_run(tmp_path / "run").agent.networks.actor.state_dict()
+    at_40 = torch.load(snapshot_path(tmp_path / "run", 40), weights_only=True)
+    at_20 = torch.load(snapshot_path(tmp_path / "run", 20), weights_only=True)
+    assert all(torch.equal(at_40[k], final[k]) for k in final)
+    assert not all(torch.equal(at_20[k], final[k]) for k in final)
+
+
 def test_resume_continues_exactly(pendulum_dataset, tmp_path):
     config = lambda: CQLConfig(actor_hidden=(16, 16), critic_hidden=(16, 16), n_actions=2, batch_size=32)  # noqa: E731
     train_cql(pendulum_dataset, config(), tmp_path / "whole", steps=40)

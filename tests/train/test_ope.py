@@ -14,7 +14,7 @@ from offrl.algos.ope import OPEConfig
 from offrl.cli import main
 from offrl.data.collect import rollout_transitions
 from offrl.data.registry import register_dataset
-from offrl.train.ope import OPE_COLUMNS, append_ope_row, evaluate_policy_offline, load_target_policy
+from offrl.train.ope import OPE_COLUMNS, append_ope_row, evaluate_policy_offline, load_target_policy, policy_fingerprint
 
 TINY = OPEConfig(critic_hidden=(16,), batch_size=32, n_actions=4, backup_samples=2)
 
@@ -138,6 +138,25 @@ def test_an_exported_policy_is_deterministic_and_softmax_cql_q_refuses_it(pendul
                                                                                         "uniform"}),
                                      truth_episodes=2, show_progress=False)
     assert report.deterministic and report.mu == "uniform"
+
+
+def test_a_runs_policy_snapshot_is_a_target_policy(pendulum, tmp_path):
+    offrl.BC(actor_hidden=(8,), batch_size=16).fit(pendulum, 6, run_dir=tmp_path / "bc", eval_every=3,
+                                                   eval_episodes=1, final_eval_episodes=1, show_progress=False)
+    observations = pendulum.tensors["observations"][:5]
+
+    def mean_action(spec):
+        return load_target_policy(spec, deterministic=True).sample(observations, 1)[0]
+
+    last, first = tmp_path / "bc" / "snapshots" / "actor_6.pt", tmp_path / "bc" / "snapshots" / "actor_3.pt"
+    assert torch.equal(mean_action(last), mean_action(tmp_path / "bc"))
+    assert not torch.equal(mean_action(first), mean_action(last))
+    policy = load_target_policy(first)
+    assert not policy.deterministic and policy.normalizer is not None  # the run's normaliser comes with it
+    assert policy_fingerprint(policy) != policy_fingerprint(load_target_policy(last))
+    last.write_bytes(b"not a torch file")
+    with pytest.raises(offrl.OfflineRLError, match="policy snapshot .*actor_6.pt: cannot be read safely"):
+        load_target_policy(last)
 
 
 def test_cli_prints_the_estimate_and_appends_a_row(pendulum, tmp_path, capsys):

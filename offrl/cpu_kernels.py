@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FUSED_MIN_ROWS", "fused_cpu_kernels", "linear_relu", "upcast_linear"]
+__all__ = ["FUSED_MIN_ROWS", "fused_cpu_kernels", "linear_relu", "native_cpu_bf16", "upcast_linear"]
 
 _fused_cpu_kernels_enabled = True
 # Below ~1k rows the Python autograd.Function costs more than the passes it saves: SAC's batch-256 layers stay
@@ -38,6 +38,12 @@ def fused_cpu_kernels(enabled: bool) -> Iterator[None]:
         _fused_cpu_kernels_enabled = previous
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX, as oneDNN sees it). Without, bf16
+    matrix products are emulated and far slower than fp32 (evaluation/RESULTS.md, "Speed II on an AVX2-only host")."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _fusable_on_cpu(x: torch.Tensor) -> bool:
     """The CPU fast path applies to eager fp32/bf16 work on many rows; float64 (the reference tests), CUDA,
     traced code (torch.compile, CUDA graphs) and small batches take the plain operators."""
@@ -47,7 +53,7 @@ def _fusable_on_cpu(x: torch.Tensor) -> bool:
         return False
     lower = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
     if lower == torch.bfloat16:
-        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return native_cpu_bf16()
     return lower == torch.float32
 
 

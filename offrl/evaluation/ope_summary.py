@@ -26,7 +26,7 @@ from offrl.errors import OfflineRLError
 from offrl.fileio import atomic_write_bytes
 
 __all__ = ["read_ope_results", "ope_metrics", "collect_ope_curves", "read_ope_curves", "write_ope_summary",
-           "plot_ope_scatter", "plot_ope_curves", "CURVE_COLUMNS"]
+           "plot_ope_scatter", "plot_ope_curves", "short_policy_name", "CURVE_COLUMNS"]
 
 
 def read_ope_results(path: Path) -> pd.DataFrame:
@@ -200,6 +200,17 @@ def plot_ope_scatter(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     return written
 
 
+def short_policy_name(policy: str) -> str:
+    """A plot label for a policy SPEC: a run's snapshot `.../RUN/snapshots/actor_STEP.pt` as `RUN@STEP`, another
+    path as its last two parts, a shipped name as it is."""
+    if "/" not in policy or not policy.endswith(".pt") and not policy.startswith(("/", ".")):
+        return policy
+    parts = Path(policy).parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-1].startswith("actor_"):
+        return f"{parts[-3]}@{Path(parts[-1]).stem.removeprefix('actor_')}"
+    return "/".join(parts[-2:])
+
+
 def plot_ope_curves(curves: pd.DataFrame, ranges: dict[tuple, float], out_dir: Path) -> list[Path]:
     """Per env, one panel per estimator: V̂ along training minus its final value, over the env's value range, one
     line per (policy, dataset): flat lines at the right edge mean the budget sufficed."""
@@ -222,7 +233,7 @@ def plot_ope_curves(curves: pd.DataFrame, ranges: dict[tuple, float], out_dir: P
                 policy, dataset_id = curve["policy"].iloc[0], curve["dataset_id"].iloc[0]
                 relative = (curve["estimate"] - curve["estimate"].iloc[-1]) / value_range
                 ax.plot(curve["step"], relative, linewidth=1, color=colours[policy], linestyle=styles[dataset_id],
-                        label=f"{policy} · {dataset_id}")
+                        label=f"{short_policy_name(policy)} · {dataset_id}")
             ax.axhline(0.0, color="grey", linewidth=0.8)
             ax.set_title(method if pd.isna(alpha) else f"{method} (α {alpha:g}, μ {mu})", fontsize=9)
             ax.set_xlabel("critic updates")

@@ -79,3 +79,12 @@ def test_curves_measure_the_last_quarters_drift_and_outlive_their_run_folders(tm
     assert pd.read_csv(tmp_path / "ope_curves.csv").equals(curves)
     assert pd.read_csv(tmp_path / "ope_summary.csv")["late_drift_max"].item() == pytest.approx(0.08)
     assert (tmp_path / "ope_curves_hopper.png").is_file()
+
+
+def test_plot_labels_shorten_snapshot_paths_and_keep_shipped_names():
+    from offrl.evaluation.ope_summary import short_policy_name
+
+    assert short_policy_name("/w/runs/hc-cql-seed0/snapshots/actor_100000.pt") == "hc-cql-seed0@100000"
+    assert short_policy_name("runs/bc/export/policy.pt") == "export/policy.pt"
+    for shipped in ("HalfCheetah-v5/expert", "HalfCheetah-v5/replay/15000", "random"):
+        assert short_policy_name(shipped) == shipped

@@ -6,7 +6,8 @@ gymnasium 1.0.0, whose MuJoCo v5 envs need the mujoco package). Reads the HDF5 f
 d3rlpy's CQL with its defaults (conservative weight 5, Lagrange α′ with threshold 10, 2×256, lr 1e-4/3e-4/1e-4/1e-4,
 batch 256, 10 action samples; configs/cql/d3rlpy.yaml lists them and where offrl differs), evaluates the
 deterministic policy every `--eval-every` updates on the card's env with the card's reference scores (as
-offrl's evaluation does: `--eval-episodes` episodes, env i reset with seed `seed + i`), and writes
+offrl's evaluation does: `--eval-episodes` episodes, env i reset with seed `EVAL_SEED + seed + i`, the start
+states offrl's run of the same seed is evaluated from), and writes
 `evaluations.csv` and `final.json` into `--out`. Resumable: after every evaluation the model (weights and optimiser
 states, d3rlpy's `save_model`) and the rows written so far are saved; a re-run continues from there (the sampling
 RNG is not restored, so a resumed run is not bit-identical to an uninterrupted one).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -47,11 +49,23 @@ def load_dataset(path: Path) -> tuple[d3rlpy.dataset.ReplayBuffer, dict]:
     return data, card
 
 
+# offrl.evaluation.report.EVAL_SEED (offrl itself is not installed in d3rlpy's venv)
+EVAL_SEED = 10_000_000
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def evaluate(algo, env_id: str, episodes: int, seed: int) -> np.ndarray:
     returns = []
     for i in range(episodes):
         env = gym.make(env_id)
-        observation, _ = env.reset(seed=seed + i)
+        observation, _ = env.reset(seed=EVAL_SEED + seed + i)
         total, done = 0.0, False
         while not done:
             action = algo.predict(observation[None].astype(np.float32))[0]
@@ -106,7 +120,8 @@ def main() -> None:
     header = "step,return_mean,return_std,normalized_return\n"
     _atomic_write(args.out / "evaluations.csv", header + "".join(
         f"{r['step']},{r['return_mean']},{r['return_std']},{r['normalized_return']}\n" for r in progress["rows"]))
-    final = {"impl": f"d3rlpy {d3rlpy.__version__}", "dataset_id": card["id"], "dataset_sha256": card["sha256"],
+    final = {"impl": f"d3rlpy {d3rlpy.__version__}", "git_commit": git_commit(), "dataset_id": card["id"],
+             "dataset_sha256": card["sha256"],
              "seed": args.seed, "updates": progress["step"], "final_normalized_return":
              progress["rows"][-1]["normalized_return"], "best_normalized_return":
              max(r["normalized_return"] for r in progress["rows"]), "wall_time_s": progress["elapsed_s"],

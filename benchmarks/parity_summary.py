@@ -47,7 +47,7 @@ def _d3rlpy_runs(folders: list[Path]) -> list[pd.DataFrame]:
         final = json.loads((run_dir / "final.json").read_text())
         curve = pd.read_csv(run_dir / "evaluations.csv")
         frames.append(curve.assign(impl=final["impl"], dataset_id=final["dataset_id"], seed=final["seed"],
-                                   updates_per_s=final["updates_per_s"], git_commit=None))
+                                   updates_per_s=final["updates_per_s"], git_commit=final.get("git_commit")))
     return frames
 
 

@@ -50,3 +50,15 @@ def test_an_empty_folder_is_one_line_and_exit_2(tmp_path, capsys):
     assert main([str(tmp_path), "--out", str(tmp_path)]) == 2
     assert "no finished offrl/ or d3rlpy-seed*/ run" in capsys.readouterr().err
     assert not (tmp_path / "parity.csv").exists()
+
+
+def test_d3rlpys_runs_are_evaluated_from_offrls_start_states():
+    """benchmarks/d3rlpy_parity.py runs in d3rlpy's venv without offrl, so it restates offrl's evaluation seed."""
+    import re
+    from pathlib import Path
+
+    from offrl.evaluation.report import EVAL_SEED
+
+    source = (Path(__file__).parents[2] / "benchmarks" / "d3rlpy_parity.py").read_text()
+    assert int(re.search(r"^EVAL_SEED = ([\d_]+)$", source, re.M)[1]) == EVAL_SEED
+    assert "env.reset(seed=EVAL_SEED + seed + i)" in source

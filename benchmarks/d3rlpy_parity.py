@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -97,9 +98,14 @@ def main() -> None:
     d3rlpy.seed(args.seed)
     algo = d3rlpy.algos.CQLConfig().create(device="cpu:0")  # d3rlpy's defaults: the config under test
     algo.build_with_dataset(data)
-    progress = {"step": 0, "rows": [], "elapsed_s": 0.0}
+    # like an offrl run record: the commit and evaluation scheme of the first start stay the run's
+    progress = {"step": 0, "rows": [], "elapsed_s": 0.0, "git_commit": git_commit(), "eval_seed": EVAL_SEED}
     if progress_path.is_file() and model_path.is_file():
         progress = json.loads(progress_path.read_text())
+        if progress.get("eval_seed") != EVAL_SEED:
+            print(f"error: {args.out} was evaluated from other start states (eval_seed {progress.get('eval_seed')}, "
+                  f"now {EVAL_SEED}); start it again in a new --out", file=sys.stderr)
+            raise SystemExit(2)
         algo.load_model(str(model_path))
     while progress["step"] < args.steps:
         chunk = min(args.eval_every, args.steps - progress["step"])
@@ -120,7 +126,7 @@ def main() -> None:
     header = "step,return_mean,return_std,normalized_return\n"
     _atomic_write(args.out / "evaluations.csv", header + "".join(
         f"{r['step']},{r['return_mean']},{r['return_std']},{r['normalized_return']}\n" for r in progress["rows"]))
-    final = {"impl": f"d3rlpy {d3rlpy.__version__}", "git_commit": git_commit(), "dataset_id": card["id"],
+    final = {"impl": f"d3rlpy {d3rlpy.__version__}", "git_commit": progress["git_commit"], "dataset_id": card["id"],
              "dataset_sha256": card["sha256"],
              "seed": args.seed, "updates": progress["step"], "final_normalized_return":
              progress["rows"][-1]["normalized_return"], "best_normalized_return":

@@ -12,7 +12,6 @@ and reward scale it trains with, and the env it was trained for. The updates the
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,7 +23,6 @@ from offrl.algos.bc import BCConfig, BCNetworks, bc_update
 from offrl.algos.cql import CQLAgent, CQLConfig, autocast_for, compiled_cql_losses, cql_losses, cql_update
 from offrl.algos.sac import SACAgent, SACConfig, sac_update
 from offrl.config import config_from_dict, config_with_overrides, load_config
-from offrl.cpu_kernels import native_cpu_bf16
 from offrl.data.buffer import Batch
 from offrl.data.dataset import ObservationNormalizer, OfflineDataset, load_dataset
 from offrl.errors import OfflineRLError
@@ -225,10 +223,6 @@ class CQL(Agent):
         super().__init__(config, device=device, **overrides)
         self.compile = compile
         self._losses = compiled_cql_losses(self.device) if compile else cql_losses
-        if self.config.precision == "bf16" and self.device.type == "cpu" and not native_cpu_bf16():
-            warnings.warn("precision bf16 on a CPU without AVX512-BF16 or AMX: its bf16 matrix products are emulated, "
-                          "many times slower than fp32 (evaluation/RESULTS.md); use precision fp32 on this machine "
-                          "(--set precision=fp32, or a config without -bf16)", stacklevel=2)
 
     @property
     def offline_name(self) -> str:

@@ -359,7 +359,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     shared = ("OFFRL_DATASETS_PATH", "OFFRL_HOME", "OFFRL_POLICIES_PATH", "OFFRL_FAULT", "MINARI_DATASETS_PATH")
     forwarded = {k: v for k, v in os.environ.items() if k in shared}
     spec = SweepSpec(datasets=lists["--datasets"], algorithms=lists["--algorithms"], configs=lists["--configs"],
-                     seeds=parse_seeds(args.seeds), steps=args.steps, out=Path(args.out),
+                     seeds=parse_seeds(args.seeds), steps=args.steps,
+                     out=Path(args.out).resolve(),  # trials and rows name their folders from anywhere
                      leaderboard=_leaderboard(args.leaderboard).resolve(), address=args.address,
                      cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent, retries=args.retries,
                      eval_every=args.eval_every, eval_episodes=args.eval_episodes,

@@ -39,9 +39,13 @@ def fused_cpu_kernels(enabled: bool) -> Iterator[None]:
 
 
 def native_cpu_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX, as oneDNN sees it). Without, bf16
-    matrix products are emulated and far slower than fp32 (evaluation/RESULTS.md, "Speed II on an AVX2-only host")."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX). Without them oneDNN emulates bf16
+    matrix products, far slower than fp32 (evaluation/RESULTS.md, "Speed II on an AVX2-only host"); plain
+    AVX-512 is not enough. False where torch cannot tell."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # private torch helpers: absent in some builds
+        return False
 
 
 def _fusable_on_cpu(x: torch.Tensor) -> bool:
@@ -53,7 +57,7 @@ def _fusable_on_cpu(x: torch.Tensor) -> bool:
         return False
     lower = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
     if lower == torch.bfloat16:
-        return native_cpu_bf16()
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
     return lower == torch.float32
 
 

@@ -26,6 +26,7 @@ from offrl.fileio import atomic_write_bytes
 from offrl.train.checkpoints import load_checkpoint, load_weights
 
 __all__ = ["RUN_RECORD", "CHECKPOINT_NAME", "TrainingReport", "Run", "read_run_record", "write_run_record",
+           "build_run_agent", "refuse_non_finite",
            "restore_run", "evaluate_run", "leaderboard_row", "append_report", "append_finished_run"]
 
 RUN_RECORD = "run.json"
@@ -116,35 +117,47 @@ class Run:
         return self.record.get("dataset_card") or {"id": self.record["dataset_id"]}
 
 
-def restore_run(target: Path, device: str = "cpu", verify_dataset: bool = True) -> Run:
-    """Load RUN_DIR or RUN_DIR/checkpoint.pt; with `verify_dataset`, the dataset must still be the one
-    trained on (a registered dataset's sha256 is checked against the record)."""
+def build_run_agent(run_dir: Path, device: str = "cpu"):
+    """(record, agent): the agent a run folder's record describes (class, config, normaliser, dimensions), built
+    with fresh weights; `restore_run` then loads the checkpoint's, a policy snapshot loads its own actor's."""
     from offrl.agents import agent_class
     from offrl.config import config_from_dict
     from offrl.data.dataset import ObservationNormalizer
 
-    target = Path(target)
-    if not target.exists():
-        raise OfflineRLError(f"{target}: no such run directory or checkpoint")
-    run_dir = target if target.is_dir() else target.parent
-    checkpoint_path = target / CHECKPOINT_NAME if target.is_dir() else target
     record = read_run_record(run_dir)
     missing = [k for k in ("run_id", "algorithm", "dataset_id", "dataset_sha256", "config", "config_name", "obs_dim",
                            "act_dim", "reward_scale", "seed") if k not in record]
     if missing:
         raise OfflineRLError(f"{run_dir / RUN_RECORD}: missing key(s) {', '.join(missing)}; the run record is damaged")
-    checkpoint = load_checkpoint(checkpoint_path, OFFLINE_KIND)
     cls = agent_class(record.get("agent_class"), str(run_dir / RUN_RECORD))
     agent = cls(config_from_dict(cls.config_class, record["config"], str(run_dir / RUN_RECORD)), device=device)
     agent.config_name = record["config_name"]
     normalizer = ObservationNormalizer.load(run_dir / "normalizer.json", device, record["obs_dim"])
     agent.build(record["obs_dim"], record["act_dim"], normalizer, record["reward_scale"], record.get("env_id"))
-    non_finite = [name for name, value in checkpoint["agent"].items()
+    return record, agent
+
+
+def refuse_non_finite(weights: dict[str, Any], source: str) -> None:
+    """One OfflineRLError naming `source` if any floating-point tensor in `weights` holds NaN or inf."""
+    non_finite = [name for name, value in weights.items()
                   if torch.is_tensor(value) and value.is_floating_point() and not bool(value.isfinite().all())]
     if non_finite:
-        raise OfflineRLError(f"checkpoint {checkpoint_path}: non-finite weights ({non_finite[0]}"
+        raise OfflineRLError(f"{source}: non-finite weights ({non_finite[0]}"
                              f"{f' and {len(non_finite) - 1} more' if len(non_finite) > 1 else ''}); the run diverged, "
                              "refusing to evaluate or continue it")
+
+
+def restore_run(target: Path, device: str = "cpu", verify_dataset: bool = True) -> Run:
+    """Load RUN_DIR or RUN_DIR/checkpoint.pt; with `verify_dataset`, the dataset must still be the one
+    trained on (a registered dataset's sha256 is checked against the record)."""
+    target = Path(target)
+    if not target.exists():
+        raise OfflineRLError(f"{target}: no such run directory or checkpoint")
+    run_dir = target if target.is_dir() else target.parent
+    checkpoint_path = target / CHECKPOINT_NAME if target.is_dir() else target
+    record, agent = build_run_agent(run_dir, device)  # a damaged or foreign record is refused first
+    checkpoint = load_checkpoint(checkpoint_path, OFFLINE_KIND)
+    refuse_non_finite(checkpoint["agent"], f"checkpoint {checkpoint_path}")
     load_weights(agent.networks, checkpoint["agent"], f"checkpoint {checkpoint_path}")
     if verify_dataset and record.get("dataset_registered", True):
         from offrl.data.registry import verify_dataset as verify

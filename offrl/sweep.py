@@ -19,6 +19,7 @@ finished without one, and resumes interrupted trials from their last checkpoint 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -228,7 +229,9 @@ def plan_trials(spec: SweepSpec) -> list[Trial] | list[OPETrial]:
 def _ope_settings(spec: SweepSpec, policy: str) -> str:
     path = Path(policy)
     resolved = str(path.resolve()) if path.exists() else policy
-    settings = {"policy": resolved, "config": spec.ope_config, "truth_episodes": spec.truth_episodes}
+    # the resolved config, not the overrides: a changed default must not map an old command onto new folders
+    config = dataclasses.asdict(_ope_config(spec))
+    settings = {"policy": resolved, "config": config, "truth_episodes": spec.truth_episodes}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 

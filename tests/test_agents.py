@@ -158,16 +158,18 @@ def test_offline_sac_from_a_cql_config_differs_from_cql_only_in_the_conservative
     assert not offrl.SAC().config.normalize_observations and not offrl.SAC().config.orthogonal_init
 
 
-def test_bf16_on_a_cpu_without_native_bf16_warns_and_fp32_does_not(monkeypatch):
+def test_training_in_bf16_on_a_cpu_without_bf16_instructions_warns_and_fp32_does_not(monkeypatch):
     import warnings
 
-    import offrl.agents
+    import offrl.algos.cql as cql
+    from offrl.algos.cql import CQLConfig, autocast_for
 
-    monkeypatch.setattr(offrl.agents, "native_cpu_bf16", lambda: False)
+    monkeypatch.setattr(cql, "_native_cpu_bf16", lambda: False)
     with pytest.warns(UserWarning, match="bf16 on a CPU without AVX512-BF16 or AMX"):
-        offrl.agents.CQL("fast-bf16")
+        autocast_for(CQLConfig(precision="bf16"), "cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        offrl.agents.CQL("fast")  # fp32: nothing to say
-        monkeypatch.setattr(offrl.agents, "native_cpu_bf16", lambda: True)
-        offrl.agents.CQL("fast-bf16")  # AVX512-BF16/AMX: bf16 is the fast path
+        autocast_for(CQLConfig(precision="fp32"), "cpu")  # fp32: nothing to say
+        offrl.agents.CQL("fast-bf16")  # building (or restoring) an agent is not training: no warning
+        monkeypatch.setattr(cql, "_native_cpu_bf16", lambda: True)
+        autocast_for(CQLConfig(precision="bf16"), "cpu")  # AVX512-BF16/AMX: bf16 is the fast path

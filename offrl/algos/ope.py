@@ -68,7 +68,7 @@ class OPEConfig:
     method: str = "fqe"  # fqe, cql-q or cql-v
     # α of the penalty (ignored by fqe); the fixed point moves by α / (data density ratio). 0.01 because that ratio
     # is enormous for a 6-D policy outside the data: at α 0.1 and 1 the eq. 2 estimate of HalfCheetah's expert on
-    # medium-v1 kept falling far below zero (evaluation/RESULTS.md, "Off-policy evaluation budget: probes").
+    # medium-v1 kept falling far below zero (evaluation/RESULTS.md, "Off-policy evaluation budget (issue 16): probes").
     alpha: float = 0.01
     mu: str = "softmax"  # cql-q's μ (see the module docstring); cql-v's μ is π by definition
     n_actions: int = 10  # actions per state for the penalty (n uniform and n from π for `softmax`)

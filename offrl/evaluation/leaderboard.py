@@ -342,9 +342,10 @@ def _pyplot():
     return plt
 
 
-def _save_figure(fig, path: Path) -> Path:
-    """PNG through memory and an atomic rename: a reader never sees half a plot."""
-    fig.tight_layout()
+def _save_figure(fig, path: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
+    """PNG through memory and an atomic rename: a reader never sees half a plot. `rect`: the part of the figure
+    the axes are laid out in (room left for a figure legend)."""
+    fig.tight_layout(rect=rect)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     _pyplot().close(fig)

@@ -17,6 +17,7 @@ whether the policies are deterministic), each such setting a row of the summary.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -60,34 +61,46 @@ def _value_ranges(frame: pd.DataFrame) -> dict[tuple, float]:
     """The range of the true values of one env's policies (per γ and policy kind), the same whichever method
     estimates them."""
     per_policy = frame.groupby(["env", "gamma", "deterministic", "policy"])["true_value"].mean()
-    return {key: float(truths.max() - truths.min()) if len(truths) > 1 else float("nan")
-            for key, truths in per_policy.groupby(level=[0, 1, 2])}
+    ranges = {key: float(truths.max() - truths.min()) for key, truths in per_policy.groupby(level=[0, 1, 2])}
+    return {key: value if value > 0 else float("nan") for key, value in ranges.items()}  # one value: no range
 
 
 # --- the estimates' curves: kept in ope_curves.csv beside the summary, since run folders are not committed ------
 
-CURVE_COLUMNS = ("run_dir", "env", "dataset_id", "policy", "method", "alpha", "mu", "seed", "updates", "step",
-                 "estimate")
+CURVE_COLUMNS = ("run_dir", "env", "dataset_id", "policy", "method", "alpha", "mu", "gamma", "deterministic", "seed",
+                 "updates", "step", "estimate")
 
 
 def collect_ope_curves(frame: pd.DataFrame, previous: pd.DataFrame | None = None) -> pd.DataFrame:
-    """V̂ along training for every row of `frame` that has a run folder: read from its `estimates.csv` where the
-    folder exists, else kept from `previous` (an earlier `ope_curves.csv`), else left out."""
+    """V̂ along training for every row of `frame` that has a run folder, up to the row's updates: read from the
+    folder's `estimates.csv` when it reaches them, else kept from `previous` (an earlier `ope_curves.csv`), else
+    left out (a folder still training, or resumed past the row by a longer run, is not the row's curve). Curves in
+    `previous` of run folders that `frame` does not name are kept as they were, so summarising a subset of the
+    results into the same folder loses nothing."""
     pieces = []
-    kept = previous.groupby("run_dir") if previous is not None and not previous.empty else None
-    kept_dirs = set(previous["run_dir"]) if kept is not None else set()
+    previous = previous if previous is not None else pd.DataFrame(columns=list(CURVE_COLUMNS))
+    kept = dict(tuple(previous.groupby("run_dir"))) if not previous.empty else {}
     for row in frame.itertuples(index=False):
         if not isinstance(row.run_dir, str):
             continue
         path = Path(row.run_dir) / "estimates.csv"
+        curve = None
         if path.is_file():
             curve = pd.read_csv(path).drop_duplicates("step", keep="last").sort_values("step")
+            curve = curve[curve["step"] <= row.updates]
+            if curve.empty or int(curve["step"].iloc[-1]) != int(row.updates):
+                curve = None
+        if curve is not None:
             pieces.append(pd.DataFrame({"run_dir": row.run_dir, "env": row.env, "dataset_id": row.dataset_id,
                                         "policy": row.policy, "method": row.method, "alpha": row.alpha,
-                                        "mu": row.mu, "seed": row.seed, "updates": row.updates,
+                                        "mu": row.mu, "gamma": row.gamma, "deterministic": row.deterministic,
+                                        "seed": row.seed, "updates": row.updates,
                                         "step": curve["step"].to_numpy(), "estimate": curve["estimate"].to_numpy()}))
-        elif row.run_dir in kept_dirs:
-            pieces.append(kept.get_group(row.run_dir))
+            kept.pop(row.run_dir, None)
+        elif row.run_dir in kept:
+            pieces.append(kept.pop(row.run_dir))
+    pieces += list(kept.values())  # other results' curves, untouched
+    pieces = [piece for piece in pieces if not piece.empty]
     if not pieces:
         return pd.DataFrame(columns=list(CURVE_COLUMNS))
     return pd.concat(pieces, ignore_index=True)[list(CURVE_COLUMNS)]
@@ -200,10 +213,13 @@ def plot_ope_scatter(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     return written
 
 
+_SHIPPED_POLICY = re.compile(r"random|[^/]+/[^/]+|[^/]+/replay/\d+")
+
+
 def short_policy_name(policy: str) -> str:
-    """A plot label for a policy SPEC: a run's snapshot `.../RUN/snapshots/actor_STEP.pt` as `RUN@STEP`, another
-    path as its last two parts, a shipped name as it is."""
-    if "/" not in policy or not policy.endswith(".pt") and not policy.startswith(("/", ".")):
+    """A plot label for a policy SPEC: a shipped name (`random`, `ENV/TIER`, `ENV/replay/STEP`) as it is, a run's
+    snapshot `.../RUN/snapshots/actor_STEP.pt` as `RUN@STEP`, any other path as its last two parts."""
+    if _SHIPPED_POLICY.fullmatch(policy) and not policy.endswith(".pt") and not policy.startswith((".", "/")):
         return policy
     parts = Path(policy).parts
     if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-1].startswith("actor_"):
@@ -212,34 +228,39 @@ def short_policy_name(policy: str) -> str:
 
 
 def plot_ope_curves(curves: pd.DataFrame, ranges: dict[tuple, float], out_dir: Path) -> list[Path]:
-    """Per env, one panel per estimator: V̂ along training minus its final value, over the env's value range, one
-    line per (policy, dataset): flat lines at the right edge mean the budget sufficed."""
+    """Per env, one panel per estimator setting: V̂ along training minus its final value, over the env's value
+    range, one line per estimate (colour: policy, line style: dataset). Lines flat at 0 towards the right edge
+    mean the budget sufficed."""
     from offrl.evaluation.leaderboard import _pyplot, _save_figure
 
     plt = _pyplot()
     written = []
+    curves = _with_group_keys(curves)
     for env, group in curves.groupby("env", sort=True):
         env_ranges = [r for (e, *_), r in ranges.items() if e == env and np.isfinite(r) and r > 0]
         value_range = max(env_ranges) if env_ranges else 1.0
-        settings = list(group.groupby(["method", "alpha", "mu"], dropna=False, sort=True))
-        fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.8), sharey=True, squeeze=False)
+        settings = list(group.groupby(SETTING[1:], sort=True))
         policies = sorted(group["policy"].unique())
         colours = {policy: plt.cm.tab10(i % 10) for i, policy in enumerate(policies)}
         datasets = sorted(group["dataset_id"].unique())
         styles = {dataset_id: ("-", "--", ":", "-.")[i % 4] for i, dataset_id in enumerate(datasets)}
-        for ax, ((method, alpha, mu), rows) in zip(axes[0], settings, strict=True):
+        fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 4.2), sharey=True, squeeze=False)
+        for ax, ((method, alpha, mu, gamma, updates, deterministic), rows) in zip(axes[0], settings, strict=True):
             for _, curve in rows.groupby("run_dir", sort=True):  # one line per estimate
                 curve = curve.sort_values("step")
-                policy, dataset_id = curve["policy"].iloc[0], curve["dataset_id"].iloc[0]
                 relative = (curve["estimate"] - curve["estimate"].iloc[-1]) / value_range
-                ax.plot(curve["step"], relative, linewidth=1, color=colours[policy], linestyle=styles[dataset_id],
-                        label=f"{short_policy_name(policy)} · {dataset_id}")
+                ax.plot(curve["step"], relative, linewidth=1, color=colours[curve["policy"].iloc[0]],
+                        linestyle=styles[curve["dataset_id"].iloc[0]])
             ax.axhline(0.0, color="grey", linewidth=0.8)
-            ax.set_title(method if pd.isna(alpha) else f"{method} (α {alpha:g}, μ {mu})", fontsize=9)
+            title = method if alpha == "-" else f"{method} (α {alpha:g}, μ {mu})"
+            ax.set_title(f"{title}{', deterministic π' if deterministic is True else ''}, γ {gamma:g}, {updates} upd.",
+                         fontsize=9)
             ax.set_xlabel("critic updates")
-            ax.set_ylim(-0.5, 0.5)
         axes[0][0].set_ylabel("(V̂ − final V̂) / value range")
-        axes[0][-1].legend(fontsize=5, loc="lower right")
+        handles = [plt.Line2D([], [], color=colours[p], label=short_policy_name(p)) for p in policies]
+        handles += [plt.Line2D([], [], color="black", linestyle=styles[d], label=d) for d in datasets]
+        fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=min(len(handles), 5),
+                   bbox_to_anchor=(0.5, 0.0))
         fig.suptitle(f"{env}: off-policy estimates along training", fontsize=10)
-        written.append(_save_figure(fig, Path(out_dir) / f"ope_curves_{env}.png"))
+        written.append(_save_figure(fig, Path(out_dir) / f"ope_curves_{env}.png", rect=(0, 0.2, 1, 1)))
     return written

@@ -37,7 +37,7 @@ from offrl.runs import (
 )
 from offrl.train.logs import MetricsLog
 from offrl.train.loop import OfflineSteps, Schedule, run_loop
-from offrl.train.run_folder import RunFolder, save_policy_snapshot
+from offrl.train.run_folder import RunFolder, drop_snapshots_after, save_policy_snapshot
 
 if TYPE_CHECKING:
     from offrl.agents import Agent
@@ -154,6 +154,8 @@ def _fit(agent: Agent, dataset: OfflineDataset, card: dict, env_id: str | None, 
         normalizer.save(out_dir / "normalizer.json")
 
     resume_step = resume_state["loop"]["step"] if resume_state is not None else None
+    if out_dir is not None:  # snapshots a killed attempt wrote after its last checkpoint belong to no run now
+        drop_snapshots_after(out_dir, resume_step or 0)
     # The final evaluation's row (at the last step) follows the last checkpoint: a run resumed at its last
     # step evaluates again, so that row is dropped; an evaluation inside the loop precedes its checkpoint.
     eval_keep = resume_step - 1 if resume_step is not None and resume_step >= schedule.steps else resume_step

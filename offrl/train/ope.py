@@ -39,7 +39,7 @@ from offrl.errors import OfflineRLError
 from offrl.evaluation.q_bias import discounted_returns, dropped_tail
 from offrl.evaluation.rollout import rollout_episodes
 from offrl.fileio import atomic_write_bytes, git_commit, safe_torch_load
-from offrl.runs import read_run_record, write_run_record
+from offrl.runs import build_run_agent, read_run_record, refuse_non_finite, write_run_record
 from offrl.train.checkpoints import load_weights
 from offrl.train.logs import MetricsLog
 from offrl.train.loop import OfflineSteps, Schedule, run_loop
@@ -199,10 +199,13 @@ def load_target_policy(spec: str | Path, deterministic: bool = False, device: st
         run = restore_run(path, str(device), verify_dataset=False)
         return ActorPolicy(run.agent.networks.actor, run.agent.normalizer, deterministic, text)
     if path.is_file() and path.parent.name == SNAPSHOT_FOLDER and (path.parent.parent / "run.json").is_file():
-        # RUN/snapshots/actor_STEP.pt: the run's actor (its config and normaliser) with the weights of that step
-        run = restore_run(path.parent.parent, str(device), verify_dataset=False)
-        load_weights(run.agent.networks.actor, safe_torch_load(path, "policy snapshot"), f"snapshot {path}")
-        return ActorPolicy(run.agent.networks.actor, run.agent.normalizer, deterministic, text)
+        # RUN/snapshots/actor_STEP.pt: the actor the run's record describes (config, normaliser) with that step's
+        # weights; the run's checkpoint is not needed (a run that diverged later keeps its good early snapshots)
+        _, agent = build_run_agent(path.parent.parent, str(device))
+        weights = safe_torch_load(path, "policy snapshot")
+        refuse_non_finite(weights if isinstance(weights, dict) else {}, f"policy snapshot {path}")
+        load_weights(agent.networks.actor, weights, f"policy snapshot {path}")
+        return ActorPolicy(agent.networks.actor, agent.normalizer, deterministic, text)
     if path.is_file():
         exported_card = path.parent / "policy.json"
         if exported_card.is_file() and _json(exported_card).get("format") == "offrl-exported-policy":

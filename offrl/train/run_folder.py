@@ -15,15 +15,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from filelock import FileLock, Timeout
 
 from offrl.errors import OfflineRLError
 from offrl.faults import fault_point
-from offrl.fileio import remove_orphan_temps
+from offrl.fileio import atomic_torch_save, remove_orphan_temps
 from offrl.train.checkpoints import load_checkpoint
 
 __all__ = ["LOCK_NAME", "SNAPSHOT_FOLDER", "RunFolder", "finished_report", "snapshot_path", "save_policy_snapshot",
-           "snapshot_steps"]
+           "snapshot_steps", "drop_snapshots_after"]
 
 LOCK_NAME = ".offrl.lock"
 RUN_RECORD = "run.json"
@@ -38,21 +39,19 @@ def snapshot_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / SNAPSHOT_FOLDER / f"actor_{step}.pt"
 
 
-def save_policy_snapshot(run_dir: Path, step: int, actor) -> Path:
+def save_policy_snapshot(run_dir: Path, step: int, actor: torch.nn.Module) -> Path:
     """The actor's weights at `step` (written through a temp file; a resumed run that reaches the step again
     overwrites it, as it rewrites that step's evaluation row)."""
-    import io
-
-    import torch
-
-    from offrl.fileio import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in actor.state_dict().items()}, buffer)
     path = snapshot_path(run_dir, step)
     path.parent.mkdir(exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_torch_save({k: v.detach().cpu() for k, v in actor.state_dict().items()}, path)
     return path
+
+
+def drop_snapshots_after(run_dir: Path, step: int) -> None:
+    """Remove the snapshots of steps after `step` (a resumed run continues from there and writes them again)."""
+    for later in (s for s in snapshot_steps(run_dir) if s > step):
+        snapshot_path(run_dir, later).unlink(missing_ok=True)
 
 
 def snapshot_steps(run_dir: Path) -> list[int]:
@@ -90,6 +89,7 @@ class RunFolder:
         try:
             fault_point("run-folder-locked")
             remove_orphan_temps(self.path)
+            remove_orphan_temps(self.path / SNAPSHOT_FOLDER)  # a snapshot a killed writer left half-written
             if self.resume and not (self.path / RUN_RECORD).is_file():
                 # Only a folder that a killed start left empty (the lock, temp files) resumes as a new run, so
                 # re-running the same command with --resume is always right; a wrong --out is still refused.

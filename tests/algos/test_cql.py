@@ -144,6 +144,7 @@ def test_update_metrics_are_the_corl_diagnostics():
         assert key in metrics and torch.isfinite(metrics[key])
 
 
+@pytest.mark.filterwarnings("ignore:precision bf16 on a CPU without")  # numerics, not speed: any CPU will do
 def test_bf16_autocast_agrees_with_fp32_within_bf16_tolerance():
     torch.manual_seed(6)
     config = _config(actor_hidden=(64, 64), critic_hidden=(64, 64), n_actions=4, precision="bf16")

@@ -29,6 +29,14 @@ def test_metrics_on_known_rows(tmp_path):
     assert cql["lower_bound_rate"] == pytest.approx(2 / 3)
 
 
+def test_policies_of_one_true_value_have_no_range_to_normalise_by(tmp_path):
+    path = tmp_path / "ope.csv"
+    pd.DataFrame(_rows("fqe", (1.0, 2.0), truths=(5.0, 5.0)), columns=list(OPE_COLUMNS)).to_csv(path, index=False)
+    metrics = ope_metrics(read_ope_results(path))
+    assert metrics[["value_range", "abs_error_normalized", "regret_at_1"]].isna().all().all()
+    assert metrics["lower_bound_rate"].item() == 1.0
+
+
 def test_settings_are_not_pooled_and_the_range_is_shared_by_methods(tmp_path):
     rows = (_rows("cql-v", (10.0, 40.0, 120.0)) + [{**r, "alpha": 5.0} for r in _rows("cql-v", (0.0, 0.0, 0.0))]
             + _rows("fqe", (1.0, 2.0), truths=(0.0, 50.0), dataset="hopper/medium-replay-v1"))
@@ -86,5 +94,32 @@ def test_plot_labels_shorten_snapshot_paths_and_keep_shipped_names():
 
     assert short_policy_name("/w/runs/hc-cql-seed0/snapshots/actor_100000.pt") == "hc-cql-seed0@100000"
     assert short_policy_name("runs/bc/export/policy.pt") == "export/policy.pt"
+    assert short_policy_name("runs/evidence/hc-cql-seed0") == "evidence/hc-cql-seed0"  # a relative run folder
     for shipped in ("HalfCheetah-v5/expert", "HalfCheetah-v5/replay/15000", "random"):
         assert short_policy_name(shipped) == shipped
+
+
+def test_a_subset_or_an_unfinished_folder_never_replaces_kept_curves(tmp_path):
+    def estimate_row(name, updates, steps, values):
+        run_dir = tmp_path / "runs" / name
+        run_dir.mkdir(parents=True)
+        pd.DataFrame({"step": steps, "estimate": values}).to_csv(run_dir / "estimates.csv", index=False)
+        return {**_rows("fqe", (values[-1],), truths=(len(name),))[0], "policy": name, "run_dir": str(run_dir),
+                "updates": updates}
+
+    done = estimate_row("done", 100, [50, 100], [1.0, 2.0])
+    longer = estimate_row("longer", 100, [50, 100, 150], [1.0, 3.0, 9.0])  # a later, longer run resumed the folder
+    everything, subset = tmp_path / "ope.csv", tmp_path / "subset.csv"
+    pd.DataFrame([done, longer], columns=list(OPE_COLUMNS)).to_csv(everything, index=False)
+    assert main(["ope-summary", str(everything)]) == 0
+    curves = pd.read_csv(tmp_path / "ope_curves.csv")
+    assert curves.groupby("policy")["step"].max().to_dict() == {"done": 100, "longer": 100}  # cut at the row's updates
+    # the done run is being re-estimated: its folder holds a curve that has not reached the row's updates yet
+    pd.DataFrame({"step": [50], "estimate": [7.0]}).to_csv(tmp_path / "runs" / "done" / "estimates.csv", index=False)
+    pd.DataFrame([longer], columns=list(OPE_COLUMNS)).to_csv(subset, index=False)
+    assert main(["ope-summary", str(subset)]) == 0  # a subset, summarised into the same folder
+    kept = pd.read_csv(tmp_path / "ope_curves.csv")
+    pd.testing.assert_frame_equal(kept.sort_values(["policy", "step"]).reset_index(drop=True),
+                                  curves.sort_values(["policy", "step"]).reset_index(drop=True))
+    assert main(["ope-summary", str(everything)]) == 0  # the unfinished folder does not replace the kept curve
+    assert pd.read_csv(tmp_path / "ope_curves.csv").query("policy == 'done'")["estimate"].tolist() == [1.0, 2.0]

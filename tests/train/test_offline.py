@@ -75,6 +75,29 @@ def test_a_run_keeps_its_policy_at_every_evaluation(pendulum_dataset, tmp_path):
     at_20 = torch.load(snapshot_path(tmp_path / "run", 20), weights_only=True)
     assert all(torch.equal(at_40[k], final[k]) for k in final)
     assert not all(torch.equal(at_20[k], final[k]) for k in final)
+    # a CQL snapshot is a target policy of `offrl ope`, with the run's normaliser, checkpoint or not
+    from offrl.train.ope import load_target_policy
+
+    observations = load_dataset(pendulum_dataset).tensors["observations"][:4]
+    from_run = load_target_policy(tmp_path / "run", deterministic=True).sample(observations, 1)[0]
+    (tmp_path / "run" / "checkpoint.pt").unlink()
+    snapshot = load_target_policy(snapshot_path(tmp_path / "run", 40), deterministic=True)
+    assert torch.equal(snapshot.sample(observations, 1)[0], from_run)
+    at_20["mean.weight" if "mean.weight" in at_20 else next(iter(at_20))].fill_(float("nan"))
+    torch.save(at_20, snapshot_path(tmp_path / "run", 20))
+    with pytest.raises(OfflineRLError, match="policy snapshot .*actor_20.pt: non-finite weights"):
+        load_target_policy(snapshot_path(tmp_path / "run", 20))
+
+
+def test_a_resumed_run_drops_snapshots_written_after_its_last_checkpoint(pendulum_dataset, tmp_path):
+    import shutil
+
+    from offrl.train.run_folder import snapshot_path, snapshot_steps
+
+    train_cql(pendulum_dataset, CQLConfig(**TINY), tmp_path / "run", steps=20)
+    shutil.copy(snapshot_path(tmp_path / "run", 20), snapshot_path(tmp_path / "run", 30))  # a killed attempt's
+    train_cql(pendulum_dataset, CQLConfig(**TINY), tmp_path / "run", steps=40, resume=True)
+    assert snapshot_steps(tmp_path / "run") == [20, 40]
 
 
 def test_resume_continues_exactly(pendulum_dataset, tmp_path):

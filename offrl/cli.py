@@ -320,6 +320,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     if args.out is not None and args.evidence is None:
         raise OfflineRLError("--out: only with --evidence (the summary and plots are written beside the leaderboard)")
+    if args.sweep is not None and args.evidence is None:
+        raise OfflineRLError("--sweep: only with --evidence (it picks the result set to aggregate)")
     path = _leaderboard(args.leaderboard)
     if args.append:
         from offrl.runs import append_finished_run
@@ -331,7 +333,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if args.evidence is not None:
         from offrl.evaluation.aggregate import write_evidence
 
-        for written in write_evidence(frame, Path(args.out) if args.out else path.parent, args.evidence):
+        sweeps = [s.strip() for s in args.sweep.split(",") if s.strip()] if args.sweep else None
+        for written in write_evidence(frame, Path(args.out) if args.out else path.parent, args.evidence,
+                                      sweep_ids=sweeps):
             print(f"wrote {written}")
         return 0
     summary = aggregate(frame)
@@ -764,6 +768,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of the summary, aggregate the offline runs of exactly STEPS updates as the evidence "
                         "grid (rliable IQM and CIs per dataset and across datasets, performance profile, learning "
                         "curves, CORL's published scores beside ours); needs pip install 'offrl[eval]'")
+    p.add_argument("--sweep", default=None, metavar="SWEEP_ID[,...]",
+                   help="with --evidence: only the rows of these sweeps (the sweep id `offrl sweep` prints and the "
+                        "rows record), so other runs at the same budget stay out of the result set")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="with --evidence: the folder for evidence_summary.{csv,md} and the plots (default: the "
                         "leaderboard's folder, evaluation/ in the repository)")

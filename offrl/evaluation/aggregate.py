@@ -378,11 +378,13 @@ def _across_markdown(table: pd.DataFrame) -> str:
 
 
 def write_evidence(frame: pd.DataFrame, out_dir: Path, steps: int, datasets: Sequence[str] | None = None,
-                   algorithms: Sequence[str] | None = None) -> list[Path]:
+                   algorithms: Sequence[str] | None = None, sweep_ids: Sequence[str] | None = None) -> list[Path]:
     """The evidence grid at one budget, written atomically into `out_dir`: evidence_summary.csv (per dataset),
     evidence_across_datasets.csv, evidence_summary.md (both tables and the comparison with CORL), the performance
-    profile and the learning curves. A budget with no rows is one OfflineRLError, and nothing is written."""
-    rows = evidence_rows(frame, steps)
+    profile and the learning curves. `sweep_ids`: only the rows of these sweeps (a result set is one sweep; other
+    runs at the same budget, e.g. a parity check's, stay out). A budget with no rows is one OfflineRLError, and
+    nothing is written."""
+    rows = evidence_rows(frame, steps, sweep_ids)
     if datasets is not None:
         rows = rows[rows["dataset_id"].isin(list(datasets))]
     if algorithms is not None:

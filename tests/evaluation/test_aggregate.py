@@ -216,3 +216,23 @@ def test_the_cli_writes_the_evidence_and_refuses_an_unknown_budget(tmp_path, cap
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
     assert main(["leaderboard", "--leaderboard", str(path), "--out", str(out)]) == 2  # --out needs --evidence
     assert "--out: only with --evidence" in capsys.readouterr().err
+
+
+def test_sweep_picks_the_result_set_when_other_runs_share_its_budget(tmp_path, capsys):
+    path = _grid(tmp_path)
+    parity = {"run_id": "parity", "phase": "offline", "online_steps": 0, "dataset_id": DATASETS[0],
+              "algorithm": "CQL-SAC", "config_name": "d3rlpy", "seed": 0, "steps": STEPS,
+              "final_normalized_return": 1.0, "best_normalized_return": 1.0, "run_dir": str(tmp_path / "parity"),
+              "git_commit": "def456", "sweep_id": "sweep-parity"}
+    append_row(path, parity)  # a parity run at the grid's budget, from another sweep and commit
+    everything, grid = tmp_path / "all", tmp_path / "grid"
+    assert main(["leaderboard", "--leaderboard", str(path), "--evidence", str(STEPS), "--out", str(everything)]) == 0
+    assert "d3rlpy" in set(pd.read_csv(everything / "evidence_summary.csv")["config_name"])
+    assert main(["leaderboard", "--leaderboard", str(path), "--evidence", str(STEPS), "--sweep", "sweep-test",
+                 "--out", str(grid)]) == 0
+    summary = pd.read_csv(grid / "evidence_summary.csv")
+    assert set(summary["config_name"]) == {"fast"} and set(summary["commits"]) == {1}
+    assert main(["leaderboard", "--leaderboard", str(path), "--evidence", str(STEPS), "--sweep", "sweep-nope",
+                 "--out", str(tmp_path / "none")]) == 2
+    assert "of sweep(s) sweep-nope" in capsys.readouterr().err
+    assert main(["leaderboard", "--leaderboard", str(path), "--sweep", "sweep-test"]) == 2  # needs --evidence

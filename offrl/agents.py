@@ -25,7 +25,7 @@ from offrl.algos.sac import SACAgent, SACConfig, sac_update
 from offrl.config import config_from_dict, config_with_overrides, load_config
 from offrl.data.buffer import Batch
 from offrl.data.dataset import ObservationNormalizer, OfflineDataset, load_dataset
-from offrl.errors import OfflineRLError
+from offrl.errors import DIVERGENCE_LIMIT, OfflineRLError
 from offrl.fileio import atomic_torch_save, safe_torch_load
 from offrl.runtime import resolve_device
 from offrl.train.checkpoints import load_weights
@@ -110,14 +110,17 @@ class Agent:
             eval_every: int | None = None, eval_episodes: int = 10, final_eval_episodes: int | None = None,
             log_every: int = 1_000, checkpoint_every: int = 5_000, run_dir: str | Path | None = None,
             resume: bool = False, tensorboard: bool = False, callbacks: Sequence = (),
-            leaderboard: str | Path | None = None, show_progress: bool = True, command: str | None = None):
+            leaderboard: str | Path | None = None, show_progress: bool = True, command: str | None = None,
+            divergence_limit: float = DIVERGENCE_LIMIT):
         """Train for `n_steps` updates on `dataset` (an `OfflineDataset` or a registered id); returns the
         `TrainingReport` (also run_dir/final.json when `run_dir` is given).
 
         eval_env: True evaluates in the dataset's env (if it has one), a Gymnasium id evaluates there, False or
         None only reports the env-free diagnostics. run_dir: record, logs and checkpoints (resumable with
         `resume=True`). tensorboard: event files under run_dir/tensorboard. callbacks: `f(event, step, row)`
-        at every log row (event "log") and evaluation (event "evaluation"). leaderboard: append a row there."""
+        at every log row (event "log") and evaluation (event "evaluation"). leaderboard: append a row there.
+        divergence_limit: a metric above it (or any NaN/inf) stops the run with one error and no row; raise it
+        where divergence is what is measured (offline SAC's Q-values), math.inf leaves only NaN/inf."""
         from offrl.train.offline import fit_offline
 
         if isinstance(dataset, str):
@@ -128,7 +131,7 @@ class Agent:
                            eval_episodes=eval_episodes, final_eval_episodes=final_eval_episodes, log_every=log_every,
                            checkpoint_every=checkpoint_every, run_dir=run_dir, resume=resume,
                            tensorboard=tensorboard, callbacks=callbacks, leaderboard=leaderboard,
-                           show_progress=show_progress, command=command)
+                           show_progress=show_progress, command=command, divergence_limit=divergence_limit)
 
     # --- using ----------------------------------------------------------------------------------------------
     @property

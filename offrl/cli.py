@@ -9,6 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from offrl.errors import DIVERGENCE_LIMIT
 from offrl.runtime import configure_process, parse_integer_at_least
 
 __all__ = ["main", "build_parser", "positive_int", "non_negative_int"]
@@ -262,7 +263,7 @@ def cmd_train_cql(args: argparse.Namespace) -> int:
                        eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
                        log_every=args.log_every, checkpoint_every=args.checkpoint_every, run_dir=out,
                        resume=args.resume, tensorboard=args.tensorboard, leaderboard=leaderboard,
-                       show_progress=not args.quiet, command=_command_line())
+                       show_progress=not args.quiet, command=_command_line(), divergence_limit=args.divergence_limit)
     _print_report(report, leaderboard)
     return 0
 
@@ -369,7 +370,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                      cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent, retries=args.retries,
                      eval_every=args.eval_every, eval_episodes=args.eval_episodes,
                      final_eval_episodes=args.final_eval_episodes, log_every=args.log_every,
-                     checkpoint_every=args.checkpoint_every, collect_missing=args.collect_missing,
+                     checkpoint_every=args.checkpoint_every, divergence_limit=args.divergence_limit,
+                     collect_missing=args.collect_missing,
                      command=_command_line(), env_vars=forwarded, ope_policies=lists["--ope-policies"],
                      ope_methods=lists["--methods"], ope_config=parse_overrides(args.set),
                      truth_episodes=args.truth_episodes,
@@ -539,6 +541,22 @@ def _offline_schedule_options(p: argparse.ArgumentParser, eval_every: int | None
                    help="episodes of the final evaluation (with Q bias)")
     p.add_argument("--log-every", type=positive_int, default=1_000, help="updates between metrics rows")
     p.add_argument("--checkpoint-every", type=positive_int, default=5_000, help="updates between checkpoints")
+    p.add_argument("--divergence-limit", type=_divergence_limit, default=DIVERGENCE_LIMIT, metavar="X",
+                   help="a metric above X (or any NaN/inf) stops the run, no row written (default 1e10); raise it "
+                        "where divergence is the measurement, e.g. offline SAC's Q-values; inf: only NaN/inf stop")
+
+
+def _divergence_limit(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or inf, found {text!r}") from None
+    if math.isnan(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number or inf, found {text!r}")
+    return value
+
+
+_divergence_limit.__name__ = "limit"
 
 
 def _sub(sub, name: str, help_text: str) -> argparse.ArgumentParser:

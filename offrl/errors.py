@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["OfflineRLError", "TrainingInterrupted", "first_line"]
+__all__ = ["OfflineRLError", "TrainingInterrupted", "first_line", "DIVERGENCE_LIMIT"]
+
+# A training metric this large is divergence even if finite, and stops the run (offrl.train.loop): losses and
+# Q-values of these tasks stay below ~1e6, and a run that reached 1e31 (issue 12) produced "ordinary" rows with a
+# Q bias of -8e11. Here rather than in the loop so that the CLI's defaults need not import torch.
+DIVERGENCE_LIMIT = 1e10
 
 
 class OfflineRLError(Exception):

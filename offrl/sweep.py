@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from offrl.errors import OfflineRLError, TrainingInterrupted, first_line
+from offrl.errors import DIVERGENCE_LIMIT, OfflineRLError, TrainingInterrupted, first_line
 
 __all__ = ["ALGORITHMS", "Trial", "OPETrial", "SweepSpec", "SweepResult", "parse_seeds", "plan_trials", "run_trial",
            "run_sweep"]
@@ -120,6 +120,7 @@ class SweepSpec:
     final_eval_episodes: int | None = None
     log_every: int = 1_000
     checkpoint_every: int = 5_000
+    divergence_limit: float = DIVERGENCE_LIMIT  # see offrl.train.loop.Schedule.divergence_limit
     collect_missing: bool = False
     command: str | None = None
     env_vars: dict[str, str] = field(default_factory=dict)  # passed to every worker (e.g. OFFRL_DATASETS_PATH)
@@ -148,7 +149,7 @@ class SweepSpec:
     def fit_options(self) -> dict[str, Any]:
         return {"eval_every": self.eval_every, "eval_episodes": self.eval_episodes,
                 "final_eval_episodes": self.final_eval_episodes, "log_every": self.log_every,
-                "checkpoint_every": self.checkpoint_every}
+                "checkpoint_every": self.checkpoint_every, "divergence_limit": self.divergence_limit}
 
 
 @dataclass

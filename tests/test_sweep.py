@@ -213,3 +213,19 @@ def test_a_trial_runs_with_the_process_settings_of_the_cli(world, monkeypatch):
                      out=tmp_path / "o", leaderboard=tmp_path / "l", cpus_per_trial=2)
     outcome = run_trial(Trial("pendulum/none-v0", "cql", "fast", 0), spec, tmp_path / "o" / "t")
     assert calls == [2] and outcome["status"] == "failed"  # the settings come first, before the trial's own work
+
+
+def test_every_fit_option_of_a_sweep_reaches_the_trials_fit(tmp_path):
+    import inspect
+    import math
+
+    from offrl.agents import Agent
+    from offrl.cli import build_parser
+
+    args = build_parser().parse_args(["sweep", "--datasets", "d/x-v0", "--algorithms", "sac", "--seeds", "0",
+                                      "--steps", "5", "--out", str(tmp_path), "--divergence-limit", "inf"])
+    assert args.divergence_limit == math.inf
+    options = SweepSpec(datasets=[], algorithms=[], configs=[], seeds=[], steps=1, out=tmp_path, leaderboard=tmp_path,
+                        divergence_limit=args.divergence_limit).fit_options()
+    assert options["divergence_limit"] == math.inf
+    assert set(options) <= set(inspect.signature(Agent.fit).parameters)

@@ -12,7 +12,8 @@ env's whole state is its RNG).
 
 Two guarantees (tests/train/test_loop.py, tests/test_faults.py):
 - a checkpoint never holds a diverged state: before every save, and at every log row, the latest metrics and
-  every parameter must be finite and the metrics below DIVERGENCE_LIMIT, else the loop stops with one error;
+  every parameter must be finite and the metrics below the schedule's `divergence_limit` (DIVERGENCE_LIMIT
+  unless the caller says otherwise), else the loop stops with one error;
 - SIGINT and SIGTERM stop the loop at the next boundary with a checkpoint (`TrainingInterrupted`, exit
   130/143 from the CLI); a second SIGINT interrupts at once.
 """
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from offrl.errors import OfflineRLError, TrainingInterrupted
+from offrl.errors import DIVERGENCE_LIMIT, OfflineRLError, TrainingInterrupted
 from offrl.faults import fault_point
 from offrl.fileio import atomic_torch_save
 from offrl.train.checkpoints import CHECKPOINT_FORMAT, load_weights, rng_state, set_rng_state
@@ -43,9 +44,6 @@ __all__ = ["Schedule", "LoopState", "StepSource", "OfflineSteps", "EnvSteps", "C
 
 # callback(event, step, row): event "log" (a metrics row) or "evaluation" (an evaluation row)
 Callback = Callable[[str, int, dict[str, Any]], None]
-# A metric this large is divergence even if finite: losses and Q-values of these tasks stay below ~1e6, and a
-# run that reached 1e31 (issue 12) produced "ordinary" rows with a Q bias of -8e11.
-DIVERGENCE_LIMIT = 1e10
 
 
 @dataclass
@@ -57,12 +55,19 @@ class Schedule:
     eval_every: int | None = 5_000  # None: no evaluation during the loop (the caller may evaluate after it)
     checkpoint_every: int = 5_000
     extra_eval_steps: tuple[int, ...] = ()  # e.g. fine-tuning's 5% and 10% marks, where the unlearning dip is
+    # A finite metric above this stops the run too. Raised for runs whose divergence is the measurement (offline
+    # SAC's Q-values, the baseline of the evidence grid); non-finite values always stop a run.
+    divergence_limit: float = DIVERGENCE_LIMIT
 
     def validate(self) -> None:
         for name in ("steps", "log_every", "checkpoint_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise OfflineRLError(f"{name} must be an integer >= 1, found {value!r}")
+        limit = self.divergence_limit
+        if isinstance(limit, bool) or not isinstance(limit, int | float) or math.isnan(limit) or limit <= 0:
+            raise OfflineRLError(f"divergence_limit must be a positive number (inf: only NaN/inf stop a run), "
+                                 f"found {limit!r}")
         if self.eval_every is not None and (not isinstance(self.eval_every, int) or self.eval_every < 1):
             raise OfflineRLError(f"eval_every must be an integer >= 1 or None, found {self.eval_every!r}")
 
@@ -225,13 +230,15 @@ def run_loop(*, update: Callable[[int], dict[str, torch.Tensor] | None], source:
         """The metrics as floats (the host sync), after refusing a diverged state."""
         nonlocal checked_step
         values = {k: float(v) for k, v in metrics.items()}
-        bad = [f"{k}={v:.3g}" for k, v in values.items() if not math.isfinite(v) or abs(v) > DIVERGENCE_LIMIT]
+        bad = [f"{k}={v:.3g}" for k, v in values.items()
+               if not math.isfinite(v) or abs(v) > schedule.divergence_limit]
         if not bad and not bool(torch.stack([p.isfinite().all() for p in agent.parameters()]).all()):
             bad = ["non-finite parameters"]
         if bad:
             kept = (f"the last good checkpoint (step {saved_step}) is kept at {checkpoint_path}"
                     if saved_step is not None else "no checkpoint had been written")
-            raise OfflineRLError(f"training diverged at step {step} ({', '.join(bad)}); stopped, no report or "
+            raise OfflineRLError(f"training diverged at step {step} ({', '.join(bad)}); stopped (non-finite, or a "
+                                 f"metric above the divergence limit {schedule.divergence_limit:.3g}), no report or "
                                  f"leaderboard row written; {kept}")
         checked_step = step
         return values

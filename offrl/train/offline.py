@@ -22,7 +22,7 @@ from offrl.config import config_hash
 from offrl.data.dataset import ObservationNormalizer, OfflineDataset, buffer_from_dataset
 from offrl.data.registry import episode_returns, parse_dataset_id
 from offrl.envs import env_spec, make_env, seed_everything
-from offrl.errors import OfflineRLError
+from offrl.errors import DIVERGENCE_LIMIT, OfflineRLError
 from offrl.evaluation.leaderboard import check_appendable
 from offrl.evaluation.report import dataset_diagnostics, evaluate_in_env
 from offrl.evaluation.scores import reference_scores_from_card
@@ -71,12 +71,13 @@ def fit_offline(agent: Agent, dataset: OfflineDataset, n_steps: int, *, seed: in
                 final_eval_episodes: int | None = None, log_every: int = 1_000, checkpoint_every: int = 5_000,
                 run_dir: str | Path | None = None, resume: bool = False, tensorboard: bool = False,
                 callbacks: Sequence = (), leaderboard: str | Path | None = None, show_progress: bool = True,
-                command: str | None = None) -> TrainingReport:
+                command: str | None = None, divergence_limit: float = DIVERGENCE_LIMIT) -> TrainingReport:
     """Train `agent` for `n_steps` updates on `dataset`; see `offrl.agents.Agent.fit`."""
     for name, value, minimum in (("n_steps", n_steps, 1), ("eval_episodes", eval_episodes, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise OfflineRLError(f"{name} must be an integer >= {minimum}, found {value!r}")
-    schedule = Schedule(steps=n_steps, log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every)
+    schedule = Schedule(steps=n_steps, log_every=log_every, eval_every=eval_every, checkpoint_every=checkpoint_every,
+                        divergence_limit=divergence_limit)
     schedule.validate()
     final_eval_episodes = eval_episodes if final_eval_episodes is None else final_eval_episodes
     if isinstance(final_eval_episodes, bool) or not isinstance(final_eval_episodes, int) or final_eval_episodes < 1:
@@ -144,6 +145,7 @@ def _fit(agent: Agent, dataset: OfflineDataset, card: dict, env_id: str | None, 
                   "config": dataclasses.asdict(config), "updates": schedule.steps, "seed": seed,
                   "device": str(device), "compile": getattr(agent, "compile", False),
                   "eval_every": schedule.eval_every, "eval_episodes": eval_episodes,
+                  "divergence_limit": schedule.divergence_limit,
                   "final_eval_episodes": final_eval_episodes, "reward_scale": reward_scale,
                   "reference": reference.source, "git_commit": git_commit(), "offrl_version": __version__,
                   "command": command, "obs_dim": dataset.obs_dim, "act_dim": dataset.act_dim}

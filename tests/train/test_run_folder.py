@@ -1,5 +1,7 @@
 """Runs end finished or resumable, whatever stops them (in-process; the SIGKILL matrix is tests/test_faults.py)."""
 
+import json
+import math
 import os
 import signal
 
@@ -161,6 +163,23 @@ def test_absurd_finite_losses_are_divergence_and_an_early_one_names_no_checkpoin
                                              r"written"):
         fit(dataset, tmp_path / "run", checkpoint_every=15)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_a_raised_divergence_limit_lets_a_finite_blow_up_finish_but_never_a_non_finite_one(dataset, tmp_path,
+                                                                                             monkeypatch, capsys):
+    """Offline SAC's diverging Q-values are the evidence grid's measurement: with the limit raised the run finishes
+    and its record says so; NaN/inf still stop it, whatever the limit."""
+    _diverge_parameters_at(monkeypatch, 3, value=7e31, metric="critic_loss")
+    report = fit(dataset, tmp_path / "run", divergence_limit=math.inf)
+    assert report.updates == 40 and (tmp_path / "run" / "final.json").is_file()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["divergence_limit"] == math.inf
+    _diverge_parameters_at(monkeypatch, 3, value=float("nan"), metric="critic_loss")
+    with pytest.raises(OfflineRLError, match=r"diverged at step 10 \(critic_loss=nan\).*divergence limit 1e\+40"):
+        fit(dataset, tmp_path / "nan", divergence_limit=1e40)
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own refusal
+        main(["train-cql", "--dataset", "x/y-v0", "--steps", "1", "--divergence-limit", "-1"])
+    assert exit_info.value.code == 2
+    assert "argument --divergence-limit: expected a positive number or inf" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_a_diverged_checkpoint(dataset, tmp_path, capsys):

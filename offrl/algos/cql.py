@@ -107,6 +107,10 @@ class CQLConfig:
         validate_actor_fields(self)
 
     def sac_config(self) -> SACConfig:
+        """The SAC part of this config: CQLAgent's networks, and offline SAC's whole config (`offrl sweep
+        --algorithms sac`). That baseline runs offrl's SAC update, so it also differs from this config where
+        SAC differs from CORL's CQL: soft backup (backup_entropy here), no BC warm start (bc_steps), the actor
+        stepping after the critic (README, "Sweeps on Ray")."""
         return SACConfig(actor_lr=self.actor_lr, critic_lr=self.critic_lr, alpha_lr=self.alpha_lr,
                          batch_size=self.batch_size, hidden=self.actor_hidden, gamma=self.gamma, tau=self.tau,
                          init_alpha=self.init_alpha, autotune_alpha=self.autotune_alpha,

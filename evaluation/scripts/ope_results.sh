@@ -8,8 +8,8 @@
 # n_actions = 5 (5 uniform + 5 π samples for cql-q's logsumexp, 5 π samples for cql-v's E_π Q) instead of
 # OPEConfig's 10: it halves the two conservative estimators' cost (cql-q 11 → 18.5 updates/s on one AVX2 core),
 # which is what makes ~14 estimates per env and estimator affordable; cql-v's penalty is unbiased for any n.
-# One `offrl sweep` per env, one trial at a time (it shares the machine with the evidence grid); re-running the
-# same command skips finished estimates and resumes interrupted ones. Rows go to OPE_RESULTS.
+# One `offrl sweep` per env, OPE_CONCURRENT trials at a time (default 1: it shares the machine with the evidence
+# grid); re-running the same command skips finished estimates and resumes interrupted ones. Rows go to OPE_RESULTS.
 # Usage: bash evaluation/scripts/ope_results.sh ENV [EXTRA_POLICY_SPECS]     (ENV: halfcheetah, hopper, walker2d)
 # Run it from a git worktree at a fixed commit (the rows record it); OFFRL_DATASETS_PATH, OPE_RESULTS and RUNS may
 # point outside the worktree.
@@ -28,5 +28,5 @@ PYTHON=${PYTHON:-.venv/bin/python}
 "$PYTHON" -m offrl.cli sweep --datasets "$ENV/medium-v1,$ENV/medium-replay-v1" --ope-policies "$POLICIES" \
   --methods fqe,cql-q,cql-v --set alpha=0.01 --set n_actions=5 --seeds 0 --steps 40000 --eval-every 2000 \
   --truth-episodes 50 \
-  --cpus-per-trial 1 --max-concurrent 1 --collect-missing --results "${OPE_RESULTS:-evaluation/ope.csv}" \
+  --cpus-per-trial 1 --max-concurrent "${OPE_CONCURRENT:-1}" --collect-missing --results "${OPE_RESULTS:-evaluation/ope.csv}" \
   --out "${RUNS:-runs/results/ope}/$ENV"

@@ -334,7 +334,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if args.evidence is not None:
         from offrl.evaluation.aggregate import write_evidence
 
-        sweeps = [s.strip() for s in args.sweep.split(",") if s.strip()] if args.sweep else None
+        sweeps = [s.strip() for s in args.sweep.split(",") if s.strip()] if args.sweep is not None else None
+        if sweeps is not None and not sweeps:
+            raise OfflineRLError(f"--sweep {args.sweep!r}: name at least one sweep id")
         for written in write_evidence(frame, Path(args.out) if args.out else path.parent, args.evidence,
                                       sweep_ids=sweeps):
             print(f"wrote {written}")
@@ -357,6 +359,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     missing = [name for name in needed if getattr(args, name[2:].replace("-", "_")) is None]
     if missing:
         raise OfflineRLError(f"{'an OPE' if ope else 'a training'} sweep needs {', '.join(missing)}")
+    if ope and args.divergence_limit != DIVERGENCE_LIMIT:
+        raise OfflineRLError("--divergence-limit: a training option; an OPE sweep's estimates stop at the default")
     names = {"--datasets": args.datasets, "--algorithms": args.algorithms or "", "--configs": args.configs or "",
              "--ope-policies": args.ope_policies or "", "--methods": args.methods or ""}
     lists = {name: [v.strip() for v in value.split(",") if v.strip()] for name, value in names.items()}

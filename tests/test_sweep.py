@@ -229,3 +229,12 @@ def test_every_fit_option_of_a_sweep_reaches_the_trials_fit(tmp_path):
                         divergence_limit=args.divergence_limit).fit_options()
     assert options["divergence_limit"] == math.inf
     assert set(options) <= set(inspect.signature(Agent.fit).parameters)
+
+
+def test_an_ope_sweep_refuses_the_training_only_divergence_limit(tmp_path, capsys):
+    from offrl.cli import main
+
+    assert main(["sweep", "--datasets", "d/x-v0", "--ope-policies", "random", "--methods", "fqe", "--results",
+                 str(tmp_path / "ope.csv"), "--seeds", "0", "--steps", "5", "--out", str(tmp_path),
+                 "--divergence-limit", "inf"]) == 2
+    assert "--divergence-limit: a training option" in capsys.readouterr().err

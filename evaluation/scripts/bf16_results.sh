@@ -12,9 +12,14 @@ export OFFRL_DATASETS_PATH="${OFFRL_DATASETS_PATH:-$PWD/datasets}"
 export OFFRL_LEADERBOARD="${OFFRL_LEADERBOARD:-$PWD/evaluation/leaderboard.csv}"
 PYTHON=${PYTHON:-.venv/bin/python}
 STEPS=${1:-50000}
-if ! "$PYTHON" -c "import sys; from offrl.cpu_kernels import native_cpu_bf16; sys.exit(0 if native_cpu_bf16() else 3)"; then
+status=0
+"$PYTHON" -c "import sys; from offrl.cpu_kernels import native_cpu_bf16; sys.exit(0 if native_cpu_bf16() else 3)" \
+  || status=$?
+if [ "$status" = 3 ]; then
   echo "bf16_results.sh: this CPU has no bf16 instructions (AVX512-BF16 or AMX); bf16 would be emulated" >&2
   exit 2
+elif [ "$status" != 0 ]; then
+  exit "$status"
 fi
 "$PYTHON" -m offrl.cli sweep --datasets halfcheetah/medium-v1,hopper/medium-v1 --algorithms cql \
   --configs fast,fast-bf16 --seeds 0-2 --steps "$STEPS" --eval-every 10000 --eval-episodes 10 \

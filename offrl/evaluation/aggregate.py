@@ -131,7 +131,9 @@ def evidence_rows(frame: pd.DataFrame, steps: int, sweep_ids: Sequence[str] | No
     from shorter or longer runs never mix into the grid."""
     rows = frame[(frame["phase"] == "offline") & (frame["steps"] == steps)]
     if sweep_ids is not None:
-        rows = rows[rows["sweep_id"].astype(str).isin([str(s) for s in sweep_ids])]
+        tagged = rows["sweep_id"].notna() if "sweep_id" in rows else pd.Series(False, index=rows.index)
+        rows = rows[tagged & rows.get("sweep_id", pd.Series(index=rows.index, dtype=object)).astype(str).isin(
+            [str(s) for s in sweep_ids])]
     if rows.empty:
         budgets = sorted(int(s) for s in frame.loc[frame["phase"] == "offline", "steps"].dropna().unique())
         which = f" of sweep(s) {', '.join(map(str, sweep_ids))}" if sweep_ids is not None else ""

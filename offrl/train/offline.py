@@ -128,6 +128,10 @@ def _fit(agent: Agent, dataset: OfflineDataset, card: dict, env_id: str | None, 
         if record["dataset_sha256"] != card["sha256"] or record["config_hash"] != name_hash:
             raise OfflineRLError(f"--resume: {out_dir} was trained on dataset sha256 {record['dataset_sha256'][:12]} "
                                  f"with config {record['config_hash']}; now {card['sha256'][:12]} / {name_hash}")
+        started_with = record.get("divergence_limit", DIVERGENCE_LIMIT)  # runs from before the option: the default
+        if started_with != schedule.divergence_limit:
+            raise OfflineRLError(f"--resume: {out_dir} was started with --divergence-limit {started_with:g}; resume "
+                                 f"it with the same limit, not {schedule.divergence_limit:g}")
         finished = folder.finished_report(schedule.steps)
         if finished is not None:  # killed after its report: only the row may be missing
             report = TrainingReport.from_dict(finished)

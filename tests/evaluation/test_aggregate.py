@@ -236,3 +236,9 @@ def test_sweep_picks_the_result_set_when_other_runs_share_its_budget(tmp_path, c
                  "--out", str(tmp_path / "none")]) == 2
     assert "of sweep(s) sweep-nope" in capsys.readouterr().err
     assert main(["leaderboard", "--leaderboard", str(path), "--sweep", "sweep-test"]) == 2  # needs --evidence
+    assert main(["leaderboard", "--leaderboard", str(path), "--evidence", str(STEPS), "--sweep", ","]) == 2
+    assert "--sweep ',': name at least one sweep id" in capsys.readouterr().err
+    untagged = {**parity, "run_id": "old", "sweep_id": None}  # rows from before sweeps were tagged
+    append_row(path, untagged)
+    assert main(["leaderboard", "--leaderboard", str(path), "--evidence", str(STEPS), "--sweep", "nan",
+                 "--out", str(tmp_path / "nan")]) == 2  # an untagged row is of no sweep

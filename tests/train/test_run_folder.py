@@ -173,6 +173,10 @@ def test_a_raised_divergence_limit_lets_a_finite_blow_up_finish_but_never_a_non_
     report = fit(dataset, tmp_path / "run", divergence_limit=math.inf)
     assert report.updates == 40 and (tmp_path / "run" / "final.json").is_file()
     assert json.loads((tmp_path / "run" / "run.json").read_text())["divergence_limit"] == math.inf
+    fit(dataset, tmp_path / "short", steps=20, divergence_limit=math.inf)
+    with pytest.raises(OfflineRLError, match="was started with --divergence-limit inf; resume it with the same"):
+        fit(dataset, tmp_path / "short", steps=40, resume=True)  # the default limit would stop it where inf did not
+    assert fit(dataset, tmp_path / "short", steps=40, resume=True, divergence_limit=math.inf).updates == 40
     _diverge_parameters_at(monkeypatch, 3, value=float("nan"), metric="critic_loss")
     with pytest.raises(OfflineRLError, match=r"diverged at step 10 \(critic_loss=nan\).*divergence limit 1e\+40"):
         fit(dataset, tmp_path / "nan", divergence_limit=1e40)

@@ -13,6 +13,7 @@ FLOPs with torch's counter or to time the plain path (the `fusion` rows of evalu
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -38,6 +39,7 @@ def fused_cpu_kernels(enabled: bool) -> Iterator[None]:
         _fused_cpu_kernels_enabled = previous
 
 
+@functools.cache  # the CPU does not change: asked once per process (autocast_for asks every update)
 def native_cpu_bf16() -> bool:
     """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX). Without them oneDNN emulates bf16
     matrix products, far slower than fp32 (evaluation/RESULTS.md, "Speed II on an AVX2-only host"); plain

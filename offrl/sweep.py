@@ -92,11 +92,11 @@ class OPETrial:
 
     @property
     def name(self) -> str:
-        from offrl.train.run_folder import SNAPSHOT_FOLDER
+        from offrl.train.run_folder import snapshot_of
 
         path = Path(self.policy)
         # a run folder's snapshot (RUN/snapshots/actor_STEP.pt) is named by its run folder too
-        parts = path.parts[-3:] if path.parent.name == SNAPSHOT_FOLDER else path.parts[-2:]
+        parts = path.parts[-3:] if snapshot_of(path) is not None else path.parts[-2:]
         policy = "-".join(parts) if path.exists() else self.policy
         slug = re.sub(r"[^A-Za-z0-9.]+", "-", policy).strip("-")
         return f"ope-{self.dataset_id.replace('/', '-')}-{slug}-{self.method}-seed{self.seed}-{self.settings}"

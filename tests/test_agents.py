@@ -164,12 +164,12 @@ def test_training_in_bf16_on_a_cpu_without_bf16_instructions_warns_and_fp32_does
     import offrl.algos.cql as cql
     from offrl.algos.cql import CQLConfig, autocast_for
 
-    monkeypatch.setattr(cql, "_native_cpu_bf16", lambda: False)
+    monkeypatch.setattr(cql, "native_cpu_bf16", lambda: False)
     with pytest.warns(UserWarning, match="bf16 on a CPU without AVX512-BF16 or AMX"):
         autocast_for(CQLConfig(precision="bf16"), "cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         autocast_for(CQLConfig(precision="fp32"), "cpu")  # fp32: nothing to say
         offrl.agents.CQL("fast-bf16")  # building (or restoring) an agent is not training: no warning
-        monkeypatch.setattr(cql, "_native_cpu_bf16", lambda: True)
+        monkeypatch.setattr(cql, "native_cpu_bf16", lambda: True)
         autocast_for(CQLConfig(precision="bf16"), "cpu")  # AVX512-BF16/AMX: bf16 is the fast path

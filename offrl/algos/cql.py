@@ -12,7 +12,6 @@ each weighted by its own density (importance sampling).
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -209,16 +208,12 @@ def autocast_for(config: CQLConfig, device: torch.device | str):
     """The numeric context every update of this config runs in (bf16 autocast or a no-op). Training in bf16 on
     a CPU without bf16 instructions warns (once per call site: Python's default warning filter)."""
     device_type = torch.device(device).type
-    if config.precision == "bf16" and device_type == "cpu" and not _native_cpu_bf16():
+    if config.precision == "bf16" and device_type == "cpu" and not native_cpu_bf16():
         warnings.warn("precision bf16 on a CPU without AVX512-BF16 or AMX: its bf16 matrix products are emulated, "
                       "many times slower than fp32 (evaluation/RESULTS.md); use precision fp32 on this machine "
                       "(--set precision=fp32, or a config without -bf16)", stacklevel=2)
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
-
-@functools.cache
-def _native_cpu_bf16() -> bool:
-    return native_cpu_bf16()  # asked once per process: autocast_for runs every update
 
 
 def cql_losses(agent: CQLAgent, batch: Batch, config: CQLConfig, behaviour_cloning: bool

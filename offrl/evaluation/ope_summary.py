@@ -221,10 +221,12 @@ def short_policy_name(policy: str) -> str:
     snapshot `.../RUN/snapshots/actor_STEP.pt` as `RUN@STEP`, any other path as its last two parts."""
     if _SHIPPED_POLICY.fullmatch(policy) and not policy.endswith(".pt") and not policy.startswith((".", "/")):
         return policy
-    parts = Path(policy).parts
-    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-1].startswith("actor_"):
-        return f"{parts[-3]}@{Path(parts[-1]).stem.removeprefix('actor_')}"
-    return "/".join(parts[-2:])
+    from offrl.train.run_folder import snapshot_of
+
+    snapshot = snapshot_of(policy)
+    if snapshot is not None:
+        return f"{snapshot[0].name}@{snapshot[1]}"
+    return "/".join(Path(policy).parts[-2:])
 
 
 def plot_ope_curves(curves: pd.DataFrame, ranges: dict[tuple, float], out_dir: Path) -> list[Path]:

@@ -43,7 +43,7 @@ from offrl.runs import build_run_agent, read_run_record, refuse_non_finite, writ
 from offrl.train.checkpoints import load_weights
 from offrl.train.logs import MetricsLog
 from offrl.train.loop import OfflineSteps, Schedule, run_loop
-from offrl.train.run_folder import SNAPSHOT_FOLDER, RunFolder
+from offrl.train.run_folder import RunFolder, snapshot_of
 
 __all__ = ["OPE_KIND", "OPE_COLUMNS", "OPEReport", "ActorPolicy", "ExportedFilePolicy", "UniformPolicy",
            "load_target_policy",
@@ -198,10 +198,11 @@ def load_target_policy(spec: str | Path, deterministic: bool = False, device: st
     if path.is_dir():
         run = restore_run(path, str(device), verify_dataset=False)
         return ActorPolicy(run.agent.networks.actor, run.agent.normalizer, deterministic, text)
-    if path.is_file() and path.parent.name == SNAPSHOT_FOLDER and (path.parent.parent / "run.json").is_file():
+    snapshot = snapshot_of(path)
+    if path.is_file() and snapshot is not None and (snapshot[0] / "run.json").is_file():
         # RUN/snapshots/actor_STEP.pt: the actor the run's record describes (config, normaliser) with that step's
         # weights; the run's checkpoint is not needed (a run that diverged later keeps its good early snapshots)
-        _, agent = build_run_agent(path.parent.parent, str(device))
+        _, agent = build_run_agent(snapshot[0], str(device))
         weights = safe_torch_load(path, "policy snapshot")
         refuse_non_finite(weights if isinstance(weights, dict) else {}, f"policy snapshot {path}")
         load_weights(agent.networks.actor, weights, f"policy snapshot {path}")

@@ -24,7 +24,7 @@ from offrl.fileio import atomic_torch_save, remove_orphan_temps
 from offrl.train.checkpoints import load_checkpoint
 
 __all__ = ["LOCK_NAME", "SNAPSHOT_FOLDER", "RunFolder", "finished_report", "snapshot_path", "save_policy_snapshot",
-           "snapshot_steps", "drop_snapshots_after"]
+           "snapshot_steps", "drop_snapshots_after", "snapshot_of"]
 
 LOCK_NAME = ".offrl.lock"
 RUN_RECORD = "run.json"
@@ -37,6 +37,17 @@ SNAPSHOT_FOLDER = "snapshots"
 
 def snapshot_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / SNAPSHOT_FOLDER / f"actor_{step}.pt"
+
+
+def snapshot_of(path: str | Path) -> tuple[Path, int] | None:
+    """(run folder, step) when `path` names a policy snapshot (`RUN/snapshots/actor_STEP.pt`), else None. Reads
+    the name only: whether the files exist is the caller's question."""
+    path = Path(path)
+    step = path.stem.removeprefix("actor_")
+    if path.parent.name != SNAPSHOT_FOLDER or path.suffix != ".pt" or not path.stem.startswith("actor_") \
+            or not step.isdigit() or len(path.parts) < 3:
+        return None
+    return path.parent.parent, int(step)
 
 
 def save_policy_snapshot(run_dir: Path, step: int, actor: torch.nn.Module) -> Path:

@@ -22,14 +22,16 @@ from offrl.errors import OfflineRLError
 from offrl.evaluation.leaderboard import (
     _plot_over_seeds,
     _pyplot,
-    _run_evaluations,
     _save_figure,
+    finished_curve,
+    read_kept_curves,
     stratified_bootstrap_ci,
 )
 from offrl.fileio import atomic_write_bytes
 
 __all__ = ["CORL_PUBLISHED", "CORL_SOURCE", "evidence_rows", "per_dataset", "across_datasets",
-           "performance_profile_plot", "bias_axis_scale", "learning_curve_plots", "corl_caveat",
+           "performance_profile_plot", "bias_axis_scale", "collect_evidence_curves", "read_evidence_curves",
+           "learning_curve_plots", "corl_caveat",
            "corl_comparison_table", "write_evidence"]
 
 CONFIDENCE = 0.95
@@ -272,19 +274,61 @@ def bias_axis_scale(curves: Sequence[np.ndarray]) -> str:
     return "symlog" if len(values) and np.abs(values).max() > SYMLOG_ABOVE else "linear"
 
 
-def learning_curve_plots(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+# --- the runs' curves: kept in evidence_curves.csv beside the summary, since run folders are not committed -------
+
+EVIDENCE_CURVE_COLUMNS = ("run_dir", "run_id", "dataset_id", "algorithm", "config_name", "seed", "steps", "step",
+                          "normalized_return", "return_mean", "return_std", "q_bias_mean", "q_bias_normalized_mean")
+_CURVE_VALUES = EVIDENCE_CURVE_COLUMNS[EVIDENCE_CURVE_COLUMNS.index("step"):]
+
+
+def collect_evidence_curves(frame: pd.DataFrame, previous: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Normalized return and Q bias along training for every run of `frame` (the latest row per seed), read from its
+    folder's evaluations.csv when that is on this machine and reaches the row's budget (cut there), else kept from
+    `previous` (an earlier evidence_curves.csv), else left out. Curves in `previous` of run folders that `frame`
+    does not name are kept as they were, so summarising a subset of the results into the same folder loses
+    nothing."""
+    previous = previous if previous is not None else pd.DataFrame(columns=list(EVIDENCE_CURVE_COLUMNS))
+    kept = dict(tuple(previous.groupby("run_dir"))) if not previous.empty else {}
+    pieces = []
+    for row in _latest_row_per_seed(frame).itertuples(index=False):
+        if not isinstance(row.run_dir, str):
+            continue
+        curve = finished_curve(Path(row.run_dir) / "evaluations.csv", int(row.steps))
+        if curve is not None:
+            curve = curve.reindex(columns=list(_CURVE_VALUES))  # BC has no critic: its Q-bias columns are empty
+            identity = EVIDENCE_CURVE_COLUMNS[:EVIDENCE_CURVE_COLUMNS.index("step")]
+            pieces.append(curve.assign(**{name: getattr(row, name) for name in identity}))
+            kept.pop(row.run_dir, None)
+        elif row.run_dir in kept:
+            pieces.append(kept.pop(row.run_dir))
+    pieces += list(kept.values())
+    pieces = [piece for piece in pieces if not piece.empty]
+    if not pieces:
+        return pd.DataFrame(columns=list(EVIDENCE_CURVE_COLUMNS))
+    return pd.concat(pieces, ignore_index=True)[list(EVIDENCE_CURVE_COLUMNS)]
+
+
+def read_evidence_curves(path: Path) -> pd.DataFrame | None:
+    """An earlier evidence_curves.csv, or None when there is none."""
+    return read_kept_curves(path, EVIDENCE_CURVE_COLUMNS, "evidence curves")
+
+
+def learning_curve_plots(frame: pd.DataFrame, out_dir: Path, curves: pd.DataFrame | None = None) -> list[Path]:
     """Per dataset, `evidence_curves_<dataset>.png`: normalized return and normalized Q bias ((mean Q̂ − G) / |mean G|)
-    against updates, one line per algorithm (and config), the mean over seeds with a 95% bootstrap band, from each
-    run's evaluations.csv (run_dir absolute or relative to the current directory; runs whose folders are not on this
-    machine are skipped, a dataset with none gets no figure). The Q-bias axis is symlog when curves span orders of
-    magnitude, so an unconstrained critic's growth and a conservative one's small bias are both readable."""
+    against updates, one line per algorithm (and config), the mean over seeds with a 95% bootstrap band. The runs are
+    `frame`'s (latest row per seed); their curves come from `curves` (`collect_evidence_curves`' table) or, without
+    it, from the run folders on this machine. A dataset with no curve gets no figure. The Q-bias axis is symlog when
+    curves span orders of magnitude, so an unconstrained critic's growth and a conservative one's small bias are
+    both readable."""
     plt = _pyplot()
     written = []
     offline = _latest_row_per_seed(frame[frame["phase"] == "offline"])
+    curves = collect_evidence_curves(offline) if curves is None else curves
+    by_run = {run_dir: curve for run_dir, curve in curves.groupby("run_dir")} if not curves.empty else {}
     for dataset_id, group in offline.groupby("dataset_id", sort=True):
         fig, (return_ax, bias_ax) = plt.subplots(1, 2, figsize=(11, 4))
         for (algorithm, config), runs in group.groupby(["algorithm", "config_name"], sort=True):
-            evaluations = _run_evaluations(runs["run_dir"])
+            evaluations = [by_run[d] for d in runs["run_dir"] if d in by_run]
             label = f"{algorithm} {config}"
             _plot_over_seeds(return_ax, evaluations, "normalized_return", label)
             _plot_over_seeds(bias_ax, evaluations, "q_bias_normalized_mean", label)
@@ -383,9 +427,10 @@ def write_evidence(frame: pd.DataFrame, out_dir: Path, steps: int, datasets: Seq
                    algorithms: Sequence[str] | None = None, sweep_ids: Sequence[str] | None = None) -> list[Path]:
     """The evidence grid at one budget, written atomically into `out_dir`: evidence_summary.csv (per dataset),
     evidence_across_datasets.csv, evidence_summary.md (both tables and the comparison with CORL), the performance
-    profile and the learning curves. `sweep_ids`: only the rows of these sweeps (a result set is one sweep; other
-    runs at the same budget, e.g. a parity check's, stay out). A budget with no rows is one OfflineRLError, and
-    nothing is written."""
+    profile, the learning curves' plots and their data, evidence_curves.csv (updated from the run folders that
+    exist, so the plots can be redrawn without them). `sweep_ids`: only the rows of these sweeps (a result set is
+    one sweep; other runs at the same budget, e.g. a parity check's, stay out). A budget with no rows is one
+    OfflineRLError, and nothing is written."""
     rows = evidence_rows(frame, steps, sweep_ids)
     if datasets is not None:
         rows = rows[rows["dataset_id"].isin(list(datasets))]
@@ -399,18 +444,20 @@ def write_evidence(frame: pd.DataFrame, out_dir: Path, steps: int, datasets: Seq
     per = per_dataset(rows)
     across = across_datasets(rows, datasets, algorithms)
     runs = _latest_row_per_seed(rows)
-    curves_found = sum((Path(str(d)) / "evaluations.csv").is_file() for d in runs["run_dir"])
+    curves_path = out_dir / "evidence_curves.csv"
+    curves = collect_evidence_curves(rows, read_evidence_curves(curves_path))
+    curves_found = int(runs["run_dir"].isin(set(curves["run_dir"])).sum())
     written = []
     profile = performance_profile_plot(rows, datasets, algorithms, out_dir / "evidence_performance_profile.png")
     written += [profile] if profile is not None else []
-    curves = learning_curve_plots(rows, out_dir)
-    written += curves
+    curve_plots = learning_curve_plots(rows, out_dir, curves)
+    written += curve_plots
     commits = sorted(str(c) for c in runs["git_commit"].dropna().unique()) if "git_commit" in runs else []
     sweeps = sorted(str(s) for s in runs["sweep_id"].dropna().unique()) if "sweep_id" in runs else []
     figures = ([f"- performance profile: {profile.name}"] if profile is not None else
                ["- no performance profile: no algorithm has a run on every dataset"])
-    figures.append(f"- learning curves ({curves_found} of {len(runs)} runs' evaluations.csv on this machine): "
-                   + (", ".join(p.name for p in curves) or "none"))
+    figures.append(f"- learning curves ({curves_found} of {len(runs)} runs' curves, kept in {curves_path.name}): "
+                   + (", ".join(p.name for p in curve_plots) or "none"))
     markdown = "\n".join([
         f"# Evidence grid: {steps:,} offline updates", "",
         f"{len(runs)} runs (the latest row of each seed): leaderboard rows with phase offline and steps {steps}; "
@@ -425,7 +472,8 @@ def write_evidence(frame: pd.DataFrame, out_dir: Path, steps: int, datasets: Seq
         f"{EXPERT_SCORE:.0f}.", "", _across_markdown(across),
         "## Beside CORL's published D4RL scores", "", corl_comparison_table(per),
         "## Figures", "", *figures, ""])
-    for name, data in (("evidence_summary.csv", per.to_csv(index=False, float_format="%.4g")),
+    tables = [("evidence_curves.csv", curves.to_csv(index=False))] if not curves.empty else []
+    for name, data in (*tables, ("evidence_summary.csv", per.to_csv(index=False, float_format="%.4g")),
                        ("evidence_across_datasets.csv", across.to_csv(index=False, float_format="%.4g")),
                        ("evidence_summary.md", markdown)):
         atomic_write_bytes(out_dir / name, data.encode())

@@ -319,6 +319,33 @@ def _run_evaluations(run_dirs) -> list[pd.DataFrame]:
     return [pd.read_csv(f).drop_duplicates("step", keep="last") for f in files if f.is_file()]
 
 
+def finished_curve(path: Path, last_step: int) -> pd.DataFrame | None:
+    """A run's curve file (a `step` column and values) up to `last_step`, one row per step (the last: a run
+    evaluated at its final step writes that step twice, and a resumed run may repeat one), or None when the file is
+    not here or the curve does not reach `last_step` (still training, or resumed past it by a longer run: not the
+    curve of a result at `last_step`)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    curve = pd.read_csv(path).drop_duplicates("step", keep="last").sort_values("step")
+    curve = curve[curve["step"] <= last_step]
+    if curve.empty or int(curve["step"].iloc[-1]) != int(last_step):
+        return None
+    return curve
+
+
+def read_kept_curves(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame | None:
+    """A curves table a summary keeps beside itself (its run folders are not committed), or None when there is
+    none yet; a file with other columns is one OfflineRLError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    curves = pd.read_csv(path)
+    if tuple(curves.columns) != tuple(columns):
+        raise OfflineRLError(f"{what} {path}: not an offrl {what} file (its header differs)")
+    return curves
+
+
 def _plot_over_seeds(ax, evaluations: list[pd.DataFrame], column: str, label: str) -> bool:
     """One line of `column` against update step: the mean over runs (seeds) with a 95% bootstrap band. False,
     drawing nothing, when no run has the column's values (e.g. BC has no critic, so no Q bias)."""

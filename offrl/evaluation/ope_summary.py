@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from offrl.errors import OfflineRLError
+from offrl.evaluation.leaderboard import finished_curve, read_kept_curves
 from offrl.fileio import atomic_write_bytes
 
 __all__ = ["read_ope_results", "ope_metrics", "collect_ope_curves", "read_ope_curves", "write_ope_summary",
@@ -83,13 +84,7 @@ def collect_ope_curves(frame: pd.DataFrame, previous: pd.DataFrame | None = None
     for row in frame.itertuples(index=False):
         if not isinstance(row.run_dir, str):
             continue
-        path = Path(row.run_dir) / "estimates.csv"
-        curve = None
-        if path.is_file():
-            curve = pd.read_csv(path).drop_duplicates("step", keep="last").sort_values("step")
-            curve = curve[curve["step"] <= row.updates]
-            if curve.empty or int(curve["step"].iloc[-1]) != int(row.updates):
-                curve = None
+        curve = finished_curve(Path(row.run_dir) / "estimates.csv", int(row.updates))
         if curve is not None:
             pieces.append(pd.DataFrame({"run_dir": row.run_dir, "env": row.env, "dataset_id": row.dataset_id,
                                         "policy": row.policy, "method": row.method, "alpha": row.alpha,
@@ -158,13 +153,7 @@ def _max_drift(drifts: pd.Series, run_dirs: pd.Series) -> float:
 
 
 def read_ope_curves(path: Path) -> pd.DataFrame | None:
-    path = Path(path)
-    if not path.is_file():
-        return None
-    curves = pd.read_csv(path)
-    if tuple(curves.columns) != CURVE_COLUMNS:
-        raise OfflineRLError(f"OPE curves {path}: not an offrl OPE curves file (its header differs)")
-    return curves
+    return read_kept_curves(path, CURVE_COLUMNS, "OPE curves")
 
 
 def write_ope_summary(frame: pd.DataFrame, out_dir: Path) -> list[Path]:

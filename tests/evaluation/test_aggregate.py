@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,11 +13,13 @@ from offrl.evaluation.aggregate import (
     _statistics,
     across_datasets,
     bias_axis_scale,
+    collect_evidence_curves,
     corl_comparison_table,
     evidence_rows,
     learning_curve_plots,
     per_dataset,
     performance_profile_plot,
+    read_evidence_curves,
     write_evidence,
 )
 from offrl.evaluation.leaderboard import append_row, iqm, read_leaderboard, stratified_bootstrap_ci
@@ -186,6 +189,47 @@ def test_the_plots_are_written_as_pngs(tmp_path):
     assert bias_axis_scale([np.array([-0.9, -0.8]), np.array([0.5, 3.0])]) == "linear"
 
 
+def test_the_curves_are_kept_for_runs_whose_folders_are_gone(tmp_path):
+    frame = read_leaderboard(_grid(tmp_path))
+    out = tmp_path / "evidence"
+    write_evidence(frame, out, STEPS)
+    curves = read_evidence_curves(out / "evidence_curves.csv")
+    assert len(curves) == 27 * 3  # three steps per run: the final step written twice is one row, the last
+    cql = curves[(curves["algorithm"] == "CQL-SAC") & (curves["dataset_id"] == DATASETS[0]) & (curves["seed"] == 1)]
+    assert list(cql["step"]) == [10_000, 20_000, STEPS]
+    assert list(cql["normalized_return"]) == [52.0 / 3, 26.0, 52.0]  # the final evaluation's value, not the loop's
+    assert list(cql["q_bias_normalized_mean"]) == [-0.5, -0.8, -0.9]
+    assert curves.loc[curves["algorithm"] == "BC", "q_bias_normalized_mean"].isna().all()
+    plot = out / "evidence_curves_halfcheetah_medium-v1.png"
+
+    for run_dir in (tmp_path / "runs").iterdir():  # the machine changed: no run folder is left
+        (run_dir / "evaluations.csv").unlink()
+    plot.unlink()
+    write_evidence(frame, out, STEPS)
+    assert read_evidence_curves(out / "evidence_curves.csv").equals(curves)
+    assert plot.read_bytes().startswith(PNG_HEADER)  # redrawn from the kept curves
+    assert "27 of 27 runs' curves" in (out / "evidence_summary.md").read_text()
+
+    write_evidence(frame, out, STEPS, datasets=[DATASETS[0]])  # a subset into the same folder loses nothing
+    assert len(read_evidence_curves(out / "evidence_curves.csv")) == 27 * 3
+
+
+def test_a_curve_that_does_not_end_at_the_rows_budget_is_not_the_rows_curve(tmp_path):
+    frame = read_leaderboard(_grid(tmp_path, seeds=(0,)))
+    run_dir = Path(frame["run_dir"].iloc[0])
+    pd.DataFrame({"step": [10_000, 20_000], "normalized_return": [1.0, 2.0]}).to_csv(  # resumed, unfinished
+        run_dir / "evaluations.csv", index=False)
+    curves = collect_evidence_curves(evidence_rows(frame, STEPS))
+    assert run_dir.as_posix() not in set(curves["run_dir"]) and curves["run_dir"].nunique() == 8
+    longer = pd.DataFrame({"step": [10_000, STEPS, 40_000], "normalized_return": [1.0, 2.0, 3.0]})
+    longer.to_csv(run_dir / "evaluations.csv", index=False)  # resumed past the row by a longer run: cut at the row
+    curves = collect_evidence_curves(evidence_rows(frame, STEPS))
+    assert list(curves.loc[curves["run_dir"] == str(run_dir), "step"]) == [10_000, STEPS]
+    (tmp_path / "bad.csv").write_text("step,value\n1,2\n")
+    with pytest.raises(OfflineRLError, match="bad.csv: not an offrl evidence curves file"):
+        read_evidence_curves(tmp_path / "bad.csv")
+
+
 def test_write_evidence_refuses_a_budget_without_rows_and_writes_nothing(tmp_path):
     frame = read_leaderboard(_grid(tmp_path, seeds=(0,)))
     with pytest.raises(OfflineRLError, match=r"steps 12345: no offline leaderboard rows .* have steps 30000"):
@@ -197,7 +241,7 @@ def test_the_cli_writes_the_evidence_and_refuses_an_unknown_budget(tmp_path, cap
     path = _grid(tmp_path)
     out = tmp_path / "evidence"
     assert main(["leaderboard", "--leaderboard", str(path), "--evidence", str(STEPS), "--out", str(out)]) == 0
-    names = {"evidence_summary.csv", "evidence_across_datasets.csv", "evidence_summary.md",
+    names = {"evidence_summary.csv", "evidence_across_datasets.csv", "evidence_summary.md", "evidence_curves.csv",
              "evidence_performance_profile.png", *(f"evidence_curves_{d.replace('/', '_')}.png" for d in DATASETS)}
     assert {p.name for p in out.iterdir()} == names
     assert capsys.readouterr().out.count("wrote ") == len(names)
@@ -206,7 +250,7 @@ def test_the_cli_writes_the_evidence_and_refuses_an_unknown_budget(tmp_path, cap
     markdown = (out / "evidence_summary.md").read_text()
     assert "| halfcheetah/medium-v1 | BC | fast | 3 | 1 | 42.0 ± 2.0 | 42.0 [40.0, 44.0] | 45.0 | – |" in markdown
     assert "| CQL-SAC | fast | 3 | 3 (0,1,2) | 0 | 62.0 [" in markdown and "CQL: 47.04 ± 0.22" in markdown
-    assert "learning curves (27 of 27 runs' evaluations.csv on this machine)" in markdown
+    assert "learning curves (27 of 27 runs' curves, kept in evidence_curves.csv)" in markdown
 
     before = sorted(p.name for p in tmp_path.rglob("*"))
     assert main(["leaderboard", "--leaderboard", str(path), "--evidence", "12345",

@@ -215,7 +215,6 @@ def autocast_for(config: CQLConfig, device: torch.device | str):
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
 
-
 def cql_losses(agent: CQLAgent, batch: Batch, config: CQLConfig, behaviour_cloning: bool
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Every loss of one CQL-SAC update, summed: actor, critics, temperature and (Lagrange) α′.

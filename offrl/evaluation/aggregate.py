@@ -24,6 +24,7 @@ from offrl.evaluation.leaderboard import (
     _pyplot,
     _save_figure,
     finished_curve,
+    gather_curves,
     read_kept_curves,
     stratified_bootstrap_ci,
 )
@@ -287,25 +288,17 @@ def collect_evidence_curves(frame: pd.DataFrame, previous: pd.DataFrame | None =
     `previous` (an earlier evidence_curves.csv), else left out. Curves in `previous` of run folders that `frame`
     does not name are kept as they were, so summarising a subset of the results into the same folder loses
     nothing."""
-    previous = previous if previous is not None else pd.DataFrame(columns=list(EVIDENCE_CURVE_COLUMNS))
-    kept = dict(tuple(previous.groupby("run_dir"))) if not previous.empty else {}
-    pieces = []
-    for row in _latest_row_per_seed(frame).itertuples(index=False):
-        if not isinstance(row.run_dir, str):
-            continue
+    identity = EVIDENCE_CURVE_COLUMNS[:EVIDENCE_CURVE_COLUMNS.index("step")]
+
+    def fresh_curve(row) -> pd.DataFrame | None:
         curve = finished_curve(Path(row.run_dir) / "evaluations.csv", int(row.steps))
-        if curve is not None:
-            curve = curve.reindex(columns=list(_CURVE_VALUES))  # BC has no critic: its Q-bias columns are empty
-            identity = EVIDENCE_CURVE_COLUMNS[:EVIDENCE_CURVE_COLUMNS.index("step")]
-            pieces.append(curve.assign(**{name: getattr(row, name) for name in identity}))
-            kept.pop(row.run_dir, None)
-        elif row.run_dir in kept:
-            pieces.append(kept.pop(row.run_dir))
-    pieces += list(kept.values())
-    pieces = [piece for piece in pieces if not piece.empty]
-    if not pieces:
-        return pd.DataFrame(columns=list(EVIDENCE_CURVE_COLUMNS))
-    return pd.concat(pieces, ignore_index=True)[list(EVIDENCE_CURVE_COLUMNS)]
+        if curve is None:
+            return None
+        curve = curve.reindex(columns=list(_CURVE_VALUES))  # BC has no critic: its Q-bias columns are empty
+        return curve.assign(**{name: getattr(row, name) for name in identity})
+
+    return gather_curves(_latest_row_per_seed(frame).itertuples(index=False), previous, EVIDENCE_CURVE_COLUMNS,
+                         fresh_curve)
 
 
 def read_evidence_curves(path: Path) -> pd.DataFrame | None:

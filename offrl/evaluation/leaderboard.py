@@ -10,6 +10,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,8 @@ from offrl.faults import fault_point
 from offrl.fileio import atomic_write_bytes, remove_orphan_temps
 
 __all__ = ["COLUMNS", "append_row", "check_appendable", "has_row", "read_leaderboard", "iqm", "bootstrap_ci",
-           "stratified_bootstrap_ci", "aggregate", "write_summary", "plot_leaderboard", "plot_finetuning"]
+           "stratified_bootstrap_ci", "aggregate", "write_summary", "plot_leaderboard", "plot_finetuning", "read_curve",
+           "finished_curve", "gather_curves", "read_kept_curves"]
 
 COLUMNS = [
     "run_id", "phase", "online_steps", "dataset_id", "dataset_version", "dataset_sha256", "algorithm", "config_name",
@@ -316,22 +318,48 @@ def _run_evaluations(run_dirs) -> list[pd.DataFrame]:
     run evaluated at its final step writes that step twice (the loop's evaluation, then the final one the
     leaderboard reports), and a resumed run may repeat one."""
     files = [Path(str(d)) / "evaluations.csv" for d in run_dirs]
-    return [pd.read_csv(f).drop_duplicates("step", keep="last") for f in files if f.is_file()]
+    return [read_curve(f) for f in files if f.is_file()]
+
+
+def read_curve(path: Path) -> pd.DataFrame:
+    """A run's curve file (a `step` column and values), one row per step, the last written (a run evaluated at its
+    final step writes that step twice, and a resumed run may repeat one), in step order."""
+    return pd.read_csv(path).drop_duplicates("step", keep="last").sort_values("step")
 
 
 def finished_curve(path: Path, last_step: int) -> pd.DataFrame | None:
-    """A run's curve file (a `step` column and values) up to `last_step`, one row per step (the last: a run
-    evaluated at its final step writes that step twice, and a resumed run may repeat one), or None when the file is
-    not here or the curve does not reach `last_step` (still training, or resumed past it by a longer run: not the
-    curve of a result at `last_step`)."""
+    """`read_curve` up to `last_step`, or None when the file is not here or the curve does not reach `last_step`
+    (still training, or resumed past it by a longer run: not the curve of a result at `last_step`)."""
     path = Path(path)
     if not path.is_file():
         return None
-    curve = pd.read_csv(path).drop_duplicates("step", keep="last").sort_values("step")
+    curve = read_curve(path)
     curve = curve[curve["step"] <= last_step]
     if curve.empty or int(curve["step"].iloc[-1]) != int(last_step):
         return None
     return curve
+
+
+def gather_curves(rows, previous: pd.DataFrame | None, columns: tuple[str, ...],
+                  fresh_curve: Callable[[Any], pd.DataFrame | None]) -> pd.DataFrame:
+    """A summary's curves table: per row (with a `run_dir`), `fresh_curve(row)` (read from its folder) when there
+    is one, else the row's curve kept in `previous` (an earlier table), else nothing; curves in `previous` of run
+    folders no row names are kept as they were, so summarising a subset into the same folder loses nothing."""
+    kept = dict(tuple(previous.groupby("run_dir"))) if previous is not None and not previous.empty else {}
+    pieces = []
+    for row in rows:
+        if not isinstance(row.run_dir, str):
+            continue
+        curve = fresh_curve(row)
+        if curve is not None:
+            pieces.append(curve)
+            kept.pop(row.run_dir, None)
+        elif row.run_dir in kept:
+            pieces.append(kept.pop(row.run_dir))
+    pieces = [piece for piece in [*pieces, *kept.values()] if not piece.empty]
+    if not pieces:
+        return pd.DataFrame(columns=list(columns))
+    return pd.concat(pieces, ignore_index=True)[list(columns)]
 
 
 def read_kept_curves(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame | None:

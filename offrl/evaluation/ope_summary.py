@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from offrl.errors import OfflineRLError
-from offrl.evaluation.leaderboard import finished_curve, read_kept_curves
+from offrl.evaluation.leaderboard import finished_curve, gather_curves, read_kept_curves
 from offrl.fileio import atomic_write_bytes
 
 __all__ = ["read_ope_results", "ope_metrics", "collect_ope_curves", "read_ope_curves", "write_ope_summary",
@@ -78,27 +78,17 @@ def collect_ope_curves(frame: pd.DataFrame, previous: pd.DataFrame | None = None
     left out (a folder still training, or resumed past the row by a longer run, is not the row's curve). Curves in
     `previous` of run folders that `frame` does not name are kept as they were, so summarising a subset of the
     results into the same folder loses nothing."""
-    pieces = []
-    previous = previous if previous is not None else pd.DataFrame(columns=list(CURVE_COLUMNS))
-    kept = dict(tuple(previous.groupby("run_dir"))) if not previous.empty else {}
-    for row in frame.itertuples(index=False):
-        if not isinstance(row.run_dir, str):
-            continue
+    def fresh_curve(row) -> pd.DataFrame | None:
         curve = finished_curve(Path(row.run_dir) / "estimates.csv", int(row.updates))
-        if curve is not None:
-            pieces.append(pd.DataFrame({"run_dir": row.run_dir, "env": row.env, "dataset_id": row.dataset_id,
-                                        "policy": row.policy, "method": row.method, "alpha": row.alpha,
-                                        "mu": row.mu, "gamma": row.gamma, "deterministic": row.deterministic,
-                                        "seed": row.seed, "updates": row.updates,
-                                        "step": curve["step"].to_numpy(), "estimate": curve["estimate"].to_numpy()}))
-            kept.pop(row.run_dir, None)
-        elif row.run_dir in kept:
-            pieces.append(kept.pop(row.run_dir))
-    pieces += list(kept.values())  # other results' curves, untouched
-    pieces = [piece for piece in pieces if not piece.empty]
-    if not pieces:
-        return pd.DataFrame(columns=list(CURVE_COLUMNS))
-    return pd.concat(pieces, ignore_index=True)[list(CURVE_COLUMNS)]
+        if curve is None:
+            return None
+        return pd.DataFrame({"run_dir": row.run_dir, "env": row.env, "dataset_id": row.dataset_id,
+                             "policy": row.policy, "method": row.method, "alpha": row.alpha, "mu": row.mu,
+                             "gamma": row.gamma, "deterministic": row.deterministic, "seed": row.seed,
+                             "updates": row.updates, "step": curve["step"].to_numpy(),
+                             "estimate": curve["estimate"].to_numpy()})
+
+    return gather_curves(frame.itertuples(index=False), previous, CURVE_COLUMNS, fresh_curve)
 
 
 def _late_drift(curves: pd.DataFrame) -> pd.Series:

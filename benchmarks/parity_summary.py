@@ -5,10 +5,17 @@ RUNS holds `offrl/` (the run folders of one `offrl sweep --algorithms cql --conf
 (`benchmarks/d3rlpy_parity.py`). Both sides evaluate the deterministic policy with the same episodes, env seeds
 and reference scores, so their normalized returns compare directly. Writes into `--out` (default evaluation/):
 - `parity.csv`: one row per implementation, seed and evaluation step (the learning curves);
-- `parity_summary.md`: per implementation the final and best normalized return (mean, sample std, each seed), and
-  the difference of the final means with Welch's 95% CI (scipy). Updates/s stay in the CSV only: these runs share
-  the machine with other work, so speed is compared by `make bench-d3rlpy`, not here;
-- `parity_<dataset>.png`: both learning curves, mean over seeds with a 95% bootstrap band.
+- `parity_summary.md`: per implementation the late normalized return (each seed's mean over its last
+  LATE_EVALUATIONS evaluations: one 10-episode evaluation is noisy), the final and best ones and the late
+  normalized Q bias (mean, sample std, each seed); then the difference of the late means with Welch's 95% CI and
+  an equivalence test (TOST, scipy) against a margin of ±EQUIVALENCE_MARGIN normalized points, declared before
+  the runs. With 3 seeds a side, a test that does not reject says nothing either way: the CI is the result.
+  Updates/s stay in the CSV only: these runs share the machine with other work, so speed is compared by
+  `make bench-d3rlpy`, not here;
+- `parity_<dataset>.png`: normalized return and Q bias learning curves, mean over seeds with a 95% bootstrap band.
+
+Both sides must be finished runs of the same dataset bytes, seeds, updates and evaluation episodes; otherwise it
+refuses (an unfinished run is named, not silently left out).
 """
 
 from __future__ import annotations
@@ -22,94 +29,148 @@ import numpy as np
 import pandas as pd
 
 from offrl.errors import OfflineRLError
-from offrl.evaluation.leaderboard import _plot_over_seeds, _pyplot, _save_figure
+from offrl.evaluation.leaderboard import _plot_over_seeds, _pyplot, _save_figure, read_curve
 from offrl.fileio import atomic_write_bytes
 
-__all__ = ["read_parity_runs", "parity_table", "write_parity_summary", "main"]
+__all__ = ["read_parity_runs", "parity_table", "equivalence", "write_parity_summary", "main"]
 
-COLUMNS = ["impl", "dataset_id", "seed", "step", "normalized_return", "return_mean", "updates_per_s", "git_commit"]
+COLUMNS = ["impl", "dataset_id", "dataset_sha256", "seed", "step", "eval_episodes", "normalized_return",
+           "return_mean", "q_bias_normalized_mean", "updates_per_s", "git_commit"]
+LATE_EVALUATIONS = 3  # 80k, 90k and 100k updates at the parity runs' budget
+EQUIVALENCE_MARGIN = 5.0  # normalized points: a gap under this is below what seeds already spread a config by
+
+
+def _unfinished(run_dir: Path) -> OfflineRLError:
+    return OfflineRLError(f"parity run {run_dir}: not finished (no final.json); resume it with "
+                          "evaluation/scripts/parity_results.sh, or move it out of the folder")
 
 
 def _offrl_runs(folder: Path) -> list[pd.DataFrame]:
     frames = []
-    for run_dir in sorted(p for p in folder.iterdir() if (p / "final.json").is_file()):
+    for run_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if not (run_dir / "final.json").is_file():
+            raise _unfinished(run_dir)
         record = json.loads((run_dir / "run.json").read_text())
         final = json.loads((run_dir / "final.json").read_text())
-        curve = pd.read_csv(run_dir / "evaluations.csv").drop_duplicates("step", keep="last")
-        frames.append(curve.assign(impl="offrl", dataset_id=record["dataset_id"], seed=record["seed"],
-                                   updates_per_s=final.get("updates_per_s"), git_commit=record.get("git_commit")))
+        curve = read_curve(run_dir / "evaluations.csv")
+        frames.append(curve.assign(impl="offrl", dataset_id=record["dataset_id"],
+                                   dataset_sha256=record["dataset_sha256"], seed=record["seed"],
+                                   eval_episodes=record["eval_episodes"], updates_per_s=final.get("updates_per_s"),
+                                   git_commit=record.get("git_commit")))
     return frames
 
 
 def _d3rlpy_runs(folders: list[Path]) -> list[pd.DataFrame]:
     frames = []
     for run_dir in folders:
+        if not (run_dir / "final.json").is_file():
+            raise _unfinished(run_dir)
         final = json.loads((run_dir / "final.json").read_text())
         curve = pd.read_csv(run_dir / "evaluations.csv")
-        frames.append(curve.assign(impl=final["impl"], dataset_id=final["dataset_id"], seed=final["seed"],
-                                   updates_per_s=final["updates_per_s"], git_commit=final.get("git_commit")))
+        frames.append(curve.assign(impl=final["impl"], dataset_id=final["dataset_id"],
+                                   dataset_sha256=final["dataset_sha256"], seed=final["seed"],
+                                   eval_episodes=final["eval_episodes"], updates_per_s=final["updates_per_s"],
+                                   git_commit=final.get("git_commit")))
     return frames
 
 
 def read_parity_runs(runs: Path) -> pd.DataFrame:
-    """Every finished run under RUNS (offrl/ and d3rlpy-seed*/) as rows of COLUMNS; unfinished runs are left out."""
+    """Every run under RUNS (offrl/ and d3rlpy-seed*/) as rows of COLUMNS, after checking that both sides ran the
+    same dataset bytes, seeds, updates and evaluation episodes, and that every run finished."""
     runs = Path(runs)
     offrl_dir = runs / "offrl"
-    d3rlpy_dirs = sorted(p for p in runs.glob("d3rlpy-seed*") if (p / "final.json").is_file())
-    frames = (_offrl_runs(offrl_dir) if offrl_dir.is_dir() else []) + _d3rlpy_runs(d3rlpy_dirs)
+    frames = (_offrl_runs(offrl_dir) if offrl_dir.is_dir() else []) + _d3rlpy_runs(sorted(runs.glob("d3rlpy-seed*")))
     if not frames:
-        raise OfflineRLError(f"parity runs {runs}: no finished offrl/ or d3rlpy-seed*/ run in it")
-    table = pd.concat(frames, ignore_index=True)[COLUMNS]
-    if table["dataset_id"].nunique() != 1:
-        names = ", ".join(table["dataset_id"].unique())
-        raise OfflineRLError(f"parity runs {runs}: runs on several datasets ({names})")
+        raise OfflineRLError(f"parity runs {runs}: no offrl/ or d3rlpy-seed*/ run in it")
+    table = pd.concat(frames, ignore_index=True).reindex(columns=COLUMNS)
+    for column, what in (("dataset_id", "datasets"), ("dataset_sha256", "dataset files (sha256)"),
+                         ("eval_episodes", "numbers of evaluation episodes")):
+        if table[column].nunique() != 1:
+            raise OfflineRLError(f"parity runs {runs}: runs on several {what} "
+                                 f"({', '.join(map(str, table[column].unique()))})")
+    per_impl = table.groupby("impl")
+    seeds = {impl: sorted(runs_.seed.unique().tolist()) for impl, runs_ in per_impl}
+    if len({tuple(v) for v in seeds.values()}) != 1:
+        raise OfflineRLError(f"parity runs {runs}: the sides ran different seeds ({seeds})")
+    updates = table.groupby(["impl", "seed"])["step"].max()
+    if updates.nunique() != 1:
+        raise OfflineRLError(f"parity runs {runs}: the runs end at different updates "
+                             f"({', '.join(f'{i} seed {s}: {u}' for (i, s), u in updates.items())})")
     return table
 
 
+def _late(runs: pd.DataFrame, column: str) -> pd.Series:
+    """Per seed, the mean of `column` over its last LATE_EVALUATIONS evaluations."""
+    return runs.sort_values("step").groupby("seed")[column].apply(lambda v: v.tail(LATE_EVALUATIONS).mean())
+
+
 def parity_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Per implementation: final (the last step's) and best normalized return over seeds, and updates/s."""
+    """Per implementation: late, final (the last step's) and best normalized return over seeds, the late
+    normalized Q bias, and updates/s."""
     rows = []
     for impl, runs in table.groupby("impl", sort=True):
         per_seed = runs.sort_values("step").groupby("seed")
-        final = per_seed["normalized_return"].last()
-        best = per_seed["normalized_return"].max()
+        late, final, best = _late(runs, "normalized_return"), per_seed["normalized_return"].last(), \
+            per_seed["normalized_return"].max()
+        bias = _late(runs, "q_bias_normalized_mean")
         rows.append({"impl": impl, "seeds": len(final), "updates": int(runs["step"].max()),
+                     "late_mean": late.mean(), "late_std": late.std(ddof=1) if len(late) > 1 else np.nan,
+                     "late_per_seed": " ".join(f"{v:.1f}" for v in late),
                      "final_mean": final.mean(), "final_std": final.std(ddof=1) if len(final) > 1 else np.nan,
-                     "final_per_seed": " ".join(f"{v:.1f}" for v in final), "best_mean": best.mean(),
+                     "best_mean": best.mean(), "late_q_bias": bias.mean(),
                      "updates_per_s": runs.groupby("seed")["updates_per_s"].first().mean()})
     return pd.DataFrame(rows)
 
 
-def write_parity_summary(table: pd.DataFrame, out: Path) -> list[Path]:
+def equivalence(a: np.ndarray, b: np.ndarray, margin: float) -> dict[str, float]:
+    """Welch's comparison of two seed samples: the difference of means, its 95% CI, the two-sided p, and TOST's p
+    for |difference| < margin (the larger of the two one-sided Welch tests' p; equivalent at 5% when it is below
+    0.05, which is the 90% CI lying inside ±margin)."""
     from scipy.stats import ttest_ind
 
+    test = ttest_ind(a, b, equal_var=False)
+    ci = test.confidence_interval(0.95)
+    lower = ttest_ind(a + margin, b, equal_var=False, alternative="greater").pvalue  # H0: diff <= -margin
+    upper = ttest_ind(a - margin, b, equal_var=False, alternative="less").pvalue  # H0: diff >= +margin
+    return {"difference": float(a.mean() - b.mean()), "ci_low": float(ci.low), "ci_high": float(ci.high),
+            "p": float(test.pvalue), "tost_p": float(max(lower, upper))}
+
+
+def write_parity_summary(table: pd.DataFrame, out: Path) -> list[Path]:
     out = Path(out)
     summary = parity_table(table)
     dataset_id = table["dataset_id"].iloc[0]
-    lines = [f"Parity on {dataset_id}: normalized return of the deterministic policy (sample std over seeds).", "",
-             "| implementation | seeds | updates | final (mean ± std) | final per seed | best (mean) |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"Parity on {dataset_id}: normalized return of the deterministic policy and normalized Q bias; "
+             f"late = each seed's mean over its last {LATE_EVALUATIONS} evaluations; sample std over seeds.", "",
+             "| implementation | seeds | updates | late return (mean ± std) | late per seed | final (mean ± std) | "
+             "best (mean) | late Q bias |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in summary.itertuples():
-        lines.append(f"| {r.impl} | {r.seeds} | {r.updates} | {r.final_mean:.1f} ± {r.final_std:.1f} | "
-                     f"{r.final_per_seed} | {r.best_mean:.1f} |")
-    finals = {impl: runs.sort_values("step").groupby("seed")["normalized_return"].last().to_numpy()
-              for impl, runs in table.groupby("impl")}
-    if len(finals) == 2 and all(len(v) >= 2 for v in finals.values()):
-        (name_a, a), (name_b, b) = sorted(finals.items())
-        test = ttest_ind(a, b, equal_var=False)
-        ci = test.confidence_interval(0.95)
-        lines += ["", f"Final mean of {name_a} minus {name_b}: {a.mean() - b.mean():.1f}, Welch 95% CI "
-                      f"[{ci.low:.1f}, {ci.high:.1f}], p = {test.pvalue:.2f}."]
+        lines.append(f"| {r.impl} | {r.seeds} | {r.updates} | {r.late_mean:.1f} ± {r.late_std:.1f} | "
+                     f"{r.late_per_seed} | {r.final_mean:.1f} ± {r.final_std:.1f} | {r.best_mean:.1f} | "
+                     f"{r.late_q_bias:.3f} |")
+    late = {impl: _late(runs, "normalized_return").to_numpy() for impl, runs in table.groupby("impl")}
+    if len(late) == 2 and all(len(v) >= 2 for v in late.values()):
+        (name_a, a), (name_b, b) = sorted(late.items())
+        result = equivalence(a, b, EQUIVALENCE_MARGIN)
+        verdict = ("equivalent within" if result["tost_p"] < 0.05 else "not shown equivalent within")
+        lines += ["", f"Late mean of {name_a} minus {name_b}: {result['difference']:.1f}, Welch 95% CI "
+                      f"[{result['ci_low']:.1f}, {result['ci_high']:.1f}], p = {result['p']:.2f}; TOST p = "
+                      f"{result['tost_p']:.2f}: {verdict} ±{EQUIVALENCE_MARGIN:g} normalized points."]
     csv_path, md_path = out / "parity.csv", out / "parity_summary.md"
     atomic_write_bytes(csv_path, table.to_csv(index=False).encode())
     atomic_write_bytes(md_path, ("\n".join(lines) + "\n").encode())
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (return_ax, bias_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for impl, runs in table.groupby("impl", sort=True):
-        _plot_over_seeds(ax, [g[["step", "normalized_return"]] for _, g in runs.groupby("seed")],
-                         "normalized_return", impl)
-    ax.set(title=f"{dataset_id}: CQL at d3rlpy's defaults", xlabel="updates", ylabel="normalized return")
-    ax.legend(fontsize=8)
+        seeds = [g[["step", "normalized_return", "q_bias_normalized_mean"]] for _, g in runs.groupby("seed")]
+        _plot_over_seeds(return_ax, seeds, "normalized_return", impl)
+        _plot_over_seeds(bias_ax, seeds, "q_bias_normalized_mean", impl)
+    return_ax.set(title=f"{dataset_id}: CQL at d3rlpy's defaults", xlabel="updates", ylabel="normalized return")
+    bias_ax.axhline(0.0, color="grey", lw=0.8)
+    bias_ax.set(title="Q bias (0 = unbiased)", xlabel="updates", ylabel="(mean Q̂ − G) / |mean G|")
+    for ax in (return_ax, bias_ax):
+        ax.legend(fontsize=8)
     plot = _save_figure(fig, out / f"parity_{dataset_id.replace('/', '_')}.png")
     return [csv_path, md_path, plot]
 

@@ -487,7 +487,7 @@ def cmd_ope_summary(args: argparse.Namespace) -> int:
 
     from offrl.evaluation.ope_summary import read_ope_results, write_ope_summary
 
-    frame = read_ope_results(Path(args.results))
+    frame = read_ope_results(Path(args.results), args.sweep)
     out = _output_folder(Path(args.out) if args.out else Path(args.results).parent, "--out")
     for path in write_ope_summary(frame, out):
         print(f"wrote {path}")
@@ -777,6 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "lower-bound rate per env and method) with a scatter plot per env")
     p.add_argument("results", help="the OPE results CSV (e.g. evaluation/ope.csv)")
     p.add_argument("--out", default=None, help="folder for ope_summary.{csv,md} and the plots (default: beside it)")
+    p.add_argument("--sweep", default=None, metavar="SWEEP_ID", help="only the rows of this sweep (its sweep_id)")
     p.set_defaults(func=cmd_ope_summary)
 
     p = _sub(sub, "leaderboard", "aggregate the leaderboard over seeds; write summary and plots beside it")

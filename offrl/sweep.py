@@ -206,6 +206,10 @@ def plan_trials(spec: SweepSpec) -> list[Trial] | list[OPETrial]:
             raise OfflineRLError(f"--methods: unknown method(s) {', '.join(unknown)}; known: {', '.join(OPE_METHODS)}")
         _ope_config(spec)
         for policy in spec.ope_policies:
+            if Path(policy).is_dir() and not (Path(policy) / "final.json").is_file():
+                raise OfflineRLError(f"--ope-policies: {policy} is a run that has not finished: its trials would "
+                                     "each take whatever checkpoint it had when they started; pass one of its "
+                                     "snapshots (RUN/snapshots/actor_STEP.pt)")
             load_target_policy(policy)  # raises on a policy that cannot be loaded
         if spec.results is None:
             raise OfflineRLError("an OPE sweep needs --results, the CSV its rows are appended to")

@@ -189,6 +189,18 @@ def test_an_ope_sweep_appends_one_results_row_per_trial_once(world, tiny_policie
     assert missing.returncode == 2 and "needs --results" in missing.stderr
 
 
+def test_an_ope_sweep_refuses_a_run_still_training_as_a_policy(world):
+    tmp_path, _ = world
+    running = tmp_path / "running-run"
+    running.mkdir()
+    (running / "run.json").write_text("{}")
+    spec = SweepSpec(datasets=["pendulum/random-v0"], algorithms=[], configs=[], seeds=[0], steps=10,
+                     out=tmp_path / "o", leaderboard=tmp_path / "l", ope_policies=[str(running)],
+                     ope_methods=["fqe"], results=tmp_path / "ope.csv")
+    with pytest.raises(OfflineRLError, match="running-run is a run that has not finished.*snapshots"):
+        plan_trials(spec)
+
+
 def test_snapshots_of_two_runs_are_two_ope_trials(tmp_path):
     from offrl.sweep import OPETrial
 

@@ -66,6 +66,14 @@ class CQLConfig:
     init_alpha_prime: float = math.e  # CORL log_alpha_prime starts at 1
     max_target_backup: bool = False
     backup_entropy: bool = False
+    # a′ in the backup: "sample" draws a′ ~ π(·|s′) (CORL, young-geng/CQL); "mean" takes tanh of π's mean, as
+    # d3rlpy's CQL does without soft_q_backup (d3rlpy/algos/qlearning/torch/cql_impl.py,
+    # _compute_deterministic_target).
+    target_action: str = "sample"
+    # what multiplies (log π + target entropy) in the temperature loss: "log_alpha" (CORL, the SAC authors'
+    # code) or "alpha" (d3rlpy's sac_impl.update_temp). Same sign and fixed point; under Adam they differ only
+    # while α moves.
+    alpha_loss: str = "log_alpha"
     bc_steps: int = 0  # policy trained by behaviour cloning for the first bc_steps updates
     normalize_observations: bool = True
     normalize_reward: bool = False  # CORL's locomotion reward scaling: r · 1000 / (max − min episode return)
@@ -97,6 +105,13 @@ class CQLConfig:
                 raise OfflineRLError(f"config: {name} must be an integer >= 1, found {getattr(self, name)!r}")
         if self.precision not in ("fp32", "bf16"):
             raise OfflineRLError(f"config: precision must be fp32 or bf16, found {self.precision!r}")
+        if self.target_action not in ("sample", "mean"):
+            raise OfflineRLError(f"config: target_action must be sample or mean, found {self.target_action!r}")
+        if self.target_action == "mean" and (self.max_target_backup or self.backup_entropy):
+            raise OfflineRLError("config: target_action mean backs up one deterministic action; it cannot be "
+                                 "combined with max_target_backup or backup_entropy")
+        if self.alpha_loss not in ("log_alpha", "alpha"):
+            raise OfflineRLError(f"config: alpha_loss must be log_alpha or alpha, found {self.alpha_loss!r}")
         if self.bc_steps < 0:
             raise OfflineRLError(f"config: bc_steps must be >= 0, found {self.bc_steps!r}")
         for name in ("actor_hidden", "critic_hidden"):
@@ -157,13 +172,16 @@ def sample_cql_actions(agent: CQLAgent, batch: Batch, n: int, policy_s: Params |
 @torch.no_grad()
 def cql_target(agent: CQLAgent, batch: Batch, config: CQLConfig, alpha: torch.Tensor,
                policy_next: Params | None = None) -> torch.Tensor:
-    """Clipped double-Q target; optional max-over-n backup and entropy bonus (both off in CORL's configs)."""
+    """Clipped double-Q target at a sampled or the mean next action; optional max-over-n backup and entropy
+    bonus (both off in CORL's configs)."""
     mean_next, log_std_next = policy_next or agent.actor.distribution_params(batch.next_observations)
     if config.max_target_backup:
         next_actions, next_log_prob = sample_tanh_gaussian(mean_next, log_std_next, config.n_actions)
         q_next = agent.critic_target(batch.next_observations, next_actions).min(dim=0).values  # (n, B)
         q_next, best = q_next.max(dim=0)
         next_log_prob = next_log_prob.gather(0, best.unsqueeze(0)).squeeze(0)
+    elif config.target_action == "mean":
+        q_next = agent.critic_target(batch.next_observations, torch.tanh(mean_next)).min(dim=0).values
     else:
         next_actions, next_log_prob = sample_tanh_gaussian(mean_next, log_std_next)
         q_next = agent.critic_target(batch.next_observations, next_actions).min(dim=0).values
@@ -256,7 +274,7 @@ def cql_losses(agent: CQLAgent, batch: Batch, config: CQLConfig, behaviour_cloni
         cql_loss = config.cql_alpha * gap.sum()
     total = total + cql_loss
     if config.autotune_alpha:
-        total = total + temperature_loss(agent, log_prob)
+        total = total + temperature_loss(agent, log_prob, scale_by_alpha=config.alpha_loss == "alpha")
 
     return total, {"critic_loss": (bellman_loss + cql_loss).detach(), "cql_loss": cql_loss.detach(),
                    "actor_loss": policy_loss.detach(), "cql_gap": gap.detach().mean(), "alpha": alpha,

@@ -142,9 +142,11 @@ def actor_loss(agent: SACAgent, batch: Batch, alpha: torch.Tensor) -> tuple[torc
     return (alpha * log_prob - q_pi).mean(), log_prob
 
 
-def temperature_loss(agent: SACAgent, log_prob: torch.Tensor) -> torch.Tensor:
-    """−log α · (log π + target entropy): α grows while entropy is below target, shrinks above it."""
-    return -(agent.log_alpha * (log_prob.detach() + agent.target_entropy)).mean()
+def temperature_loss(agent: SACAgent, log_prob: torch.Tensor, scale_by_alpha: bool = False) -> torch.Tensor:
+    """−log α · (log π + target entropy): α grows while entropy is below target, shrinks above it. With
+    `scale_by_alpha`, −α · (log π + target entropy) (d3rlpy's form): the same direction, a gradient α times as large."""
+    multiplier = agent.log_alpha.exp() if scale_by_alpha else agent.log_alpha
+    return -(multiplier * (log_prob.detach() + agent.target_entropy)).mean()
 
 
 @torch.no_grad()

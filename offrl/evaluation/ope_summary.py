@@ -10,9 +10,12 @@ Evaluation", section 5): per env and method, over a set of target policies evalu
 - drift over the last quarter: the largest |V̂(end) − V̂(¾ of the updates)| over the setting's estimates, divided
   by the same range: whether the budget let the estimates stop moving (their curves are `ope_curves.csv` and
   one plot per env).
-Rows come from `evaluation/ope.csv` (offrl.train.ope.OPE_COLUMNS). A row repeated for one run folder counts
-once; estimates are pooled only when everything that defines an estimator matches (method, α, μ, γ, updates and
-whether the policies are deterministic), each such setting a row of the summary.
+Rows come from `evaluation/ope.csv` (offrl.train.ope.OPE_COLUMNS), optionally only those of one sweep. A row
+repeated for one run folder at one number of updates counts once; estimates are pooled only when everything that
+defines an estimator matches (method, α, μ, γ, updates, whether the policies are deterministic, and the hash of
+the whole estimator config: sample counts, rates and the rest), each such setting a row of the summary. Two
+estimates of one policy on one dataset and seed within a setting (the same command appended twice to the file,
+say) are refused, not pooled: each would count twice in the ranking.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ __all__ = ["read_ope_results", "ope_metrics", "collect_ope_curves", "read_ope_cu
            "plot_ope_scatter", "plot_ope_curves", "short_policy_name", "CURVE_COLUMNS"]
 
 
-def read_ope_results(path: Path) -> pd.DataFrame:
+def read_ope_results(path: Path, sweep_id: str | None = None) -> pd.DataFrame:
+    """The rows of an OPE results CSV that have a true value (those of `sweep_id` only, if given)."""
     from offrl.train.ope import OPE_COLUMNS
 
     path = Path(path)
@@ -40,15 +44,25 @@ def read_ope_results(path: Path) -> pd.DataFrame:
     frame = pd.read_csv(path)
     if tuple(frame.columns) != OPE_COLUMNS:
         raise OfflineRLError(f"OPE results {path}: not an offrl OPE results file (its header differs)")
+    if sweep_id is not None:
+        frame = frame[frame["sweep_id"] == sweep_id]
+        if frame.empty:
+            raise OfflineRLError(f"OPE results {path}: no row of sweep {sweep_id}")
     frame = frame[frame["true_value"].notna()].copy()
-    frame = frame[~(frame["run_dir"].notna() & frame.duplicated("run_dir", keep="last"))]
+    frame = frame[~(frame["run_dir"].notna() & frame.duplicated(["run_dir", "updates"], keep="last"))]
     if frame.empty:
         raise OfflineRLError(f"OPE results {path}: no row has a true value to compare with")
     frame["env"] = frame["dataset_id"].str.split("/").str[0]
+    repeated = _with_group_keys(frame).duplicated([*SETTING, "policy", "dataset_id", "seed"], keep=False)
+    if repeated.any():
+        first = frame[repeated].iloc[0]
+        raise OfflineRLError(f"OPE results {path}: {int(repeated.sum())} rows estimate one policy twice under one "
+                             f"setting (e.g. {first['policy']} on {first['dataset_id']}, {first['method']}, seed "
+                             f"{first['seed']}); pass --sweep to take one sweep's rows, or remove the repeats")
     return frame
 
 
-SETTING = ["env", "method", "alpha", "mu", "gamma", "updates", "deterministic"]
+SETTING = ["env", "method", "alpha", "mu", "gamma", "updates", "deterministic", "config_hash"]
 
 
 def _with_group_keys(frame: pd.DataFrame) -> pd.DataFrame:
@@ -68,8 +82,8 @@ def _value_ranges(frame: pd.DataFrame) -> dict[tuple, float]:
 
 # --- the estimates' curves: kept in ope_curves.csv beside the summary, since run folders are not committed ------
 
-CURVE_COLUMNS = ("run_dir", "env", "dataset_id", "policy", "method", "alpha", "mu", "gamma", "deterministic", "seed",
-                 "updates", "step", "estimate")
+CURVE_COLUMNS = ("run_dir", "env", "dataset_id", "policy", "method", "alpha", "mu", "gamma", "deterministic",
+                 "config_hash", "seed", "updates", "step", "estimate")
 
 
 def collect_ope_curves(frame: pd.DataFrame, previous: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -84,7 +98,8 @@ def collect_ope_curves(frame: pd.DataFrame, previous: pd.DataFrame | None = None
             return None
         return pd.DataFrame({"run_dir": row.run_dir, "env": row.env, "dataset_id": row.dataset_id,
                              "policy": row.policy, "method": row.method, "alpha": row.alpha, "mu": row.mu,
-                             "gamma": row.gamma, "deterministic": row.deterministic, "seed": row.seed,
+                             "gamma": row.gamma, "deterministic": row.deterministic,
+                             "config_hash": row.config_hash, "seed": row.seed,
                              "updates": row.updates, "step": curve["step"].to_numpy(),
                              "estimate": curve["estimate"].to_numpy()})
 
@@ -114,7 +129,7 @@ def ope_metrics(frame: pd.DataFrame, curves: pd.DataFrame | None = None) -> pd.D
     drifts = _late_drift(curves) if curves is not None else pd.Series(dtype=float)
     rows = []
     for setting, group in frame.groupby(SETTING, sort=True):
-        env, method, alpha, mu, gamma, updates, deterministic = setting
+        env, method, alpha, mu, gamma, updates, deterministic, config = setting
         value_range = ranges[(env, gamma, deterministic)]
         correlations, regrets = [], []
         for _, ranked in group.groupby(["dataset_id", "seed"]):
@@ -125,7 +140,8 @@ def ope_metrics(frame: pd.DataFrame, curves: pd.DataFrame | None = None) -> pd.D
             chosen = ranked.loc[ranked["estimate"].idxmax(), "true_value"]
             regrets.append(float(ranked["true_value"].max() - chosen) / value_range)
         rows.append({"env": env, "method": method, "alpha": alpha, "mu": mu, "gamma": gamma, "updates": updates,
-                     "deterministic": deterministic, "policies": int(group["policy"].nunique()),
+                     "deterministic": deterministic, "config_hash": config,
+                     "policies": int(group["policy"].nunique()),
                      "datasets": int(group["dataset_id"].nunique()), "estimates": len(group),
                      "value_range": value_range,
                      "abs_error_normalized": float((group["estimate"] - group["true_value"]).abs().mean()
@@ -153,10 +169,11 @@ def write_ope_summary(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     curves_path = out_dir / "ope_curves.csv"
     curves = collect_ope_curves(frame, read_ope_curves(curves_path))
     metrics = ope_metrics(frame, curves)
-    lines = ["| env | method | α | μ | updates | policies | datasets | estimates | abs. error / range | Spearman ρ | "
-             "regret@1 | lower-bound rate | last-quarter drift / range |", "|" + "---|" * 13]
+    lines = ["| env | method | α | μ | updates | config | policies | datasets | estimates | abs. error / range | "
+             "Spearman ρ | regret@1 | lower-bound rate | last-quarter drift / range |", "|" + "---|" * 14]
     for r in metrics.itertuples():
-        lines.append(f"| {r.env} | {r.method} | {r.alpha} | {r.mu} | {r.updates} | {r.policies} | {r.datasets} | "
+        lines.append(f"| {r.env} | {r.method} | {r.alpha} | {r.mu} | {r.updates} | {r.config_hash} | {r.policies} | "
+                     f"{r.datasets} | "
                      f"{r.estimates} | "
                      f"{r.abs_error_normalized:.3f} | {r.rank_correlation:.2f} | {r.regret_at_1:.3f} | "
                      f"{r.lower_bound_rate:.2f} | {r.late_drift_max:.3f} |")
@@ -226,7 +243,8 @@ def plot_ope_curves(curves: pd.DataFrame, ranges: dict[tuple, float], out_dir: P
         datasets = sorted(group["dataset_id"].unique())
         styles = {dataset_id: ("-", "--", ":", "-.")[i % 4] for i, dataset_id in enumerate(datasets)}
         fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 4.2), sharey=True, squeeze=False)
-        for ax, ((method, alpha, mu, gamma, updates, deterministic), rows) in zip(axes[0], settings, strict=True):
+        for ax, ((method, alpha, mu, gamma, updates, deterministic, config), rows) in zip(axes[0], settings,
+                                                                                       strict=True):
             for _, curve in rows.groupby("run_dir", sort=True):  # one line per estimate
                 curve = curve.sort_values("step")
                 relative = (curve["estimate"] - curve["estimate"].iloc[-1]) / value_range
@@ -234,8 +252,8 @@ def plot_ope_curves(curves: pd.DataFrame, ranges: dict[tuple, float], out_dir: P
                         linestyle=styles[curve["dataset_id"].iloc[0]])
             ax.axhline(0.0, color="grey", linewidth=0.8)
             title = method if alpha == "-" else f"{method} (α {alpha:g}, μ {mu})"
-            ax.set_title(f"{title}{', deterministic π' if deterministic is True else ''}, γ {gamma:g}, {updates} upd.",
-                         fontsize=9)
+            ax.set_title(f"{title}{', deterministic π' if deterministic is True else ''}, γ {gamma:g}, {updates} upd., "
+                         f"config {config}", fontsize=9)
             ax.set_xlabel("critic updates")
         axes[0][0].set_ylabel("(V̂ − final V̂) / value range")
         handles = [plt.Line2D([], [], color=colours[p], label=short_policy_name(p)) for p in policies]

@@ -85,6 +85,7 @@ class OPEReport:
     is_lower_bound: bool | None = None  # estimate ≤ truth
     curve: list[tuple[int, float]] = field(default_factory=list)  # (updates, V̂)
     dataset_sha256: str | None = None
+    config_hash: str | None = None  # of the whole OPEConfig: estimates are pooled only under one estimator config
     run_dir: str | None = None
     wall_time_s: float = 0.0
     git_commit: str | None = None
@@ -428,7 +429,8 @@ def _estimate(policy: TargetPolicy, policy_name: str, dataset: OfflineDataset, c
                        estimate_ci_low=low, estimate_ci_high=high, initial_states=len(values),
                        initial_state_source=state_source, curve=[*state.curve, (state.step, estimate)],
                        policy_fingerprint=record["policy_fingerprint"],
-                       dataset_sha256=card.get("sha256"), run_dir=str(out_dir) if out_dir else None,
+                       dataset_sha256=card.get("sha256"), config_hash=record["config_hash"],
+                       run_dir=str(out_dir) if out_dir else None,
                        wall_time_s=state.elapsed_s, git_commit=record.get("git_commit"))
     if truth_env is not None:
         truth, truth_low, truth_high = monte_carlo_value(policy, truth_env, truth_episodes, config.gamma, seed, device)
@@ -445,10 +447,10 @@ def _estimate(policy: TargetPolicy, policy_name: str, dataset: OfflineDataset, c
 # --- the results table (evaluation/ope.csv) ---------------------------------------------------------------------
 
 OPE_COLUMNS = ("policy", "policy_fingerprint", "dataset_id", "dataset_sha256", "method", "alpha", "mu",
-               "deterministic", "seed", "updates", "gamma", "estimate", "estimate_ci_low", "estimate_ci_high",
-               "initial_states", "initial_state_source", "true_value", "true_ci_low", "true_ci_high",
-               "truth_episodes", "truth_horizon", "error", "is_lower_bound", "wall_time_s", "git_commit",
-               "offrl_version", "date", "run_dir", "sweep_id")
+               "deterministic", "seed", "updates", "gamma", "config_hash", "estimate", "estimate_ci_low",
+               "estimate_ci_high", "initial_states", "initial_state_source", "true_value", "true_ci_low",
+               "true_ci_high", "truth_episodes", "truth_horizon", "error", "is_lower_bound", "wall_time_s",
+               "git_commit", "offrl_version", "date", "run_dir", "sweep_id")
 
 
 def check_ope_results(path: Path) -> None:
@@ -469,7 +471,8 @@ def check_ope_results(path: Path) -> None:
 def append_ope_row(path: Path, report: OPEReport, sweep_id: str | None = None, once: bool = False) -> bool:
     """Append the report's row to a results CSV (created with its header), under a lock, through a temp file and
     a rename: a reader never sees half a row. A file with another header is refused, not appended to. With
-    `once`, a row of the same run folder already there is not appended again (returns False)."""
+    `once`, a row of the same run folder and number of updates already there is not appended again (returns
+    False); a run resumed to more updates gets a row of its own."""
     import datetime as dt
     import io
 
@@ -490,9 +493,10 @@ def append_ope_row(path: Path, report: OPEReport, sweep_id: str | None = None, o
             header = text.splitlines()[0].split(",")
             if tuple(header) != OPE_COLUMNS:
                 raise OfflineRLError(f"--results {path}: not an offrl OPE results file (its header differs)")
-            if once and report.run_dir is not None \
-                    and report.run_dir in set(pd.read_csv(io.StringIO(text))["run_dir"].astype(str)):
-                return False
+            if once and report.run_dir is not None:
+                rows = pd.read_csv(io.StringIO(text))
+                if ((rows["run_dir"].astype(str) == str(report.run_dir)) & (rows["updates"] == report.updates)).any():
+                    return False
         buffer = io.StringIO()
         pd.DataFrame([row], columns=list(OPE_COLUMNS)).to_csv(buffer, index=False, header=not text)
         atomic_write_bytes(path, (text + buffer.getvalue()).encode())

@@ -260,6 +260,10 @@ def test_corl_configs_carry_corls_actor_and_sac_keeps_the_original_one():
     assert d3rlpy.sac_config().actor_parameterization() == ActorParameterization(-20.0, 2.0, None, 0.0, "default")
     assert (d3rlpy.cql_alpha, d3rlpy.lagrange, d3rlpy.target_action_gap, d3rlpy.actor_hidden) == (5.0, True, 10.0,
                                                                                                    (256, 256))
+    assert (d3rlpy.target_action, d3rlpy.alpha_loss, d3rlpy.backup_entropy) == ("mean", "alpha", False)
+    for name in ("corl", "fast"):  # CORL samples a′ and steps log α
+        config, _ = load_config(CQLConfig, "cql", name)
+        assert (config.target_action, config.alpha_loss) == ("sample", "log_alpha"), name
     with pytest.raises(OfflineRLError, match="actor_output_init 'glorot' is not one of default, xavier, orthogonal"):
         CQLConfig(actor_output_init="glorot").validate()
     with pytest.raises(OfflineRLError, match="log_std_min .* must be below log_std_max"):
@@ -313,6 +317,55 @@ def test_max_backup_takes_the_best_of_n_and_entropy_backup_subtracts_alpha_log_p
     columns = torch.arange(q.shape[1])
     expected = batch.rewards + 0.9 * (q[best, columns] - alpha * log_pi.detach()[best, columns])
     torch.testing.assert_close(target, expected)
+
+
+def test_mean_target_action_backs_up_tanh_of_the_policy_mean_and_refuses_a_sampled_backup_beside_it():
+    """d3rlpy's CQL without soft_q_backup: Q_target(s′, tanh(mean)) with no randomness, clipped minimum."""
+    from offrl.algos.cql import cql_target
+    from offrl.errors import OfflineRLError
+
+    config = _config(gamma=0.9, target_action="mean")
+    agent = CQLAgent(3, 2, config).double()
+    agent.critic_target = _FixedCritic()
+    batch = dataclasses.replace(_batch(), terminals=torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=torch.float64))
+    alpha = torch.tensor(0.5, dtype=torch.float64)
+    torch.manual_seed(1)
+    target = cql_target(agent, batch, config, alpha)
+    torch.manual_seed(2)
+    assert torch.equal(cql_target(agent, batch, config, alpha), target)  # deterministic
+    mean_next, _ = agent.actor.distribution_params(batch.next_observations)
+    expected = batch.rewards + 0.9 * (1 - batch.terminals) * torch.tanh(mean_next).detach().sum(-1)
+    torch.testing.assert_close(target, expected)
+    for bad in ({"max_target_backup": True}, {"backup_entropy": True}):
+        with pytest.raises(OfflineRLError, match="target_action mean backs up one deterministic action"):
+            CQLConfig(target_action="mean", **bad).validate()
+    with pytest.raises(OfflineRLError, match="target_action must be sample or mean, found 'max'"):
+        CQLConfig(target_action="max").validate()
+    with pytest.raises(OfflineRLError, match="alpha_loss must be log_alpha or alpha, found 'exp'"):
+        CQLConfig(alpha_loss="exp").validate()
+
+
+def test_alpha_scaled_temperature_loss_is_d3rlpys_and_reaches_the_update():
+    """alpha_loss "alpha": −α·(log π + H̄), whose gradient in log α is α times the log form's."""
+    from offrl.algos.cql import cql_losses
+    from offrl.algos.sac import temperature_loss
+
+    agent = CQLAgent(3, 2, _config(init_alpha=0.25)).double()
+    log_prob = torch.tensor([1.0, -3.0, 0.5], dtype=torch.float64)
+    (log_form,) = torch.autograd.grad(temperature_loss(agent, log_prob), agent.log_alpha)
+    (alpha_form,) = torch.autograd.grad(temperature_loss(agent, log_prob, scale_by_alpha=True), agent.log_alpha)
+    expected = -(log_prob.mean() + agent.target_entropy)
+    torch.testing.assert_close(log_form, expected)
+    torch.testing.assert_close(alpha_form, 0.25 * expected)
+    grads = {}
+    for form in ("log_alpha", "alpha"):
+        config = _config(init_alpha=0.25, alpha_loss=form)
+        torch.manual_seed(0)
+        agent = CQLAgent(3, 2, config).double()
+        torch.manual_seed(1)
+        total, _ = cql_losses(agent, _batch(), config, behaviour_cloning=False)
+        (grads[form],) = torch.autograd.grad(total, agent.log_alpha)
+    torch.testing.assert_close(grads["alpha"], 0.25 * grads["log_alpha"])
 
 
 def test_alpha_prime_is_clamped_and_each_loss_reaches_only_its_own_parameters():

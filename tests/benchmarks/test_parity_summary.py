@@ -2,63 +2,103 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks.parity_summary import main, parity_table, read_parity_runs
+from benchmarks.parity_summary import equivalence, main, parity_table, read_parity_runs
+
+SHA = "ab" * 32
 
 
-def _offrl_run(folder, seed, returns, finished=True):
+def _offrl_run(folder, seed, returns, finished=True, sha=SHA):
+    """Evaluations at 10, 20, 30, 40 and the final one repeating 40 (the last row counts)."""
     folder.mkdir(parents=True)
     (folder / "run.json").write_text(json.dumps({"dataset_id": "halfcheetah/medium-v1", "seed": seed,
-                                                 "git_commit": "abc"}))
-    steps = [10, 20, 20]  # the final evaluation repeats the last step; the last row counts
-    pd.DataFrame({"step": steps, "normalized_return": returns, "return_mean": returns}).to_csv(
-        folder / "evaluations.csv", index=False)
+                                                 "dataset_sha256": sha, "eval_episodes": 10, "git_commit": "abc"}))
+    steps = [10, 20, 30, 40, 40]
+    pd.DataFrame({"step": steps, "normalized_return": returns, "return_mean": returns,
+                  "q_bias_normalized_mean": [-0.5] * 5}).to_csv(folder / "evaluations.csv", index=False)
     if finished:
         (folder / "final.json").write_text(json.dumps({"updates_per_s": 8.0}))
 
 
-def _d3rlpy_run(folder, seed, returns):
+def _d3rlpy_run(folder, seed, returns, steps=(10, 20, 30, 40)):
     folder.mkdir(parents=True)
-    pd.DataFrame({"step": [10, 20], "return_mean": returns, "return_std": 0.0, "normalized_return": returns}).to_csv(
+    pd.DataFrame({"step": list(steps), "return_mean": returns, "return_std": 0.0, "normalized_return": returns,
+                  "q_bias_normalized_mean": -0.25, "train_critic_loss": 1.0}).to_csv(
         folder / "evaluations.csv", index=False)
     (folder / "final.json").write_text(json.dumps({"impl": "d3rlpy 2.8.1", "dataset_id": "halfcheetah/medium-v1",
-                                                   "seed": seed, "updates_per_s": 5.0}))
+                                                   "dataset_sha256": SHA, "eval_episodes": 10, "seed": seed,
+                                                   "updates_per_s": 5.0}))
 
 
-def test_final_best_and_welch_difference(tmp_path):
-    runs = tmp_path / "parity"
+def _both(runs):
     for seed, (last, repeat) in enumerate(((40.0, 42.0), (44.0, 44.0))):
-        _offrl_run(runs / "offrl" / f"cql-seed{seed}", seed, [50.0, last, repeat])
-    _offrl_run(runs / "offrl" / "unfinished", 2, [0.0, 0.0, 0.0], finished=False)
+        _offrl_run(runs / "offrl" / f"cql-seed{seed}", seed, [50.0, 10.0, 20.0, last, repeat])
     for seed, final in enumerate((30.0, 34.0)):
-        _d3rlpy_run(runs / f"d3rlpy-seed{seed}", seed, [20.0, final])
-    table = read_parity_runs(runs)
-    assert sorted(table["impl"].unique()) == ["d3rlpy 2.8.1", "offrl"] and 2 not in set(table["seed"])
-    summary = parity_table(table).set_index("impl")
+        _d3rlpy_run(runs / f"d3rlpy-seed{seed}", seed, [20.0, 10.0, 20.0, final])
+
+
+def test_late_final_best_q_bias_and_the_welch_and_equivalence_tests(tmp_path):
+    runs = tmp_path / "parity"
+    _both(runs)
+    summary = parity_table(read_parity_runs(runs)).set_index("impl")
+    # late = mean of the last 3 evaluations: seed 0 (10 + 20 + 42) / 3, seed 1 (10 + 20 + 44) / 3
+    assert summary.loc["offrl", "late_mean"] == pytest.approx((72 / 3 + 74 / 3) / 2)
     assert summary.loc["offrl", "final_mean"] == pytest.approx(43.0)  # 42 and 44: the repeated step's last row
     assert summary.loc["offrl", "best_mean"] == pytest.approx(50.0)
     assert summary.loc["d3rlpy 2.8.1", "final_std"] == pytest.approx(2 ** 0.5 * 2)  # sample std of 30, 34
+    assert summary.loc["d3rlpy 2.8.1", "late_q_bias"] == pytest.approx(-0.25)
     assert main([str(runs), "--out", str(tmp_path)]) == 0
     text = (tmp_path / "parity_summary.md").read_text()
-    assert "minus offrl: -11.0" in text and "Welch 95% CI" in text
+    late_difference = (60 / 3 + 64 / 3) / 2 - (72 / 3 + 74 / 3) / 2
+    assert f"minus offrl: {late_difference:.1f}, Welch 95% CI" in text and "TOST p" in text
+    assert set(pd.read_csv(tmp_path / "parity.csv")["q_bias_normalized_mean"]) == {-0.5, -0.25}
     assert (tmp_path / "parity_halfcheetah_medium-v1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_equivalence_is_shown_only_when_the_difference_is_small_and_the_seeds_agree():
+    close = equivalence(np.array([50.0, 50.5, 49.5]), np.array([50.2, 49.8, 50.0]), margin=5.0)
+    assert close["tost_p"] < 0.05 and close["ci_low"] < 0 < close["ci_high"]
+    noisy = equivalence(np.array([40.0, 60.0, 50.0]), np.array([45.0, 55.0, 52.0]), margin=5.0)
+    assert noisy["tost_p"] > 0.05 and noisy["p"] > 0.05  # neither different nor shown equal
+    apart = equivalence(np.array([60.0, 61.0, 59.0]), np.array([50.0, 51.0, 49.0]), margin=5.0)
+    assert apart["tost_p"] > 0.05 and apart["p"] < 0.05 and apart["difference"] == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda runs: _offrl_run(runs / "offrl" / "cql-seed2", 2, [0.0] * 5, finished=False), "cql-seed2: not finished"),
+    (lambda runs: _offrl_run(runs / "offrl" / "cql-seed2", 2, [0.0] * 5), "the sides ran different seeds"),
+    (lambda runs: _offrl_run(runs / "offrl" / "cql-seed2", 2, [0.0] * 5, sha="cd" * 32) or _d3rlpy_run(
+        runs / "d3rlpy-seed2", 2, [0.0] * 4), "several dataset files"),
+    (lambda runs: _offrl_run(runs / "offrl" / "cql-seed2", 2, [0.0] * 5) or _d3rlpy_run(
+        runs / "d3rlpy-seed2", 2, [0.0] * 3, steps=(10, 20, 30)), "end at different updates"),
+])
+def test_mismatched_or_unfinished_runs_are_refused_by_name(tmp_path, capsys, spoil, message):
+    runs = tmp_path / "parity"
+    _both(runs)
+    spoil(runs)
+    assert main([str(runs), "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "parity.csv").exists()
 
 
 def test_an_empty_folder_is_one_line_and_exit_2(tmp_path, capsys):
     assert main([str(tmp_path), "--out", str(tmp_path)]) == 2
-    assert "no finished offrl/ or d3rlpy-seed*/ run" in capsys.readouterr().err
+    assert "no offrl/ or d3rlpy-seed*/ run" in capsys.readouterr().err
     assert not (tmp_path / "parity.csv").exists()
 
 
-def test_d3rlpys_runs_are_evaluated_from_offrls_start_states():
-    """benchmarks/d3rlpy_parity.py runs in d3rlpy's venv without offrl, so it restates offrl's evaluation seed."""
+def test_d3rlpys_runs_are_evaluated_and_biased_like_offrls():
+    """benchmarks/d3rlpy_parity.py runs in d3rlpy's venv without offrl, so it restates offrl's evaluation seed and
+    Q-bias tail tolerance."""
     import re
     from pathlib import Path
 
-    from offrl.evaluation.report import EVAL_SEED
+    from offrl.evaluation.report import EVAL_SEED, Q_BIAS_TAIL_TOLERANCE
 
     source = (Path(__file__).parents[2] / "benchmarks" / "d3rlpy_parity.py").read_text()
     assert int(re.search(r"^EVAL_SEED = ([\d_]+)$", source, re.M)[1]) == EVAL_SEED
+    assert float(re.search(r"^Q_BIAS_TAIL_TOLERANCE = ([\d.e-]+)$", source, re.M)[1]) == Q_BIAS_TAIL_TOLERANCE
     assert "env.reset(seed=EVAL_SEED + seed + i)" in source

@@ -123,3 +123,35 @@ def test_a_subset_or_an_unfinished_folder_never_replaces_kept_curves(tmp_path):
                                   curves.sort_values(["policy", "step"]).reset_index(drop=True))
     assert main(["ope-summary", str(everything)]) == 0  # the unfinished folder does not replace the kept curve
     assert pd.read_csv(tmp_path / "ope_curves.csv").query("policy == 'done'")["estimate"].tolist() == [1.0, 2.0]
+
+
+def test_estimator_configs_are_not_pooled_and_a_policy_estimated_twice_in_one_setting_is_refused(tmp_path, capsys):
+    """Rows that differ only in the estimator config's hash (sample counts, rates) are separate settings; the same
+    setting holding one policy twice (an example command appended to the benchmark's file) is refused, unless
+    --sweep takes one sweep's rows."""
+    benchmark = [{**r, "config_hash": "aaa", "sweep_id": "sweep-1"} for r in _rows("fqe", (10.0, 40.0, 120.0))]
+    other_config = [{**r, "config_hash": "bbb", "sweep_id": "sweep-1"} for r in _rows("fqe", (0.0, 0.0, 0.0))]
+    path = tmp_path / "ope.csv"
+    pd.DataFrame(benchmark + other_config, columns=list(OPE_COLUMNS)).to_csv(path, index=False)
+    metrics = ope_metrics(read_ope_results(path)).set_index("config_hash")
+    assert metrics.loc["aaa", "rank_correlation"] == pytest.approx(1.0)  # not mixed with bbb's flat estimates
+    assert metrics.loc["bbb", "estimates"] == 3
+    repeat = {**benchmark[0], "estimate": 99.0, "sweep_id": None}
+    pd.DataFrame(benchmark + [repeat], columns=list(OPE_COLUMNS)).to_csv(path, index=False)
+    assert main(["ope-summary", str(path)]) == 2
+    assert "2 rows estimate one policy twice under one setting (e.g. p0 on hopper/medium-v1, fqe" in \
+        capsys.readouterr().err
+    assert main(["ope-summary", str(path), "--sweep", "sweep-1"]) == 0
+    assert len(read_ope_results(path, "sweep-1")) == 3
+    assert main(["ope-summary", str(path), "--sweep", "sweep-9"]) == 2
+    assert "no row of sweep sweep-9" in capsys.readouterr().err
+
+
+def test_a_run_folder_counts_once_per_number_of_updates(tmp_path):
+    rows = _rows("fqe", (10.0, 40.0, 120.0))
+    rows[0]["run_dir"] = "runs/a"
+    again = {**rows[0], "estimate": 12.0}  # the same run folder and updates appended twice: the last counts
+    path = tmp_path / "ope.csv"
+    pd.DataFrame(rows + [again], columns=list(OPE_COLUMNS)).to_csv(path, index=False)
+    frame = read_ope_results(path)
+    assert len(frame) == 3 and frame.loc[frame["policy"] == "p0", "estimate"].item() == 12.0

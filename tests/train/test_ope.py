@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -62,6 +63,13 @@ def test_an_estimate_with_its_truth_run_folder_resume_and_results_row(pendulum, 
     append_ope_row(results, again)
     table = pd.read_csv(results)
     assert tuple(table.columns) == OPE_COLUMNS and len(table) == 2 and table["method"].tolist() == ["fqe", "fqe"]
+    # the estimator config each row came from
+    assert table["config_hash"].tolist() == [json.loads((out / "run.json").read_text())["config_hash"]] * 2
+    # once: one row per run folder and number of updates; the folder resumed to more updates gets its own
+    assert append_ope_row(results, report, once=True) is False
+    longer = dataclasses.replace(report, updates=40)
+    assert append_ope_row(results, longer, once=True) is True and append_ope_row(results, longer, once=True) is False
+    assert pd.read_csv(results)["updates"].tolist() == [20, 20, 40]
 
 
 def test_a_resumed_estimate_equals_an_uninterrupted_one(pendulum, tmp_path):

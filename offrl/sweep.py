@@ -359,7 +359,14 @@ def run_sweep(spec: SweepSpec, echo: Callable[[str], None] = print) -> SweepResu
         report = finished_report(run_dir, "offline", spec.steps)
         if report is None:
             to_run.append(trial)
-        elif _append(spec, None if spec.is_ope else read_run_record(run_dir), report):
+            continue
+        try:
+            appended = _append(spec, None if spec.is_ope else read_run_record(run_dir), report)
+        except OfflineRLError as exc:  # its row is refused (e.g. not finite): this trial fails, the others go on
+            result.failed[trial.name] = f"row refused: {exc}"
+            echo(f"{trial.name}: FAILED row refused: {exc}")
+            continue
+        if appended:
             result.finished.append(trial.name)  # it had finished without its row: the row is there now
             echo(f"{trial.name}: finished earlier, row appended")
         else:
@@ -398,7 +405,11 @@ def _run_remote(spec: SweepSpec, trials: Sequence[Trial], result: SweepResult, e
             except Exception as exc:  # noqa: BLE001 - a worker that died (every retry spent) or a lost node
                 outcome = {"status": "failed", "error": f"{type(exc).__name__}: {first_line(exc)}"[:300]}
             if outcome["status"] == "ok":
-                _append(spec, outcome["record"], outcome["report"])
+                try:
+                    _append(spec, outcome["record"], outcome["report"])
+                except OfflineRLError as exc:  # a row refused (e.g. not finite) fails its trial, not the sweep
+                    outcome = {"status": "failed", "error": f"row refused: {exc}"}
+            if outcome["status"] == "ok":
                 report = outcome["report"]
                 score = report.get("final_normalized_return")
                 if "estimate" in report:

@@ -82,6 +82,14 @@ def test_a_local_sweep_writes_a_row_per_trial_and_a_rerun_writes_none(world):
     assert again.returncode == 0 and "2 already done, 0 to run" in again.stdout
     assert len(pd.read_csv(tmp_path / "lb.csv")) == 2
     assert _no_ray_processes_left()
+    # a finished trial whose row is refused (a non-finite number) fails alone; the other's row is still written
+    final = tmp_path / "sweep" / "pendulum-random-v0-cql-tiny-seed1" / "final.json"
+    final.write_text(final.read_text().replace('"q_bias_mean": ', '"q_bias_mean": NaN, "was": ', 1))
+    (tmp_path / "lb.csv").unlink()
+    refused = _sweep(base, "--datasets", "pendulum/random-v0", "--seeds", "0-1")
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    assert "seed1: FAILED row refused: run " in refused.stdout and "non-finite q_bias_mean" in refused.stdout
+    assert pd.read_csv(tmp_path / "lb.csv")["seed"].tolist() == [0]
 
 
 def test_a_killed_trial_resumes_to_the_numbers_of_an_uninterrupted_sweep(world, tmp_path_factory):

@@ -298,12 +298,12 @@ def collect_evidence_curves(frame: pd.DataFrame, previous: pd.DataFrame | None =
         return curve.assign(**{name: getattr(row, name) for name in identity})
 
     return gather_curves(_latest_row_per_seed(frame).itertuples(index=False), previous, EVIDENCE_CURVE_COLUMNS,
-                         fresh_curve)
+                         fresh_curve, identity=("run_id", "steps"))
 
 
 def read_evidence_curves(path: Path) -> pd.DataFrame | None:
     """An earlier evidence_curves.csv, or None when there is none."""
-    return read_kept_curves(path, EVIDENCE_CURVE_COLUMNS, "evidence curves")
+    return read_kept_curves(path, EVIDENCE_CURVE_COLUMNS, "evidence curves", text_columns=("run_id",))
 
 
 def learning_curve_plots(frame: pd.DataFrame, out_dir: Path, curves: pd.DataFrame | None = None) -> list[Path]:
@@ -317,11 +317,13 @@ def learning_curve_plots(frame: pd.DataFrame, out_dir: Path, curves: pd.DataFram
     written = []
     offline = _latest_row_per_seed(frame[frame["phase"] == "offline"])
     curves = collect_evidence_curves(offline) if curves is None else curves
-    by_run = {run_dir: curve for run_dir, curve in curves.groupby("run_dir")} if not curves.empty else {}
+    # a run is its folder and run_id: a folder started again holds another run, whose kept curve is not this one
+    by_run = {key: curve for key, curve in curves.groupby(["run_dir", "run_id"])} if not curves.empty else {}
     for dataset_id, group in offline.groupby("dataset_id", sort=True):
         fig, (return_ax, bias_ax) = plt.subplots(1, 2, figsize=(11, 4))
         for (algorithm, config), runs in group.groupby(["algorithm", "config_name"], sort=True):
-            evaluations = [by_run[d] for d in runs["run_dir"] if d in by_run]
+            keys = zip(runs["run_dir"], runs["run_id"], strict=True)
+            evaluations = [by_run[key] for key in keys if key in by_run]
             label = f"{algorithm} {config}"
             _plot_over_seeds(return_ax, evaluations, "normalized_return", label)
             _plot_over_seeds(bias_ax, evaluations, "q_bias_normalized_mean", label)
@@ -439,7 +441,8 @@ def write_evidence(frame: pd.DataFrame, out_dir: Path, steps: int, datasets: Seq
     runs = _latest_row_per_seed(rows)
     curves_path = out_dir / "evidence_curves.csv"
     curves = collect_evidence_curves(rows, read_evidence_curves(curves_path))
-    curves_found = int(runs["run_dir"].isin(set(curves["run_dir"])).sum())
+    known = set(zip(curves["run_dir"], curves["run_id"], strict=True))
+    curves_found = sum(key in known for key in zip(runs["run_dir"], runs["run_id"], strict=True))
     written = []
     profile = performance_profile_plot(rows, datasets, algorithms, out_dir / "evidence_performance_profile.png")
     written += [profile] if profile is not None else []

@@ -341,10 +341,11 @@ def finished_curve(path: Path, last_step: int) -> pd.DataFrame | None:
 
 
 def gather_curves(rows, previous: pd.DataFrame | None, columns: tuple[str, ...],
-                  fresh_curve: Callable[[Any], pd.DataFrame | None]) -> pd.DataFrame:
+                  fresh_curve: Callable[[Any], pd.DataFrame | None], identity: tuple[str, ...] = ()) -> pd.DataFrame:
     """A summary's curves table: per row (with a `run_dir`), `fresh_curve(row)` (read from its folder) when there
-    is one, else the row's curve kept in `previous` (an earlier table), else nothing; curves in `previous` of run
-    folders no row names are kept as they were, so summarising a subset into the same folder loses nothing."""
+    is one, else the row's curve kept in `previous` (an earlier table) if it agrees with the row on `identity`
+    (another run once kept in the same folder does not), else nothing; curves in `previous` of run folders no row
+    names are kept as they were, so summarising a subset into the same folder loses nothing."""
     kept = dict(tuple(previous.groupby("run_dir"))) if previous is not None and not previous.empty else {}
     pieces = []
     for row in rows:
@@ -354,7 +355,8 @@ def gather_curves(rows, previous: pd.DataFrame | None, columns: tuple[str, ...],
         if curve is not None:
             pieces.append(curve)
             kept.pop(row.run_dir, None)
-        elif row.run_dir in kept:
+        elif row.run_dir in kept and all(str(kept[row.run_dir][name].iloc[0]) == str(getattr(row, name))
+                                         for name in identity):
             pieces.append(kept.pop(row.run_dir))
     pieces = [piece for piece in [*pieces, *kept.values()] if not piece.empty]
     if not pieces:
@@ -362,13 +364,15 @@ def gather_curves(rows, previous: pd.DataFrame | None, columns: tuple[str, ...],
     return pd.concat(pieces, ignore_index=True)[list(columns)]
 
 
-def read_kept_curves(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame | None:
+def read_kept_curves(path: Path, columns: tuple[str, ...], what: str,
+                     text_columns: tuple[str, ...] = ()) -> pd.DataFrame | None:
     """A curves table a summary keeps beside itself (its run folders are not committed), or None when there is
-    none yet; a file with other columns is one OfflineRLError naming it."""
+    none yet; a file with other columns is one OfflineRLError naming it. `text_columns` stay strings (a hash of
+    digits is not a number)."""
     path = Path(path)
     if not path.is_file():
         return None
-    curves = pd.read_csv(path)
+    curves = pd.read_csv(path, dtype=dict.fromkeys(text_columns, str))
     if tuple(curves.columns) != tuple(columns):
         raise OfflineRLError(f"{what} {path}: not an offrl {what} file (its header differs)")
     return curves

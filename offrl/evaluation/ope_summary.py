@@ -41,7 +41,7 @@ def read_ope_results(path: Path, sweep_id: str | None = None) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise OfflineRLError(f"OPE results {path}: no such file")
-    frame = pd.read_csv(path)
+    frame = pd.read_csv(path, dtype={"config_hash": str})  # a hash of digits is not a number
     if tuple(frame.columns) != OPE_COLUMNS:
         raise OfflineRLError(f"OPE results {path}: not an offrl OPE results file (its header differs)")
     if sweep_id is not None:
@@ -103,7 +103,8 @@ def collect_ope_curves(frame: pd.DataFrame, previous: pd.DataFrame | None = None
                              "updates": row.updates, "step": curve["step"].to_numpy(),
                              "estimate": curve["estimate"].to_numpy()})
 
-    return gather_curves(frame.itertuples(index=False), previous, CURVE_COLUMNS, fresh_curve)
+    return gather_curves(frame.itertuples(index=False), previous, CURVE_COLUMNS, fresh_curve,
+                         identity=("policy", "updates", "config_hash"))
 
 
 def _late_drift(curves: pd.DataFrame) -> pd.Series:
@@ -159,7 +160,7 @@ def _max_drift(drifts: pd.Series, run_dirs: pd.Series) -> float:
 
 
 def read_ope_curves(path: Path) -> pd.DataFrame | None:
-    return read_kept_curves(path, CURVE_COLUMNS, "OPE curves")
+    return read_kept_curves(path, CURVE_COLUMNS, "OPE curves", text_columns=("config_hash",))
 
 
 def write_ope_summary(frame: pd.DataFrame, out_dir: Path) -> list[Path]:

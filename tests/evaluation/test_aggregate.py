@@ -214,6 +214,26 @@ def test_the_curves_are_kept_for_runs_whose_folders_are_gone(tmp_path):
     assert len(read_evidence_curves(out / "evidence_curves.csv")) == 27 * 3
 
 
+def test_a_kept_curve_of_another_run_in_the_same_folder_is_not_the_rows_curve(tmp_path):
+    """A folder started again (a new run_id) whose files are gone: the curve kept from the earlier run there is
+    not taken for the new row's."""
+    frame = read_leaderboard(_grid(tmp_path, seeds=(0,)))
+    kept = collect_evidence_curves(evidence_rows(frame, STEPS))
+    for run_dir in (tmp_path / "runs").iterdir():
+        (run_dir / "evaluations.csv").unlink()
+    restarted = frame.assign(run_id=frame["run_id"].where(frame["algorithm"] != "BC", "new-run"))
+    curves = collect_evidence_curves(evidence_rows(restarted, STEPS), kept)
+    bc_dirs = set(frame.loc[frame["algorithm"] == "BC", "run_dir"].astype(str))
+    assert curves.loc[curves["run_dir"].isin(bc_dirs), "run_id"].ne("new-run").all()  # the old curves stay, apart
+    assert len(curves) == len(kept)  # kept as they were, none attached to the new rows
+    assert set(collect_evidence_curves(evidence_rows(frame, STEPS), kept)["run_id"]) == set(kept["run_id"])
+    out = tmp_path / "evidence"
+    out.mkdir()
+    kept.to_csv(out / "evidence_curves.csv", index=False)
+    write_evidence(restarted, out, STEPS)
+    assert "6 of 9 runs' curves" in (out / "evidence_summary.md").read_text()  # the 3 BC rows have none
+
+
 def test_a_curve_that_does_not_end_at_the_rows_budget_is_not_the_rows_curve(tmp_path):
     frame = read_leaderboard(_grid(tmp_path, seeds=(0,)))
     run_dir = Path(frame["run_dir"].iloc[0])

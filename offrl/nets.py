@@ -24,9 +24,14 @@ class Float32Linear(nn.Linear):
     """The output layer: always fp32, also under bf16 autocast, so Q-values, means and log-stds (and the
     logsumexp, losses and targets computed from them) keep full precision; only hidden layers run in bf16."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            return upcast_linear(x, self.weight, self.bias)
+            return upcast_linear(x, *_parameters(self, frozen))
+
+
+def _parameters(layer: nn.Linear, frozen: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's weight and bias, detached when `frozen` (a loss that must not reach them)."""
+    return (layer.weight.detach(), layer.bias.detach()) if frozen else (layer.weight, layer.bias)
 
 
 class MLP(nn.Sequential):
@@ -43,11 +48,12 @@ class MLP(nn.Sequential):
         layers.append(Float32Linear(dims[-1], out_dim))
         super().__init__(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """`frozen`: through detached weights, so a loss differentiates only through `x`."""
         *hidden, output = self
         for linear in hidden[::2]:
-            x = linear_relu(x, linear.weight, linear.bias)
-        return output(x)
+            x = linear_relu(x, *_parameters(linear, frozen))
+        return output(x, frozen)
 
 
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, orthogonal_init: bool = False) -> MLP:
@@ -77,9 +83,10 @@ class TwinCritic(nn.Module):
         self.q1 = mlp(obs_dim + act_dim, hidden, 1, orthogonal_init)
         self.q2 = mlp(obs_dim + act_dim, hidden, 1, orthogonal_init)
 
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    def forward(self, obs: torch.Tensor, act: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """`frozen`: through detached weights (the actor's loss: no critic weight gradient is computed)."""
         obs_act = torch.cat([obs.expand(*act.shape[:-1], obs.shape[-1]), act], dim=-1)
-        return torch.stack([self.q1(obs_act).squeeze(-1), self.q2(obs_act).squeeze(-1)])
+        return torch.stack([self.q1(obs_act, frozen).squeeze(-1), self.q2(obs_act, frozen).squeeze(-1)])
 
 
 def tanh_gaussian_log_prob(pre_tanh: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:

@@ -80,6 +80,27 @@ def test_twin_critic_broadcasts_states_over_an_action_grid_like_repeating_them()
                                torch.autograd.grad(repeated.sum(), weights))
 
 
+def test_a_frozen_critic_call_equals_the_plain_one_and_reaches_only_the_actions():
+    """frozen=True: the same Q in float64, the same gradient in the actions, no gradient in any critic weight
+    (bf16 autocast included: the output layer stays fp32 either way)."""
+    torch.manual_seed(0)
+    critic = TwinCritic(3, 2, (8, 8)).double()
+    obs = torch.randn(5, 3, dtype=torch.float64)
+    actions = torch.rand(4, 5, 2, dtype=torch.float64, requires_grad=True)
+    plain = critic(obs, actions)
+    (plain_grad,) = torch.autograd.grad(plain.sum(), actions)
+    frozen = critic(obs, actions, frozen=True)
+    assert torch.equal(frozen, plain)
+    (frozen_grad,) = torch.autograd.grad(frozen.sum(), actions)
+    torch.testing.assert_close(frozen_grad, plain_grad)
+    critic.zero_grad(set_to_none=True)
+    critic(obs, actions, frozen=True).sum().backward()
+    assert all(p.grad is None for p in critic.parameters())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = TwinCritic(3, 2, (8, 8))(obs.float(), actions.detach().float(), frozen=True)
+    assert low.dtype == torch.float32
+
+
 def test_the_original_actor_keeps_its_state_dict_and_clamp():
     actor = TanhGaussianActor(4, 2, (16,))
     assert sorted(actor.state_dict()) == ["net.0.bias", "net.0.weight", "net.2.bias", "net.2.weight"]

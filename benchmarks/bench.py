@@ -30,6 +30,7 @@ from offrl.algos.cql import CQLAgent, CQLConfig, compiled_cql_losses, cql_losses
 from offrl.algos.sac import SACAgent, SACConfig, sac_update
 from offrl.cli import positive_int
 from offrl.cpu_kernels import fused_cpu_kernels
+from offrl.cuda_graph import CUDAGraphUpdate
 from offrl.data.buffer import ReplayBuffer
 from offrl.errors import OfflineRLError
 from offrl.fileio import atomic_write_bytes, git_commit
@@ -110,15 +111,18 @@ def _check_include(include: tuple[str, ...]) -> None:
 
 
 def _cql_update_rate(buffer: ReplayBuffer, hidden: tuple[int, ...], precision: str, seconds: float,
-                     device: torch.device = CPU, losses=cql_losses) -> float:
+                     device: torch.device = CPU, losses=cql_losses, cuda_graph: bool = False) -> float:
     """CQL updates/s of a fresh agent with `hidden` actor and critics (batch 256, 10 action samples)."""
     config = CQLConfig(actor_hidden=hidden, critic_hidden=hidden)
     agent = CQLAgent(OBS_DIM, ACT_DIM, config).to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    update = lambda batch, index: cql_update(agent, batch, config, index, losses)  # noqa: E731
+    if cuda_graph:
+        update = CUDAGraphUpdate(update, agent.optimizers().values())
 
     def step(index: int) -> None:
         with autocast:
-            cql_update(agent, buffer.sample(256), config, index, losses)
+            update(buffer.sample(256), index)
 
     return _time_updates(step, seconds, device=device)[0]
 
@@ -126,13 +130,18 @@ def _cql_update_rate(buffer: ReplayBuffer, hidden: tuple[int, ...], precision: s
 def run_bench(out: Path, seconds: float = 20.0,
               include: tuple[str, ...] = ALL_BENCHMARKS,
               command: str | None = None, device: str = "cpu", compile_update: bool = False,
-              sizes: dict[str, tuple[int, ...]] | None = None, peak_size: int = 4096) -> pd.DataFrame:
+              sizes: dict[str, tuple[int, ...]] | None = None, peak_size: int = 4096,
+              cuda_graph: bool = False) -> pd.DataFrame:
     """Measure and merge the rows into `out`. `compile_update` times CQL with `compiled_cql_losses`
-    (CUDA graphs on CUDA); the rows say so in their benchmark name."""
+    (reduce-overhead CUDA graphs of the losses on CUDA); `cuda_graph` times SAC and CQL with the whole update
+    replayed as one CUDA graph (offrl.cuda_graph, what an agent's compile=True does on CUDA). The rows say
+    which in their benchmark name."""
     _check_include(include)
     device_ = torch.device(device)
     if device_.type == "cuda" and not torch.cuda.is_available():
         raise OfflineRLError(f"--device {device}: CUDA is not available on this machine")
+    if cuda_graph and (device_.type != "cuda" or compile_update):
+        raise OfflineRLError("--cuda-graph: needs --device cuda and no --compile (the two kinds of graph do not nest)")
     torch.manual_seed(0)
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
                "device": torch.cuda.get_device_name(device_) if device_.type == "cuda" else "cpu",
@@ -148,16 +157,22 @@ def run_bench(out: Path, seconds: float = 20.0,
     if "updates" in include:
         buffer = _filled_buffer(device=device_)
         losses = compiled_cql_losses(device_) if compile_update else cql_losses
-        suffix = " (compiled)" if compile_update else ""
+        suffix = " (CUDA graph)" if cuda_graph else " (compiled)" if compile_update else ""
+        sac_suffix = suffix if cuda_graph else ""
         for size_name, hidden in (sizes or DEFAULT_SIZES).items():
             for precision in ("fp32", "bf16"):
                 autocast = torch.autocast(device_.type, dtype=torch.bfloat16, enabled=precision == "bf16")
                 sac_config = SACConfig(hidden=hidden)
                 sac_agent = SACAgent(OBS_DIM, ACT_DIM, sac_config).to(device_)
 
-                def sac_step(_, agent=sac_agent, config=sac_config, autocast=autocast):
+                sac_step_update = lambda batch, _, agent=sac_agent, config=sac_config: sac_update(  # noqa: E731
+                    agent, batch, config)
+                if cuda_graph:
+                    sac_step_update = CUDAGraphUpdate(sac_step_update, sac_agent.optimizers().values())
+
+                def sac_step(index, update=sac_step_update, autocast=autocast):
                     with autocast:
-                        sac_update(agent, buffer.sample(256), config)
+                        update(buffer.sample(256), index)
 
                 def rates_row(benchmark: str, ups: float, flops: float, precision: str = precision) -> dict:
                     return {"benchmark": benchmark, "impl": "offrl", "precision": precision, "value": ups,
@@ -165,11 +180,12 @@ def run_bench(out: Path, seconds: float = 20.0,
                             "peak_fraction": ups * flops / 1e9 / peak[precision]}
 
                 ups, _ = _time_updates(sac_step, seconds, device=device_)
-                rows.append(rates_row(f"SAC update {size_name}", ups, sac_update_flops(256, hidden)))
-                ups = _cql_update_rate(buffer, hidden, precision, seconds, device_, losses)
+                rows.append(rates_row(f"SAC update {size_name}{sac_suffix}", ups, sac_update_flops(256, hidden)))
+                ups = _cql_update_rate(buffer, hidden, precision, seconds, device_, losses, cuda_graph)
                 flops = cql_update_flops(256, hidden, hidden, 10)
                 rows.append(rates_row(f"CQL update {size_name}{suffix}", ups, flops))
-                if size_name == next(iter(sizes or DEFAULT_SIZES)) and precision == "fp32" and not compile_update:
+                eager = not (compile_update or cuda_graph)
+                if size_name == next(iter(sizes or DEFAULT_SIZES)) and precision == "fp32" and eager:
                     sample_rate, _ = _time_updates(lambda _: buffer.sample(256).observations.sum(), 2.0,
                                                    device=device_)
                     rows.append({"benchmark": f"batch sampling / CQL update {size_name}", "impl": "offrl",
@@ -386,7 +402,8 @@ def with_d3rlpy_ratios(frame: pd.DataFrame) -> pd.DataFrame:
     reference = {(b, d): v for b, d, v in zip(d3rlpy_rows["benchmark"], d3rlpy_rows["device"], d3rlpy_rows["value"],
                                                strict=True)}
     is_offrl = (frame["impl"] == "offrl") & (frame["unit"] == "updates/s")
-    base = frame["benchmark"].astype(str).str.removesuffix(" (compiled)").replace(COMPARED_WITH)
+    base = (frame["benchmark"].astype(str).str.removesuffix(" (compiled)").str.removesuffix(" (CUDA graph)")
+            .replace(COMPARED_WITH))
     d3rlpy_rate = pd.Series([reference.get((b, d), np.nan) for b, d in zip(base, frame["device"], strict=True)],
                             index=frame.index, dtype=float)
     ratio = pd.Series(np.where(is_offrl, frame["value"] / d3rlpy_rate, np.nan), index=frame.index)
@@ -413,18 +430,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", action="store_true",
                         help="compile the CQL losses (torch.compile; CUDA graphs on CUDA). Slower than eager on CPU "
                              "(default: off)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="replay the whole SAC and CQL update as one CUDA graph (offrl.cuda_graph; what "
+                             "compile=True does on CUDA); needs --device cuda (default: off)")
     return parser
 
 
 def _run(args: argparse.Namespace, command: str) -> pd.DataFrame:
     if args.against_d3rlpy:
-        if args.only or args.device != "cpu" or args.compile:
-            raise OfflineRLError("--against-d3rlpy: runs the CPU eager rows in full; drop --only/--device/--compile")
+        if args.only or args.device != "cpu" or args.compile or args.cuda_graph:
+            raise OfflineRLError("--against-d3rlpy: runs the CPU eager rows in full; drop --only/--device/--compile/"
+                                 "--cuda-graph")
         return run_bench_against_d3rlpy(Path(args.out), args.against_d3rlpy, seconds=args.seconds,
                                         rounds=args.rounds, command=command)
     include = tuple(args.only.split(",")) if args.only else ALL_BENCHMARKS
     return run_bench(Path(args.out), seconds=args.seconds, include=include, command=command,
-                     device=args.device, compile_update=args.compile)
+                     device=args.device, compile_update=args.compile, cuda_graph=args.cuda_graph)
 
 
 def main(argv: list[str] | None = None) -> int:

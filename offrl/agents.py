@@ -23,6 +23,7 @@ from offrl.algos.bc import BCConfig, BCNetworks, bc_update
 from offrl.algos.cql import CQLAgent, CQLConfig, autocast_for, compiled_cql_losses, cql_losses, cql_update
 from offrl.algos.sac import SACAgent, SACConfig, sac_update
 from offrl.config import config_from_dict, config_with_overrides, load_config
+from offrl.cuda_graph import CUDAGraphUpdate
 from offrl.data.buffer import Batch
 from offrl.data.dataset import ObservationNormalizer, OfflineDataset, load_dataset
 from offrl.errors import DIVERGENCE_LIMIT, OfflineRLError
@@ -104,6 +105,15 @@ class Agent:
     def update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         """One gradient update on `batch` (`step` = updates done so far); returns detached metric tensors."""
         raise NotImplementedError
+
+    def _graphed(self, update, batch: Batch, step: int, phase=lambda step: None) -> dict[str, torch.Tensor]:
+        """`update(batch, step)` replayed as one CUDA graph (offrl.cuda_graph), captured again whenever the
+        networks are rebuilt (a new `fit` or `load`)."""
+        networks, graph = getattr(self, "_graph", (None, None))
+        if graph is None or networks is not self.networks:
+            graph = CUDAGraphUpdate(update, self._built().optimizers().values(), phase)
+            self._graph = (self.networks, graph)
+        return graph(batch, step)
 
     # --- training -----------------------------------------------------------------------------------------
     def fit(self, dataset: OfflineDataset | str, n_steps: int, *, seed: int = 0, eval_env: str | None | bool = True,
@@ -215,7 +225,8 @@ def agent_class(algorithm: str | None, where: str) -> type[Agent]:
 
 class CQL(Agent):
     """CQL-SAC, CQL(H) (Kumar et al. 2020), offline. Configs: `corl` (CORL's defaults), `fast` (2×256 for a
-    CPU), `fast-bf16`, per-dataset ones; `compile=True` runs the losses under torch.compile."""
+    CPU), `fast-bf16`, per-dataset ones. `compile=True`: on CUDA the whole update replays as one CUDA graph
+    (offrl.cuda_graph); on CPU the losses run under torch.compile (slower than eager there; bench rows)."""
 
     algorithm = "CQL-SAC"
     config_class = CQLConfig
@@ -225,7 +236,9 @@ class CQL(Agent):
                  compile: bool = False, **overrides: Any):
         super().__init__(config, device=device, **overrides)
         self.compile = compile
-        self._losses = compiled_cql_losses(self.device) if compile else cql_losses
+        # On CUDA the whole-update graph beats compiling the losses alone (GPU bench rows "(CUDA graph)" against
+        # "(compiled)"), and the two do not nest: reduce-overhead brings its own graphs.
+        self._losses = compiled_cql_losses(self.device) if compile and self.device.type != "cuda" else cql_losses
 
     @property
     def offline_name(self) -> str:
@@ -235,6 +248,11 @@ class CQL(Agent):
         return CQLAgent(obs_dim, act_dim, self.config)
 
     def update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        if self.compile and self.device.type == "cuda":
+            return self._graphed(self._eager_update, batch, step, phase=lambda step: step < self.config.bc_steps)
+        return self._eager_update(batch, step)
+
+    def _eager_update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         with autocast_for(self.config, self.device):
             return cql_update(self.networks, batch, self.config, step, self._losses)
 
@@ -263,13 +281,20 @@ class SAC(Agent):
     def offline_name(self) -> str:
         return "SAC-offline"  # the baseline of the CQL paper's argument: SAC's update, no conservative term
 
-    def __init__(self, config: SACConfig | None = None, *, device: str | torch.device = "cpu", **overrides: Any):
+    def __init__(self, config: SACConfig | None = None, *, device: str | torch.device = "cpu", compile: bool = False,
+                 **overrides: Any):
         super().__init__(config, device=device, **overrides)
+        if compile and self.device.type != "cuda":
+            raise OfflineRLError("SAC: compile=True replays the update as a CUDA graph and needs device='cuda' "
+                                 "(on CPU the eager update is the fast one)")
+        self.compile = compile
 
     def _make_networks(self, obs_dim: int, act_dim: int) -> SACAgent:
         return SACAgent(obs_dim, act_dim, self.config)
 
     def update(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        if self.compile:
+            return self._graphed(lambda batch, step: sac_update(self.networks, batch, self.config), batch, step)
         return sac_update(self.networks, batch, self.config)
 
     def fit_online(self, env_id: str, n_steps: int, *, seed: int = 0, run_dir: str | Path, resume: bool = False,

@@ -112,7 +112,9 @@ def test_the_command_line_writes_the_rows_and_prints_them(tmp_path, capsys):
     assert set(written["command"]) == {f"python -m benchmarks.bench --only critics --seconds 0.01 --out {out}"}
 
 
-@pytest.mark.parametrize("argv", [["--only", "matmull"], ["--against-d3rlpy", "python", "--only", "matmul"]])
+@pytest.mark.parametrize("argv", [["--only", "matmull"], ["--against-d3rlpy", "python", "--only", "matmul"],
+                                  ["--cuda-graph", "--only", "updates"],
+                                  ["--cuda-graph", "--compile", "--device", "cuda", "--only", "updates"]])
 def test_the_command_line_turns_refusals_into_exit_code_2(tmp_path, capsys, argv):
     from benchmarks.bench import main
 

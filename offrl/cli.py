@@ -647,7 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="run directory (default: runs/cql/<env>-<tier>-v<N>-<config>-seed<seed>)")
     p.add_argument("--compile", action="store_true",
-                   help="compile the CQL losses (torch.compile; CUDA graphs on CUDA); slower than eager on CPU")
+                   help="CUDA: replay each update as one CUDA graph; CPU: the CQL losses under torch.compile (slower "
+                        "than eager there)")
     p.add_argument("--leaderboard", default=None, help=LEADERBOARD_HELP)
     p.add_argument("--no-leaderboard", action="store_true", help="append no leaderboard row")
     _offline_schedule_options(p, eval_every=5_000, eval_every_help="updates between evaluations")

@@ -18,6 +18,7 @@ before the next update (the training loop does, at its log steps).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Hashable, Iterable
 
 import torch
@@ -66,7 +67,10 @@ class CUDAGraphUpdate:
     def _eager(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        with torch.cuda.stream(side), warnings.catch_warnings():
+            # a later phase warms up after an earlier phase's capture made the optimisers capturable; that is
+            # intended, and Adam's warning about eager steps of a capturable optimiser is noise here
+            warnings.filterwarnings("ignore", message=".*capturable=True.*")
             metrics = self.update(batch, step)
         torch.cuda.current_stream().wait_stream(side)
         return metrics

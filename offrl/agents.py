@@ -272,7 +272,9 @@ class CalQL(CQL):
 
 class SAC(Agent):
     """Soft Actor-Critic. `fit` trains it offline on a dataset with no conservative term (the baseline CQL
-    exists to beat); `fit_online` trains it in an env (how offrl's behaviour policies are made)."""
+    exists to beat); `fit_online` trains it in an env (how offrl's behaviour policies are made). `compile=True`
+    (CUDA only) replays `fit`'s updates as one CUDA graph each; `fit_online` steps an env between updates and
+    keeps the eager update."""
 
     algorithm = "SAC"
     config_class = SACConfig

@@ -46,7 +46,10 @@ class CUDAGraphUpdate:
         self.graphs: dict[Hashable, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor]]] = {}
         self.eager_calls: dict[Hashable, int] = {}
         self.static_batch: Batch | None = None
-        self.pool = None  # graphs of all phases share one memory pool (only one replays at a time)
+        # Graphs of all phases share one memory pool. That is safe here because nothing that must outlive a replay
+        # lives in it: parameters and optimiser state are allocated before any capture (the eager warm-up makes
+        # Adam's), and a replay's metrics are read before the next update.
+        self.pool = None
 
     def __call__(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         if batch.observations.device.type != "cuda":

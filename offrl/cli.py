@@ -668,7 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cql-alpha-online", type=_finite_float, default=None,
                    help="α_cql once the online phase starts (default: the offline run's)")
     p.add_argument("--seed", type=non_negative_int, default=None, help="seed (default: the offline run's)")
-    p.add_argument("--compile", action="store_true", help="compile the CQL losses (torch.compile)")
+    p.add_argument("--compile", action="store_true",
+                   help="CUDA: replay each update as one CUDA graph; CPU: the CQL losses under torch.compile")
     p.add_argument("--out", default=None,
                    help="run directory (default: <offline run>/finetune-ratio<r>-utd<k>-<steps>)")
     p.add_argument("--leaderboard", default=None, help=LEADERBOARD_HELP)

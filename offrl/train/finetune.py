@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from offrl.algos.cql import autocast_for, compiled_cql_losses, cql_losses, cql_update
+from offrl.cuda_graph import CUDAGraphUpdate
 from offrl.data.buffer import ReplayBuffer
 from offrl.data.dataset import MixedSampler, buffer_from_dataset, load_dataset, returns_to_go
 from offrl.envs import env_spec, make_env, seed_everything
@@ -55,7 +56,9 @@ class FinetuneSettings:
     log_every: int = 1_000
     checkpoint_every: int = 5_000
     device: str = "cpu"
-    compile: bool = False  # cql_losses under torch.compile (CUDA graphs on CUDA); see compiled_cql_losses
+    # CUDA: every update replayed as one CUDA graph (offrl.cuda_graph), as CQL(compile=True) does; CPU: the losses
+    # under torch.compile (compiled_cql_losses)
+    compile: bool = False
 
     def validate(self) -> None:
         if self.online_steps < 1:
@@ -133,7 +136,16 @@ def _finetune(offline_run, settings: FinetuneSettings, folder: RunFolder, leader
                                   mc_returns_gamma=config.gamma)
     online = ReplayBuffer(dataset.obs_dim, dataset.act_dim, settings.online_steps, device, with_mc_returns=True)
     sampler = MixedSampler(offline, online, settings.offline_ratio)
-    losses = compiled_cql_losses(device) if settings.compile else cql_losses
+    cuda_graph = settings.compile and device.type == "cuda"
+    losses = compiled_cql_losses(device) if settings.compile and not cuda_graph else cql_losses
+
+    def one_update(batch, step: int) -> dict:
+        with autocast_for(config, device):
+            return cql_update(networks, batch, config, step, losses)
+
+    if cuda_graph:
+        one_update = CUDAGraphUpdate(one_update, networks.optimizers().values(),
+                                     phase=lambda step: step < config.bc_steps)
     policy = offline_run.agent.policy
 
     def act(obs):
@@ -179,9 +191,7 @@ def _finetune(offline_run, settings: FinetuneSettings, folder: RunFolder, leader
     def update(step: int) -> dict:
         metrics = {}
         for i in range(settings.utd):
-            with autocast_for(config, device):
-                metrics = cql_update(networks, sampler.sample(config.batch_size), config,
-                                     config.bc_steps + step * settings.utd + i, losses)
+            metrics = one_update(sampler.sample(config.batch_size), config.bc_steps + step * settings.utd + i)
         return metrics
 
     if resume_state is None:

@@ -158,3 +158,19 @@ def test_online_episodes_enter_the_buffer_normalized_scaled_and_with_their_retur
     assert rows["timeouts"].tolist() == [0.0, 0.0, 1.0] and rows["terminals"].tolist() == [0.0, 0.0, 0.0]
     # G_t in scaled reward units, no bootstrap past the cut: 2; 1 + 0.9·2; 0.5 + 0.9·(1 + 0.9·2)
     torch.testing.assert_close(rows["mc_returns"], torch.tensor([0.5 + 0.9 * 2.8, 2.8, 2.0]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fine_tuning_with_compile_on_cuda_replays_whole_update_graphs(offline_run, tmp_path):
+    import dataclasses
+
+    settings = dataclasses.replace(_finetune_run(400, calibrated=True), device="cuda", compile=True)
+    report = finetune(offline_run, settings, tmp_path / "ft", show_progress=False)
+    metrics = pd.read_csv(tmp_path / "ft" / "metrics.csv")
+    assert metrics["buffer_size"].tolist() == [0, 200, 200, 400]
+    assert metrics[["critic_loss", "cql_loss", "actor_loss"]].notna().all().all()
+    assert report["before_normalized_return"] is not None
+    # resumed from its own checkpoint (capturable optimiser state included), it continues to the new budget
+    longer = dataclasses.replace(settings, online_steps=600)
+    finetune(offline_run, longer, tmp_path / "ft", resume=True, show_progress=False)
+    assert pd.read_csv(tmp_path / "ft" / "metrics.csv")["step"].max() == 600

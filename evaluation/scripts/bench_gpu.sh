@@ -16,7 +16,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$out/gpu.txt"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 # the tests do not gate the rows (one lent machine, one try): their outcome is kept beside them
-python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py 2>&1 | tee "$out/tests.txt" \
+python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py tests/train/test_finetune.py -k "cuda or compile" \
+    2>&1 | tee "$out/tests.txt" \
     || echo "CUDA graph tests FAILED (tests.txt): the (CUDA graph) rows time an update that is not the eager one"
 python3 -m benchmarks.bench --device cuda --only matmul,updates --seconds 5 --out "$out/bench.csv"
 python3 -m benchmarks.bench --device cuda --compile --only updates --seconds 5 --out "$out/bench.csv"

@@ -75,6 +75,7 @@ class Agent:
         self.config = config_with_overrides(config, overrides, f"{type(self).__name__} arguments")
         self.device = resolve_device(device)
         self.networks: SACAgent | None = None
+        self._graph: tuple[torch.nn.Module, CUDAGraphUpdate] | None = None  # compile on CUDA: (networks, graph)
         self.normalizer: ObservationNormalizer | None = None
         self.reward_scale = 1.0
         self.env_id: str | None = None
@@ -109,7 +110,7 @@ class Agent:
     def _graphed(self, update, batch: Batch, step: int, phase=lambda step: None) -> dict[str, torch.Tensor]:
         """`update(batch, step)` replayed as one CUDA graph (offrl.cuda_graph), captured again whenever the
         networks are rebuilt (a new `fit` or `load`)."""
-        networks, graph = getattr(self, "_graph", (None, None))
+        networks, graph = self._graph or (None, None)
         if graph is None or networks is not self.networks:
             graph = CUDAGraphUpdate(update, self._built().optimizers().values(), phase)
             self._graph = (self.networks, graph)

@@ -97,6 +97,7 @@ class Agent:
         self.normalizer = normalizer or ObservationNormalizer.identity(obs_dim, self.device)
         self.reward_scale = reward_scale
         self.networks = self._make_networks(obs_dim, act_dim).to(self.device)
+        self._graph = None  # captured for the networks replaced just now: let its memory go
 
     def _built(self) -> SACAgent:
         if self.networks is None:

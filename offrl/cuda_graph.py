@@ -50,11 +50,27 @@ class CUDAGraphUpdate:
         # lives in it: parameters and optimiser state are allocated before any capture (the eager warm-up makes
         # Adam's), and a replay's metrics are read before the next update.
         self.pool = None
+        for optimizer in self.optimizers:
+            # A graph updates the optimiser state tensors it captured: state loaded later replaces them, so the
+            # graphs are dropped then and captured again. Checkpoints keep `capturable` off, so an eager resume
+            # of a graphed run sees the optimiser it would have had.
+            optimizer.register_load_state_dict_post_hook(lambda optimizer: self.reset())
+            optimizer.register_state_dict_post_hook(_without_capturable)
+
+    def reset(self) -> None:
+        """Forget every graph (the next calls warm up and capture again)."""
+        self.graphs.clear()
+        self.eager_calls.clear()
+        self.static_batch, self.pool = None, None
 
     def __call__(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         if batch.observations.device.type != "cuda":
             raise OfflineRLError(f"CUDA graph update: the batch is on {batch.observations.device}, a CUDA graph "
                                  f"needs a CUDA device (use device='cuda', or leave compile off)")
+        with torch.cuda.device(batch.observations.device):  # streams, syncs and capture on the batch's GPU
+            return self._call(batch, step)
+
+    def _call(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         key = self.phase(step)
         if key not in self.graphs:
             done = self.eager_calls.get(key, 0)
@@ -104,3 +120,8 @@ class CUDAGraphUpdate:
             metrics = self.update(self.static_batch, step)
         self.pool = graph.pool()
         self.graphs[key] = (graph, metrics)
+
+
+def _without_capturable(optimizer: torch.optim.Optimizer, state: dict) -> dict:
+    state["param_groups"] = [{**group, "capturable": False} for group in state["param_groups"]]
+    return state

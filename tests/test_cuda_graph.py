@@ -46,6 +46,18 @@ def test_warmup_must_be_positive():
         CUDAGraphUpdate(lambda batch, step: {}, [], warmup=0)
 
 
+def test_checkpointed_optimizer_state_keeps_capturable_off_and_loading_resets_the_graphs():
+    agent = SACAgent(OBS, ACT, SACConfig(hidden=(8, 8)))
+    graph = CUDAGraphUpdate(lambda batch, step: {}, agent.optimizers().values())
+    for group in agent.critic_optimizer.param_groups:
+        group["capturable"] = True  # as a capture leaves it
+    saved = agent.critic_optimizer.state_dict()
+    assert not any(group["capturable"] for group in saved["param_groups"])
+    graph.graphs[None], graph.eager_calls[None] = "captured", 3
+    agent.critic_optimizer.load_state_dict(saved)
+    assert graph.graphs == {} and graph.eager_calls == {}
+
+
 def test_sac_compile_on_cpu_is_refused():
     with pytest.raises(OfflineRLError, match="needs device='cuda'"):
         offrl.SAC(device="cpu", compile=True)
@@ -134,13 +146,33 @@ def test_agents_fit_with_compile_on_cuda_and_resume(algorithm, tmp_path):
                                         rng.uniform(-1, 1, size=(n, ACT)).astype(np.float32),
                                         rng.normal(size=n).astype(np.float32), np.zeros(n), np.arange(n) % 100 == 99,
                                         device="cuda")
-    small = dict(actor_hidden=(16, 16), critic_hidden=(16, 16), batch_size=32) if algorithm == "CQL" else \
-        dict(hidden=(16, 16), batch_size=32)
+    small = dict(actor_hidden=(16, 16), critic_hidden=(16, 16), batch_size=32, bc_steps=10) if algorithm == "CQL" \
+        else dict(hidden=(16, 16), batch_size=32)
     make = (lambda: offrl.CQL("fast", device="cuda", compile=True, **small)) if algorithm == "CQL" else \
         (lambda: offrl.SAC(device="cuda", compile=True, **small))
-    report = make().fit(dataset, 30, eval_env=False, log_every=10, checkpoint_every=20, run_dir=tmp_path / "run",
-                        show_progress=False)
+    agent = make()
+    report = agent.fit(dataset, 30, eval_env=False, log_every=10, checkpoint_every=20, run_dir=tmp_path / "run",
+                       show_progress=False)
     assert report.updates == 30
+    networks, graph = agent._graph
+    assert networks is agent.networks
+    assert set(graph.graphs) == ({True, False} if algorithm == "CQL" else {None})  # CQL: the BC warm-up's graph too
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert not any(group["capturable"] for state in checkpoint["optimizers"].values()
+                   for group in state["param_groups"])  # an eager resume gets the optimiser it would have had
     resumed = make().fit(dataset, 40, eval_env=False, log_every=10, checkpoint_every=20, run_dir=tmp_path / "run",
                          resume=True, show_progress=False)
     assert resumed.updates == 40
+
+
+@needs_cuda
+def test_optimizer_state_loaded_after_capture_drops_the_graphs():
+    config = SACConfig(hidden=(8, 8))
+    agent = SACAgent(OBS, ACT, config).cuda()
+    graph = CUDAGraphUpdate(lambda batch, step: sac_update(agent, batch, config), agent.optimizers().values(),
+                            warmup=1)
+    for step, batch in enumerate(_batches(3, "cuda")):
+        graph(batch, step)
+    assert set(graph.graphs) == {None}
+    agent.critic_optimizer.load_state_dict(agent.critic_optimizer.state_dict())  # new state tensors
+    assert graph.graphs == {} and graph.static_batch is None  # warmed up and captured again on the next calls

@@ -113,11 +113,19 @@ def test_the_command_line_writes_the_rows_and_prints_them(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv", [["--only", "matmull"], ["--against-d3rlpy", "python", "--only", "matmul"],
-                                  ["--cuda-graph", "--only", "updates"],
-                                  ["--cuda-graph", "--compile", "--device", "cuda", "--only", "updates"]])
+                                  ["--cuda-graph", "--only", "updates"]])
 def test_the_command_line_turns_refusals_into_exit_code_2(tmp_path, capsys, argv):
     from benchmarks.bench import main
 
     assert main([*argv, "--out", str(tmp_path / "bench.csv")]) == 2
     assert "error: --" in capsys.readouterr().err
+    assert not (tmp_path / "bench.csv").exists()
+
+
+def test_cuda_graph_refuses_the_cpu_and_compile(tmp_path):
+    from benchmarks.bench import run_bench
+    from offrl.errors import OfflineRLError
+
+    with pytest.raises(OfflineRLError, match="--cuda-graph: needs --device cuda"):
+        run_bench(tmp_path / "bench.csv", include=("updates",), cuda_graph=True)
     assert not (tmp_path / "bench.csv").exists()

@@ -161,11 +161,22 @@ def test_online_episodes_enter_the_buffer_normalized_scaled_and_with_their_retur
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_fine_tuning_with_compile_on_cuda_replays_whole_update_graphs(offline_run, tmp_path):
+def test_fine_tuning_with_compile_on_cuda_replays_whole_update_graphs(offline_run, tmp_path, monkeypatch):
     import dataclasses
 
+    import offrl.train.finetune as finetune_module
+
+    made = []
+
+    class Recorded(finetune_module.CUDAGraphUpdate):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(finetune_module, "CUDAGraphUpdate", Recorded)
     settings = dataclasses.replace(_finetune_run(400, calibrated=True), device="cuda", compile=True)
     report = finetune(offline_run, settings, tmp_path / "ft", show_progress=False)
+    assert len(made) == 1 and set(made[0].graphs) == {False}  # every online update replayed the one graph
     metrics = pd.read_csv(tmp_path / "ft" / "metrics.csv")
     assert metrics["buffer_size"].tolist() == [0, 200, 200, 400]
     assert metrics[["critic_loss", "cql_loss", "actor_loss"]].notna().all().all()

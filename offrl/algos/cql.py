@@ -222,6 +222,17 @@ def cql_critic_loss(agent: CQLAgent, batch: Batch, config: CQLConfig, target: to
     return bellman_loss, gap, diagnostics
 
 
+# torch up to 2.10 keeps the bf16 weight casts that autocast caches under no_grad and hands them to later
+# grad-mode passes in the same autocast region, which then give those weights no gradient (pytorch#158232, fixed
+# by pytorch#165068). Every update here makes such passes first (targets, sampled actions), so on those releases
+# the cache is off: each use casts again, which is correct everywhere and a little slower.
+def autocast_cache_is_safe(torch_version: str) -> bool:
+    return tuple(int(part) for part in torch_version.split("+")[0].split(".")[:2]) >= (2, 11)
+
+
+AUTOCAST_CACHE = autocast_cache_is_safe(torch.__version__)
+
+
 def autocast_for(config: CQLConfig, device: torch.device | str):
     """The numeric context every update of this config runs in (bf16 autocast or a no-op). Training in bf16 on
     a CPU without bf16 instructions warns (once per call site: Python's default warning filter)."""
@@ -230,7 +241,8 @@ def autocast_for(config: CQLConfig, device: torch.device | str):
         warnings.warn("precision bf16 on a CPU without AVX512-BF16 or AMX: its bf16 matrix products are emulated, "
                       "many times slower than fp32 (evaluation/RESULTS.md); use precision fp32 on this machine "
                       "(--set precision=fp32, or a config without -bf16)", stacklevel=2)
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16",
+                          cache_enabled=AUTOCAST_CACHE)
 
 
 def cql_losses(agent: CQLAgent, batch: Batch, config: CQLConfig, behaviour_cloning: bool

@@ -400,3 +400,28 @@ def test_alpha_prime_is_clamped_and_each_loss_reaches_only_its_own_parameters():
         total.backward()
         assert (agent.log_alpha_prime.grad is not None) == lagrange  # no loss reaches α′ without Lagrange
         assert all(p.grad is None for p in agent.critic_target.parameters())
+
+
+@pytest.mark.parametrize("version, safe", [("2.4.1+cpu", False), ("2.10.0+cu128", False), ("2.11.0+cu130", True),
+                                           ("2.13.0+cpu", True)])
+def test_autocast_weight_cache_is_used_only_where_torch_fixed_its_no_grad_bug(version, safe):
+    from offrl.algos.cql import autocast_cache_is_safe
+
+    assert autocast_cache_is_safe(version) is safe
+
+
+def test_bf16_weights_get_gradients_after_a_no_grad_pass_in_the_same_autocast_region():
+    # what every update does: targets and sampled actions under no_grad first, then the losses
+    import warnings
+
+    config = CQLConfig(actor_hidden=(16, 16), critic_hidden=(16, 16), precision="bf16")
+    agent = CQLAgent(5, 2, config)
+    observations = torch.randn(8, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16 emulated on a CPU without native bf16
+        with autocast_for(config, "cpu"):
+            with torch.no_grad():
+                agent.actor(observations)
+            mean, log_std = agent.actor(observations)
+            (mean.float().square().sum() + log_std.float().sum()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.actor.parameters())

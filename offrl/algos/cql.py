@@ -224,7 +224,8 @@ def cql_critic_loss(agent: CQLAgent, batch: Batch, config: CQLConfig, target: to
 
 # torch up to 2.10 keeps the bf16 weight casts that autocast caches under no_grad and hands them to later
 # grad-mode passes in the same autocast region, which then give those weights no gradient (pytorch#158232, fixed
-# by pytorch#165068). Every update here makes such passes first (targets, sampled actions), so on those releases
+# by pytorch#165068, merged 2025-12-10; ultralytics/thop 2.2.4's release note puts the affected releases at 2.10
+# and older). Every update here makes such passes first (targets, sampled actions), so on those releases
 # the cache is off: each use casts again, which is correct everywhere and a little slower.
 def autocast_cache_is_safe(torch_version: str) -> bool:
     return tuple(int(part) for part in torch_version.split("+")[0].split(".")[:2]) >= (2, 11)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from offrl.algos.cql import AUTOCAST_CACHE, CQLAgent, CQLConfig, compiled_cql_losses, cql_losses, cql_update
+from offrl.algos.cql import CQLAgent, CQLConfig, bf16_autocast, compiled_cql_losses, cql_losses, cql_update
 from offrl.algos.sac import SACAgent, SACConfig, sac_update
 from offrl.cli import positive_int
 from offrl.cpu_kernels import fused_cpu_kernels
@@ -115,8 +115,7 @@ def _cql_update_rate(buffer: ReplayBuffer, hidden: tuple[int, ...], precision: s
     """CQL updates/s of a fresh agent with `hidden` actor and critics (batch 256, 10 action samples)."""
     config = CQLConfig(actor_hidden=hidden, critic_hidden=hidden)
     agent = CQLAgent(OBS_DIM, ACT_DIM, config).to(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16",
-                              cache_enabled=AUTOCAST_CACHE)
+    autocast = bf16_autocast(device.type, precision == "bf16")
     update = lambda batch, index: cql_update(agent, batch, config, index, losses)  # noqa: E731
     if cuda_graph:
         update = CUDAGraphUpdate(update, agent.optimizers().values())
@@ -162,8 +161,7 @@ def run_bench(out: Path, seconds: float = 20.0,
         sac_suffix = suffix if cuda_graph else ""
         for size_name, hidden in (sizes or DEFAULT_SIZES).items():
             for precision in ("fp32", "bf16"):
-                autocast = torch.autocast(device_.type, dtype=torch.bfloat16, enabled=precision == "bf16",
-                                          cache_enabled=AUTOCAST_CACHE)
+                autocast = bf16_autocast(device_.type, precision == "bf16")
                 sac_config = SACConfig(hidden=hidden)
                 sac_agent = SACAgent(OBS_DIM, ACT_DIM, sac_config).to(device_)
 

@@ -75,7 +75,7 @@ class Agent:
         self.config = config_with_overrides(config, overrides, f"{type(self).__name__} arguments")
         self.device = resolve_device(device)
         self.networks: SACAgent | None = None
-        self._graph: tuple[torch.nn.Module, CUDAGraphUpdate] | None = None  # compile on CUDA: (networks, graph)
+        self._graph: CUDAGraphUpdate | None = None  # compile on CUDA: the networks' update, captured
         self.normalizer: ObservationNormalizer | None = None
         self.reward_scale = 1.0
         self.env_id: str | None = None
@@ -97,7 +97,7 @@ class Agent:
         self.normalizer = normalizer or ObservationNormalizer.identity(obs_dim, self.device)
         self.reward_scale = reward_scale
         self.networks = self._make_networks(obs_dim, act_dim).to(self.device)
-        self._graph = None  # captured for the networks replaced just now: let its memory go
+        self._graph = None  # captured for the networks replaced just now: capture again, let its memory go
 
     def _built(self) -> SACAgent:
         if self.networks is None:
@@ -110,12 +110,10 @@ class Agent:
 
     def _graphed(self, update, batch: Batch, step: int, phase=lambda step: None) -> dict[str, torch.Tensor]:
         """`update(batch, step)` replayed as one CUDA graph (offrl.cuda_graph), captured again whenever the
-        networks are rebuilt (a new `fit` or `load`)."""
-        networks, graph = self._graph or (None, None)
-        if graph is None or networks is not self.networks:
-            graph = CUDAGraphUpdate(update, self._built().optimizers().values(), phase)
-            self._graph = (self.networks, graph)
-        return graph(batch, step)
+        networks are rebuilt (`build`, from a new `fit` or `load`, drops the graph)."""
+        if self._graph is None:
+            self._graph = CUDAGraphUpdate(update, self._built().optimizers().values(), phase)
+        return self._graph(batch, step)
 
     # --- training -----------------------------------------------------------------------------------------
     def fit(self, dataset: OfflineDataset | str, n_steps: int, *, seed: int = 0, eval_env: str | None | bool = True,

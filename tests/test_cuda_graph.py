@@ -124,14 +124,20 @@ def test_cql_replays_equal_eager_updates_across_the_behaviour_cloning_switch(cal
     _assert_same(first, second, eager, graphed, {k: v.cuda() for k, v in start.items()})
 
 
-@needs_cuda
-def test_a_batch_of_another_shape_is_refused_after_capture():
+def _captured_sac_graph(updates: int) -> tuple[SACAgent, CUDAGraphUpdate]:
+    """A small SAC agent's update, warmed up once and captured, after `updates` calls."""
     config = SACConfig(hidden=(8, 8))
     agent = SACAgent(OBS, ACT, config).cuda()
     graph = CUDAGraphUpdate(lambda batch, step: sac_update(agent, batch, config), agent.optimizers().values(),
                             warmup=1)
-    for step, batch in enumerate(_batches(2, "cuda")):
+    for step, batch in enumerate(_batches(updates, "cuda")):
         graph(batch, step)
+    return agent, graph
+
+
+@needs_cuda
+def test_a_batch_of_another_shape_is_refused_after_capture():
+    _, graph = _captured_sac_graph(2)
     smaller = Batch(**{k: v[:10] for k, v in vars(_batches(1, "cuda")[0]).items() if v is not None})
     with pytest.raises(OfflineRLError, match="changed shape"):
         graph(smaller, 2)
@@ -154,8 +160,8 @@ def test_agents_fit_with_compile_on_cuda_and_resume(algorithm, tmp_path):
     report = agent.fit(dataset, 30, eval_env=False, log_every=10, checkpoint_every=20, run_dir=tmp_path / "run",
                        show_progress=False)
     assert report.updates == 30
-    networks, graph = agent._graph
-    assert networks is agent.networks
+    graph = agent._graph
+    assert graph.optimizers == list(agent.networks.optimizers().values())  # captured for these networks
     assert set(graph.graphs) == ({True, False} if algorithm == "CQL" else {None})  # CQL: the BC warm-up's graph too
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert not any(group["capturable"] for state in checkpoint["optimizers"].values()
@@ -167,12 +173,7 @@ def test_agents_fit_with_compile_on_cuda_and_resume(algorithm, tmp_path):
 
 @needs_cuda
 def test_optimizer_state_loaded_after_capture_drops_the_graphs():
-    config = SACConfig(hidden=(8, 8))
-    agent = SACAgent(OBS, ACT, config).cuda()
-    graph = CUDAGraphUpdate(lambda batch, step: sac_update(agent, batch, config), agent.optimizers().values(),
-                            warmup=1)
-    for step, batch in enumerate(_batches(3, "cuda")):
-        graph(batch, step)
+    agent, graph = _captured_sac_graph(3)
     assert set(graph.graphs) == {None}
     agent.critic_optimizer.load_state_dict(agent.critic_optimizer.state_dict())  # new state tensors
     assert graph.graphs == {} and graph.static_batch is None  # warmed up and captured again on the next calls

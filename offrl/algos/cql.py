@@ -234,6 +234,11 @@ def autocast_cache_is_safe(torch_version: str) -> bool:
 AUTOCAST_CACHE = autocast_cache_is_safe(torch.__version__)
 
 
+def bf16_autocast(device_type: str, enabled: bool) -> torch.autocast:
+    """bf16 autocast (a no-op when not `enabled`), its weight cache on only where torch gets it right."""
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled, cache_enabled=AUTOCAST_CACHE)
+
+
 def autocast_for(config: CQLConfig, device: torch.device | str):
     """The numeric context every update of this config runs in (bf16 autocast or a no-op). Training in bf16 on
     a CPU without bf16 instructions warns (once per call site: Python's default warning filter)."""
@@ -242,8 +247,7 @@ def autocast_for(config: CQLConfig, device: torch.device | str):
         warnings.warn("precision bf16 on a CPU without AVX512-BF16 or AMX: its bf16 matrix products are emulated, "
                       "many times slower than fp32 (evaluation/RESULTS.md); use precision fp32 on this machine "
                       "(--set precision=fp32, or a config without -bf16)", stacklevel=2)
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16",
-                          cache_enabled=AUTOCAST_CACHE)
+    return bf16_autocast(device_type, config.precision == "bf16")
 
 
 def cql_losses(agent: CQLAgent, batch: Batch, config: CQLConfig, behaviour_cloning: bool

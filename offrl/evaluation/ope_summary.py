@@ -243,7 +243,8 @@ def plot_ope_curves(curves: pd.DataFrame, ranges: dict[tuple, float], out_dir: P
         colours = {policy: plt.cm.tab10(i % 10) for i, policy in enumerate(policies)}
         datasets = sorted(group["dataset_id"].unique())
         styles = {dataset_id: ("-", "--", ":", "-.")[i % 4] for i, dataset_id in enumerate(datasets)}
-        fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 4.2), sharey=True, squeeze=False)
+        # each panel its own y scale: an estimator that never settles would flatten the others' curves
+        fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 4.4), squeeze=False)
         for ax, ((method, alpha, mu, gamma, updates, deterministic, config), rows) in zip(axes[0], settings,
                                                                                        strict=True):
             for _, curve in rows.groupby("run_dir", sort=True):  # one line per estimate
@@ -253,7 +254,7 @@ def plot_ope_curves(curves: pd.DataFrame, ranges: dict[tuple, float], out_dir: P
                         linestyle=styles[curve["dataset_id"].iloc[0]])
             ax.axhline(0.0, color="grey", linewidth=0.8)
             title = method if alpha == "-" else f"{method} (α {alpha:g}, μ {mu})"
-            ax.set_title(f"{title}{', deterministic π' if deterministic is True else ''}, γ {gamma:g}, {updates} upd., "
+            ax.set_title(f"{title}{', deterministic π' if deterministic is True else ''}\nγ {gamma:g}, {updates} upd., "
                          f"config {config}", fontsize=9)
             ax.set_xlabel("critic updates")
         axes[0][0].set_ylabel("(V̂ − final V̂) / value range")

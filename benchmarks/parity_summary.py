@@ -96,6 +96,12 @@ def read_parity_runs(runs: Path) -> pd.DataFrame:
     if updates.nunique() != 1:
         raise OfflineRLError(f"parity runs {runs}: the runs end at different updates "
                              f"({', '.join(f'{i} seed {s}: {u}' for (i, s), u in updates.items())})")
+    grids = table.groupby(["impl", "seed"])["step"].apply(lambda steps: tuple(sorted(steps.unique())))
+    if grids.nunique() != 1:  # the late mean averages the last evaluations: they must be the same steps
+        (impl, seed), grid = next(((key, g) for key, g in grids.items() if g != grids.iloc[0]))
+        raise OfflineRLError(f"parity runs {runs}: the runs evaluate at different steps ({impl} seed {seed}: "
+                             f"{', '.join(map(str, grid))}; {grids.index[0][0]} seed {grids.index[0][1]}: "
+                             f"{', '.join(map(str, grids.iloc[0]))})")
     return table
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 
 from offrl.errors import OfflineRLError
 from offrl.evaluation.leaderboard import (
+    MIN_SEEDS_FOR_CI,
     _plot_over_seeds,
     _pyplot,
     _save_figure,
@@ -147,9 +148,9 @@ def evidence_rows(frame: pd.DataFrame, steps: int, sweep_ids: Sequence[str] | No
 
 def per_dataset(frame: pd.DataFrame, phase: str = "offline", min_steps: int | None = None) -> pd.DataFrame:
     """One row per (dataset, algorithm, config, steps) over seeds: final normalized return as mean ± sample std
-    (ddof 1) and IQM with its 95% stratified-bootstrap CI (one task, the seeds as runs), the mean best score, the
-    mean normalized Q bias, and how many git commits the rows come from (more than one: code changed between
-    seeds). Budgets are kept apart; `min_steps` leaves out shorter runs."""
+    (ddof 1) and IQM with its 95% stratified-bootstrap CI (one task, the seeds as runs; from MIN_SEEDS_FOR_CI
+    seeds on), the mean best score, the mean normalized Q bias, and how many git commits the rows come from (more
+    than one: code changed between seeds). Budgets are kept apart; `min_steps` leaves out shorter runs."""
     rows = frame[frame["phase"] == phase]
     if min_steps is not None:
         rows = rows[rows["steps"] >= min_steps]
@@ -158,8 +159,8 @@ def per_dataset(frame: pd.DataFrame, phase: str = "offline", min_steps: int | No
     table = []
     for key, group in rows.groupby(CELL, sort=True):
         final = group["final_normalized_return"].to_numpy(dtype=float)
-        low, high = (stratified_bootstrap_ci(final[:, None], iqm_of_each, CI_RESAMPLES) if len(final) > 1
-                     else (math.nan, math.nan))  # one seed: no spread to resample
+        low, high = (stratified_bootstrap_ci(final[:, None], iqm_of_each, CI_RESAMPLES)
+                     if len(final) >= MIN_SEEDS_FOR_CI else (math.nan, math.nan))
         table.append({**dict(zip(CELL, key, strict=True)), "seeds": len(final),
                       "commits": int(group["git_commit"].nunique()) if "git_commit" in group else 0,
                       "final_mean": final.mean(), "final_std": final.std(ddof=1) if len(final) > 1 else math.nan,
@@ -210,8 +211,8 @@ def across_datasets(frame: pd.DataFrame, datasets: Sequence[str] | None = None,
                     algorithms: Sequence[str] | None = None) -> pd.DataFrame:
     """Per algorithm (and config), rliable's aggregates over all datasets of the seeds × datasets matrix of final
     normalized returns: IQM, mean, median and optimality gap (below the expert's 100), each with its 95%
-    stratified-bootstrap CI; `seeds` is how many seeds every dataset has (the ones used), `runs_left_out` the runs
-    of other seeds. `frame` must hold one training budget (see `evidence_rows`)."""
+    stratified-bootstrap CI (from MIN_SEEDS_FOR_CI common seeds on); `seeds` is how many seeds every dataset has
+    (the ones used), `runs_left_out` the runs of other seeds. `frame` must hold one training budget (see `evidence_rows`)."""
     datasets, entries = _score_matrices(frame, datasets, algorithms)
     statistics = _statistics()
     table = []
@@ -225,7 +226,7 @@ def across_datasets(frame: pd.DataFrame, datasets: Sequence[str] | None = None,
             if len(matrix) == 0:
                 row.update({name: math.nan, f"{name}_ci_low": math.nan, f"{name}_ci_high": math.nan})
                 continue
-            low, high = (stratified_bootstrap_ci(matrix, of_each, CI_RESAMPLES) if len(matrix) > 1
+            low, high = (stratified_bootstrap_ci(matrix, of_each, CI_RESAMPLES) if len(matrix) >= MIN_SEEDS_FOR_CI
                          else (math.nan, math.nan))
             row.update({name: float(of_one(matrix)), f"{name}_ci_low": float(low), f"{name}_ci_high": float(high)})
         table.append(row)

@@ -189,11 +189,14 @@ def read_leaderboard(path: Path) -> pd.DataFrame:
 
 
 def iqm(values: np.ndarray) -> float:
-    """Interquartile mean: the mean of the middle 50% (Agarwal et al. 2021, rliable; scipy trim_mean 0.25).
+    """Interquartile mean: the mean of the middle 50% (Agarwal et al. 2021, rliable; scipy trim_mean 0.25); NaN
+    if any value is NaN (as the mean beside it is), rather than a NaN silently trimmed away.
 
     Kept in numpy rather than calling `rliable.metrics.aggregate_iqm` (the same trim_mean, checked equal in
     tests/evaluation/test_aggregate.py) so `offrl leaderboard` needs no optional package."""
     x = np.sort(np.asarray(values, dtype=np.float64))
+    if np.isnan(x).any():
+        return float("nan")
     cut = int(0.25 * len(x))
     return float(x[cut: len(x) - cut].mean())
 
@@ -221,10 +224,16 @@ def stratified_bootstrap_ci(scores: np.ndarray, statistic_of_each: Callable[[np.
     return low, high
 
 
+# With two seeds the percentile bootstrap can only return the [min, max] of the two, an interval that covers the
+# statistic about half the time: a CI is reported from three seeds on (NaN, shown blank, below).
+MIN_SEEDS_FOR_CI = 3
+
+
 def bootstrap_ci(values: np.ndarray, statistic=iqm, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap 95% CI of `statistic` over seeds: the one-task case of `stratified_bootstrap_ci`."""
+    """Percentile bootstrap 95% CI of `statistic` over seeds: the one-task case of `stratified_bootstrap_ci`;
+    NaN below MIN_SEEDS_FOR_CI seeds."""
     x = np.asarray(values, dtype=np.float64)
-    if len(x) < 2:
+    if len(x) < MIN_SEEDS_FOR_CI:
         return float("nan"), float("nan")
     low, high = stratified_bootstrap_ci(x[:, None], lambda stack: np.array([statistic(m[:, 0]) for m in stack]),
                                         resamples, seed)
@@ -232,15 +241,20 @@ def bootstrap_ci(values: np.ndarray, statistic=iqm, resamples: int = 2000, seed:
 
 
 def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, algorithm, config, phase), over seeds; the latest row of each run id counts."""
+    """One row per (dataset, algorithm, config, phase, training budget) over seeds. A run's latest row counts (a
+    fine-tuning run: its longest), and of several runs of one seed at one budget the last appended (a re-run
+    replaces its seed instead of counting twice). Budgets are never pooled: offline `steps`, and for fine-tuning
+    also `online_steps`."""
     frame = frame.drop_duplicates(subset=["run_id", "phase", "online_steps"], keep="last")
-    frame = frame.sort_values("online_steps").drop_duplicates(subset=["run_id", "phase"], keep="last")
+    frame = frame.sort_values("online_steps", kind="stable").drop_duplicates(subset=["run_id", "phase"], keep="last")
+    frame = frame.assign(online_steps=frame["online_steps"].fillna(0).astype(int))
+    frame = frame.sort_index().drop_duplicates(subset=[*GROUP, "steps", "online_steps", "seed"], keep="last")
     rows = []
-    for key, group in frame.groupby(GROUP, dropna=False, sort=True):
+    for key, group in frame.groupby([*GROUP, "steps", "online_steps"], dropna=False, sort=True):
         final = group["final_normalized_return"].to_numpy(dtype=float)
         low, high = bootstrap_ci(final)
-        rows.append({**dict(zip(GROUP, key, strict=True)), "seeds": int(group["seed"].nunique()),
-                     "steps": int(group["steps"].max()), "online_steps": int(group["online_steps"].fillna(0).max()),
+        rows.append({**dict(zip(GROUP, key, strict=False)), "seeds": len(group),
+                     "steps": int(key[len(GROUP)]), "online_steps": int(key[len(GROUP) + 1]),
                      "final_mean": final.mean(), "final_iqm": iqm(final),
                      # the sample std over seeds (ddof 1), as rliable and the papers report; none for one seed
                      "final_std": final.std(ddof=1) if len(final) > 1 else float("nan"),

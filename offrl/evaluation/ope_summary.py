@@ -108,7 +108,8 @@ def collect_ope_curves(frame: pd.DataFrame, previous: pd.DataFrame | None = None
 
 
 def _late_drift(curves: pd.DataFrame) -> pd.Series:
-    """Per run folder: |V̂ at the end − V̂ at the last point at or before ¾ of the updates| (NaN without one)."""
+    """Per estimate (run folder and its updates: a folder resumed to a longer budget holds two curves): |V̂ at the
+    end − V̂ at the last point at or before ¾ of the updates| (NaN without one)."""
     def drift(curve: pd.DataFrame) -> float:
         curve = curve.sort_values("step")
         earlier = curve[curve["step"] <= 0.75 * float(curve["updates"].iloc[0])]
@@ -116,46 +117,63 @@ def _late_drift(curves: pd.DataFrame) -> pd.Series:
             return float("nan")
         return abs(float(curve["estimate"].iloc[-1]) - float(earlier["estimate"].iloc[-1]))
 
-    return curves.groupby("run_dir").apply(drift, include_groups=False) if not curves.empty else pd.Series(
-        dtype=float)
+    if curves.empty:
+        return pd.Series(dtype=float)
+    keyed = curves.assign(_updates=curves["updates"].astype(int))
+    return keyed.groupby(["run_dir", "_updates"]).apply(drift, include_groups=False)
 
 
-def ope_metrics(frame: pd.DataFrame, curves: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per estimator setting (SETTING): the DOPE metrics over every policy, dataset and seed of its env,
-    and, given the estimates' curves, how far they still moved over the last quarter of the updates."""
+def ope_metrics(frame: pd.DataFrame, curves: pd.DataFrame | None = None, by_dataset: bool = False) -> pd.DataFrame:
+    """One row per estimator setting (SETTING), the DOPE metrics over every policy, dataset tier and seed of its
+    env (`dataset_id` "all"); with `by_dataset`, one row per setting and tier, as DOPE reports them. Given the
+    estimates' curves, also how far they still moved over the last quarter of the updates.
+
+    Spearman ρ and regret@1 are computed per (tier, seed) over the policies and then averaged. An estimator whose
+    estimates are all equal ranks nothing: its ρ counts as 0 (Spearman's is undefined there), and its regret@1 is
+    the expected regret of a uniformly random pick among the tied best (as for any tie at the top). A non-finite
+    estimate (a critic that diverged) is counted in `non_finite` and left out of every metric."""
     from scipy.stats import spearmanr
 
     frame = _with_group_keys(frame)
     ranges = _value_ranges(frame)
     drifts = _late_drift(curves) if curves is not None else pd.Series(dtype=float)
+    keys = [*SETTING, "dataset_id"] if by_dataset else SETTING
     rows = []
-    for setting, group in frame.groupby(SETTING, sort=True):
-        env, method, alpha, mu, gamma, updates, deterministic, config = setting
+    for key, group in frame.groupby(keys, sort=True):
+        env, method, alpha, mu, gamma, updates, deterministic, config = key[:len(SETTING)]
         value_range = ranges[(env, gamma, deterministic)]
+        finite = group[np.isfinite(group["estimate"].to_numpy(dtype=float))]
         correlations, regrets = [], []
-        for _, ranked in group.groupby(["dataset_id", "seed"]):
+        for _, ranked in finite.groupby(["dataset_id", "seed"]):
             if ranked["policy"].nunique() < 2:
                 continue
-            if ranked["estimate"].nunique() > 1 and ranked["true_value"].nunique() > 1:
-                correlations.append(float(spearmanr(ranked["estimate"], ranked["true_value"]).statistic))
-            chosen = ranked.loc[ranked["estimate"].idxmax(), "true_value"]
+            if ranked["true_value"].nunique() > 1:
+                correlations.append(0.0 if ranked["estimate"].nunique() == 1
+                                    else float(spearmanr(ranked["estimate"], ranked["true_value"]).statistic))
+            chosen = ranked.loc[ranked["estimate"] == ranked["estimate"].max(), "true_value"].mean()
             regrets.append(float(ranked["true_value"].max() - chosen) / value_range)
-        rows.append({"env": env, "method": method, "alpha": alpha, "mu": mu, "gamma": gamma, "updates": updates,
+        rows.append({"env": env, "dataset_id": key[-1] if by_dataset else "all", "method": method, "alpha": alpha,
+                     "mu": mu, "gamma": gamma, "updates": updates,
                      "deterministic": deterministic, "config_hash": config,
                      "policies": int(group["policy"].nunique()),
                      "datasets": int(group["dataset_id"].nunique()), "estimates": len(group),
-                     "value_range": value_range,
-                     "abs_error_normalized": float((group["estimate"] - group["true_value"]).abs().mean()
-                                                   / value_range),
+                     "non_finite": len(group) - len(finite), "value_range": value_range,
+                     "abs_error_normalized": float((finite["estimate"] - finite["true_value"]).abs().mean()
+                                                   / value_range) if len(finite) else float("nan"),
                      "rank_correlation": float(np.mean(correlations)) if correlations else float("nan"),
                      "regret_at_1": float(np.mean(regrets)) if regrets else float("nan"),
-                     "lower_bound_rate": float((group["estimate"] <= group["true_value"]).mean()),
-                     "late_drift_max": _max_drift(drifts, group["run_dir"]) / value_range})
+                     "lower_bound_rate": float((finite["estimate"] <= finite["true_value"]).mean())
+                     if len(finite) else float("nan"),
+                     "late_drift_max": _max_drift(drifts, group[["run_dir", "updates"]]) / value_range})
     return pd.DataFrame(rows)
 
 
-def _max_drift(drifts: pd.Series, run_dirs: pd.Series) -> float:
-    known = drifts.reindex(run_dirs.dropna()).dropna()
+def _max_drift(drifts: pd.Series, estimates: pd.DataFrame) -> float:
+    estimates = estimates.dropna()
+    if estimates.empty or drifts.empty:
+        return float("nan")
+    keys = pd.MultiIndex.from_arrays([estimates["run_dir"], estimates["updates"].astype(int)])
+    known = drifts.reindex(keys).dropna()
     return float(known.max()) if not known.empty else float("nan")
 
 
@@ -164,28 +182,43 @@ def read_ope_curves(path: Path) -> pd.DataFrame | None:
 
 
 def write_ope_summary(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """ope_summary.csv, ope_summary.md, ope_curves.csv (the estimates' curves, updated from the run folders that
+    """ope_summary.csv (per env and setting), ope_summary_by_dataset.csv (per tier too), ope_summary.md (both),
+    ope_curves.csv (the estimates' curves, updated from the run folders that
     exist), one scatter plot per env (estimate vs truth) and one plot of the curves per env into `out_dir`."""
     out_dir = Path(out_dir)
     curves_path = out_dir / "ope_curves.csv"
     curves = collect_ope_curves(frame, read_ope_curves(curves_path))
     metrics = ope_metrics(frame, curves)
-    lines = ["| env | method | α | μ | updates | config | policies | datasets | estimates | abs. error / range | "
+    per_tier = ope_metrics(frame, curves, by_dataset=True)
+    lines = ["Over each env's policies, dataset tiers and seeds (ρ and regret@1: per tier and seed, then averaged):",
+             "", "| env | method | α | μ | updates | config | policies | datasets | estimates | abs. error / range | "
              "Spearman ρ | regret@1 | lower-bound rate | last-quarter drift / range |", "|" + "---|" * 14]
     for r in metrics.itertuples():
         lines.append(f"| {r.env} | {r.method} | {r.alpha} | {r.mu} | {r.updates} | {r.config_hash} | {r.policies} | "
-                     f"{r.datasets} | "
-                     f"{r.estimates} | "
-                     f"{r.abs_error_normalized:.3f} | {r.rank_correlation:.2f} | {r.regret_at_1:.3f} | "
-                     f"{r.lower_bound_rate:.2f} | {r.late_drift_max:.3f} |")
+                     f"{r.datasets} | {_estimates_cell(r)} | {r.abs_error_normalized:.3f} | {r.rank_correlation:.2f} | "
+                     f"{r.regret_at_1:.3f} | {r.lower_bound_rate:.2f} | {r.late_drift_max:.3f} |")
+    lines += ["", "Per dataset tier (DOPE's unit):", "",
+              "| env | dataset | method | α | μ | updates | config | policies | estimates | abs. error / range | "
+              "Spearman ρ | regret@1 | lower-bound rate | last-quarter drift / range |", "|" + "---|" * 14]
+    for r in per_tier.itertuples():
+        lines.append(f"| {r.env} | {r.dataset_id} | {r.method} | {r.alpha} | {r.mu} | {r.updates} | {r.config_hash} | "
+                     f"{r.policies} | {_estimates_cell(r)} | {r.abs_error_normalized:.3f} | "
+                     f"{r.rank_correlation:.2f} | {r.regret_at_1:.3f} | {r.lower_bound_rate:.2f} | "
+                     f"{r.late_drift_max:.3f} |")
     csv_path, md_path = out_dir / "ope_summary.csv", out_dir / "ope_summary.md"
+    tier_path = out_dir / "ope_summary_by_dataset.csv"
     atomic_write_bytes(csv_path, metrics.to_csv(index=False).encode())
+    atomic_write_bytes(tier_path, per_tier.to_csv(index=False).encode())
     atomic_write_bytes(md_path, ("\n".join(lines) + "\n").encode())
-    written = [csv_path, md_path]
+    written = [csv_path, tier_path, md_path]
     if not curves.empty:
         atomic_write_bytes(curves_path, curves.to_csv(index=False).encode())
         written += [curves_path, *plot_ope_curves(curves, _value_ranges(_with_group_keys(frame)), out_dir)]
     return [*written, *plot_ope_scatter(frame, out_dir)]
+
+
+def _estimates_cell(r) -> str:
+    return f"{r.estimates}" + (f" ({r.non_finite} non-finite, left out)" if r.non_finite else "")
 
 
 def plot_ope_scatter(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -195,7 +228,8 @@ def plot_ope_scatter(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
 
     plt = _pyplot()
     written = []
-    for env, group in frame.groupby("env", sort=True):
+    finite = frame[np.isfinite(frame["estimate"].to_numpy(dtype=float))]  # the summary counts the others
+    for env, group in finite.groupby("env", sort=True):
         fig, ax = plt.subplots(figsize=(5.5, 5))
         for method, rows in group.groupby("method", sort=True):
             ax.scatter(rows["true_value"], rows["estimate"], label=method, alpha=0.7, s=18)

@@ -74,6 +74,8 @@ def test_equivalence_is_shown_only_when_the_difference_is_small_and_the_seeds_ag
         runs / "d3rlpy-seed2", 2, [0.0] * 4), "several dataset files"),
     (lambda runs: _offrl_run(runs / "offrl" / "cql-seed2", 2, [0.0] * 5) or _d3rlpy_run(
         runs / "d3rlpy-seed2", 2, [0.0] * 3, steps=(10, 20, 30)), "end at different updates"),
+    (lambda runs: _offrl_run(runs / "offrl" / "cql-seed2", 2, [0.0] * 5) or _d3rlpy_run(
+        runs / "d3rlpy-seed2", 2, [0.0] * 4, steps=(10, 25, 30, 40)), "evaluate at different steps (d3rlpy"),
 ])
 def test_mismatched_or_unfinished_runs_are_refused_by_name(tmp_path, capsys, spoil, message):
     runs = tmp_path / "parity"

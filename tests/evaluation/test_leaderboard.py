@@ -115,3 +115,22 @@ def test_learning_curves_are_the_mean_over_seeds_with_a_bootstrap_band(tmp_path)
     written = plot_leaderboard(pd.DataFrame(rows), tmp_path / "plots")
     assert written == [tmp_path / "plots" / "leaderboard_hc_medium-v0.png"] and written[0].stat().st_size > 0
     assert plot_leaderboard(pd.DataFrame(rows).assign(run_dir="/nonexistent"), tmp_path / "elsewhere") == []
+
+
+def test_aggregate_keeps_budgets_apart_and_counts_a_rerun_seed_once(tmp_path):
+    path = tmp_path / "lb.csv"
+    for seed, final in enumerate([40.0, 42.0, 44.0]):
+        append_row(path, {**_row(f"long{seed}", seed, final), "steps": 100000})
+    append_row(path, {**_row("long0-again", 0, 46.0), "steps": 100000})  # seed 0 re-run: replaces 40
+    for seed in range(2):
+        append_row(path, _row(f"short{seed}", seed, 10.0))  # 1000 updates: another budget
+    summary = aggregate(read_leaderboard(path)).set_index("steps")
+    assert summary.loc[100000, "seeds"] == 3 and summary.loc[100000, "final_mean"] == pytest.approx(44.0)
+    assert summary.loc[1000, "seeds"] == 2 and summary.loc[1000, "final_mean"] == pytest.approx(10.0)
+    # two seeds: a percentile bootstrap could only return their [min, max], so no CI is given
+    assert np.isnan(summary.loc[1000, "iqm_ci_low"]) and np.isfinite(summary.loc[100000, "iqm_ci_low"])
+
+
+def test_iqm_of_scores_with_a_nan_is_nan_not_a_trimmed_mean():
+    assert np.isnan(iqm(np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, np.nan])))
+    assert bootstrap_ci(np.array([1.0, 2.0])) == pytest.approx((np.nan, np.nan), nan_ok=True)

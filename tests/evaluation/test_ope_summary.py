@@ -155,3 +155,41 @@ def test_a_run_folder_counts_once_per_number_of_updates(tmp_path):
     pd.DataFrame(rows + [again], columns=list(OPE_COLUMNS)).to_csv(path, index=False)
     frame = read_ope_results(path)
     assert len(frame) == 3 and frame.loc[frame["policy"] == "p0", "estimate"].item() == 12.0
+
+
+def test_non_finite_estimates_ties_and_constant_estimators(tmp_path):
+    """A diverged (NaN) estimate is counted and left out of every metric; a tie at the top costs the expected
+    regret of a random pick among the tied; an estimator with one value for every policy ranks nothing (ρ 0)."""
+    rows = (_rows("fqe", (10.0, float("nan"), 120.0)) + _rows("cql-v", (5.0, 5.0, 5.0))
+            + _rows("cql-q", (0.0, 60.0, 60.0)))
+    path = tmp_path / "ope.csv"
+    pd.DataFrame(rows, columns=list(OPE_COLUMNS)).to_csv(path, index=False)
+    metrics = ope_metrics(read_ope_results(path)).set_index("method")
+    fqe, flat, tied = metrics.loc["fqe"], metrics.loc["cql-v"], metrics.loc["cql-q"]
+    assert fqe["non_finite"] == 1 and fqe["estimates"] == 3
+    assert fqe["abs_error_normalized"] == pytest.approx((10 + 20) / 2 / 100)  # p1 left out, not counted as exact
+    assert fqe["lower_bound_rate"] == 0.0 and fqe["rank_correlation"] == pytest.approx(1.0)
+    assert flat["rank_correlation"] == 0.0
+    assert flat["regret_at_1"] == pytest.approx((100 - 50) / 100)  # a random pick of three: expected truth 50
+    assert tied["regret_at_1"] == pytest.approx((100 - 75) / 100)  # p1 or p2: expected truth 75
+    assert main(["ope-summary", str(path)]) == 0
+    assert "3 (1 non-finite, left out)" in (tmp_path / "ope_summary.md").read_text()
+
+
+def test_per_tier_rows_and_a_resumed_folders_two_budgets_kept_apart(tmp_path):
+    rows = _rows("fqe", (10.0, 40.0, 120.0)) + _rows("fqe", (0.0, 50.0, 90.0), dataset="hopper/medium-replay-v1")
+    path = tmp_path / "ope.csv"
+    pd.DataFrame(rows, columns=list(OPE_COLUMNS)).to_csv(path, index=False)
+    per_tier = ope_metrics(read_ope_results(path), by_dataset=True).set_index("dataset_id")
+    assert per_tier.loc["hopper/medium-v1", "abs_error_normalized"] == pytest.approx(40 / 3 / 100)
+    assert per_tier.loc["hopper/medium-replay-v1", "lower_bound_rate"] == pytest.approx(1.0)
+    pooled = ope_metrics(read_ope_results(path)).iloc[0]
+    assert pooled["dataset_id"] == "all" and pooled["estimates"] == 6
+    # one folder, a 100-update estimate then the same folder resumed to 200: each budget's drift is its own curve
+    curves = pd.DataFrame({"run_dir": "r", "env": "hopper", "updates": [100] * 4 + [200] * 8,
+                           "step": [25, 50, 75, 100] + [25, 50, 75, 100, 125, 150, 175, 200],
+                           "estimate": [0.0, 0.0, 0.0, 1.0] + [0.0] * 5 + [10.0, 30.0, 30.0]})
+    from offrl.evaluation.ope_summary import _late_drift
+
+    drift = _late_drift(curves)
+    assert drift[("r", 100)] == pytest.approx(1.0) and drift[("r", 200)] == pytest.approx(30.0 - 10.0)

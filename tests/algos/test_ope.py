@@ -262,6 +262,41 @@ def test_ope_update_converges_to_the_closed_form(method, mu):
     assert np.abs(learned - expected).max() < 0.05 * np.abs(expected).max(), (learned, expected)
 
 
+@pytest.mark.parametrize("method, mu", [("fqe", "uniform"), ("cql-q", "uniform"), ("cql-v", "policy")])
+def test_a_penalty_has_no_fixed_point_where_pi_takes_an_action_the_data_never_shows(method, mu):
+    """π̂_β(a|s) = 0 where π(a|s) > 0: the closed forms' α μ/π̂_β is infinite there. What the update does: no
+    Bellman error ever reaches Q̂(s, a), only the penalty's constant push, so it falls without bound (Adam: about
+    lr per update) and drags V̂ down with it: the "bound" holds, vacuously, and more budget only loosens it. FQE
+    leaves Q̂(s, a) where it started (the data says nothing there). The deep estimators show the same for the
+    uniform random policy on SAC-collected data (evaluation/ope_curves_halfcheetah.png)."""
+    torch.manual_seed(2)
+    transitions, rewards, pi, behaviour = _random_mdp()
+    data, *_ = _empirical(transitions, rewards, behaviour, rows=1000)
+    s, a = data[0], data[1]
+    unseen = (0, int(np.argmax(pi[0])))  # an action π favours in state 0, removed from the data
+    keep = ~((s == unseen[0]) & (a == unseen[1]))
+    batch = _batch(tuple(column[keep] for column in data))
+    config = OPEConfig(method=method, alpha=0.4, mu=mu, n_actions=16, backup_samples=16, gamma=GAMMA,
+                       critic_hidden=(2,), critic_lr=1e-2, tau=0.1)
+    model = OPECritic(S, 1, config)
+    model.critic, model.critic_target = _TableCritic(np.zeros((S, A))), _TableCritic(np.zeros((S, A)))
+    model.critic_optimizer = torch.optim.Adam(model.critic.parameters(), lr=config.critic_lr)
+    policy = _BinPolicy(pi)
+    unseen_q, values = [], []
+    for _ in range(3):
+        for _ in range(400):
+            ope_update(model, policy, batch, config, lambda observations: observations)
+        table = model.critic.table.detach().mean(dim=0).numpy()
+        unseen_q.append(table[unseen])
+        values.append(_values(table, pi)[0])
+    if method == "fqe":
+        assert unseen_q == [0.0, 0.0, 0.0]  # no gradient ever reaches it
+        return
+    steps = np.diff(unseen_q)
+    assert (steps < -0.8 * 400 * config.critic_lr).all(), unseen_q  # about lr per update, every 400
+    assert values[2] < values[1] < values[0]  # V̂ keeps falling with it
+
+
 # --- the estimator's interface ---------------------------------------------------------------------------------
 
 def test_config_refuses_bad_values():

@@ -302,6 +302,69 @@ def collect_evidence_curves(frame: pd.DataFrame, previous: pd.DataFrame | None =
                          fresh_curve, identity=("run_id", "steps"))
 
 
+SOFT_BACKUP_COLUMNS = ("run_dir", "run_id", "dataset_id", "algorithm", "config_name", "seed", "steps", "gamma",
+                       "alpha", "entropy", "return_scale", "soft_offset_normalized", "q_bias_normalized",
+                       "reward_only_q_bias_normalized")
+SOFT_BACKUP_WINDOW = 0.1  # α and the policy's entropy: means over the last 10% of the updates
+
+
+def _backs_up_soft_value(record: dict) -> bool:
+    """Whether a run's critic regresses onto the soft value r + γ(Q′ − α log π′): CQL's `backup_entropy`, and
+    always for SAC (offline SAC, `SAC.fit`, keeps SAC's backup)."""
+    config = record.get("config") or {}
+    return bool(config["backup_entropy"]) if "backup_entropy" in config else record.get("agent_class") == "SAC"
+
+
+def collect_soft_backup_offsets(frame: pd.DataFrame, previous: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per run whose critic backs up the soft value, how far that value sits from a reward-only one, to set beside
+    its measured Q bias (which compares Q̂ with reward-only discounted returns).
+
+    The soft Q adds the discounted entropy bonuses of the steps after (s, a): α·H·γ/(1 − γ) without termination,
+    with H = −E[log π] the policy's entropy (negative for a narrow tanh-Gaussian) and α its temperature, both
+    averaged over the last SOFT_BACKUP_WINDOW of the updates (metrics.csv). Over |mean G| (the Q-bias normaliser,
+    q_bias_mean / q_bias_normalized_mean of the final evaluation) it is `soft_offset_normalized`, and
+    `reward_only_q_bias_normalized` = measured − offset. Where episodes terminate (Hopper, Walker2d) the sum stops
+    earlier, so the offset there is an upper bound on its size. Read from run folders when they are here (and
+    reach the row's budget), else kept from `previous`, like the curves."""
+    from offrl.runs import read_run_record
+
+    identity = SOFT_BACKUP_COLUMNS[:SOFT_BACKUP_COLUMNS.index("gamma")]
+
+    def fresh(row) -> pd.DataFrame | None:
+        folder = Path(row.run_dir)
+        evaluations = finished_curve(folder / "evaluations.csv", int(row.steps))
+        metrics = finished_curve(folder / "metrics.csv", int(row.steps)) if (folder / "run.json").is_file() else None
+        if evaluations is None or metrics is None or not {"alpha", "entropy"} <= set(metrics.columns):
+            return None
+        record = read_run_record(folder)
+        if not _backs_up_soft_value(record):
+            return None
+        gamma = float(record["config"]["gamma"])
+        late = metrics[metrics["step"] > (1.0 - SOFT_BACKUP_WINDOW) * int(row.steps)]
+        alpha, entropy = float(late["alpha"].mean()), float(late["entropy"].mean())
+        final = evaluations.iloc[-1]
+        measured = float(final["q_bias_normalized_mean"])
+        scale = float(final["q_bias_mean"]) / measured if measured else math.nan
+        offset = alpha * entropy * gamma / (1.0 - gamma) / scale
+        values = {"gamma": gamma, "alpha": alpha, "entropy": entropy, "return_scale": scale,
+                  "soft_offset_normalized": offset, "q_bias_normalized": measured,
+                  "reward_only_q_bias_normalized": measured - offset}
+        return pd.DataFrame([{**{name: getattr(row, name) for name in identity}, **values}])
+
+    return gather_curves(_latest_row_per_seed(frame).itertuples(index=False), previous, SOFT_BACKUP_COLUMNS, fresh,
+                         identity=("run_id", "steps"))
+
+
+def _soft_backup_markdown(offsets: pd.DataFrame) -> str:
+    lines = ["| dataset | algorithm | seed | α | entropy (nats) | offset α·H·γ/(1−γ), normalized | measured Q bias | "
+             "reward-only Q bias |", "|---|---|---|---|---|---|---|---|"]
+    for r in offsets.sort_values(["dataset_id", "algorithm", "seed"]).itertuples():
+        lines.append(f"| {r.dataset_id} | {r.algorithm} | {r.seed} | {r.alpha:.3g} | {r.entropy:.2f} | "
+                     f"{r.soft_offset_normalized:+.2f} | {r.q_bias_normalized:+.2f} | "
+                     f"{r.reward_only_q_bias_normalized:+.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def read_evidence_curves(path: Path) -> pd.DataFrame | None:
     """An earlier evidence_curves.csv, or None when there is none."""
     return read_kept_curves(path, EVIDENCE_CURVE_COLUMNS, "evidence curves", text_columns=("run_id",))
@@ -442,6 +505,9 @@ def write_evidence(frame: pd.DataFrame, out_dir: Path, steps: int, datasets: Seq
     runs = _latest_row_per_seed(rows)
     curves_path = out_dir / "evidence_curves.csv"
     curves = collect_evidence_curves(rows, read_evidence_curves(curves_path))
+    offsets_path = out_dir / "evidence_soft_backup.csv"
+    offsets = collect_soft_backup_offsets(rows, read_kept_curves(offsets_path, SOFT_BACKUP_COLUMNS, "soft-backup "
+                                                                 "offsets", text_columns=("run_id",)))
     known = set(zip(curves["run_dir"], curves["run_id"], strict=True))
     curves_found = sum(key in known for key in zip(runs["run_dir"], runs["run_id"], strict=True))
     written = []
@@ -468,8 +534,14 @@ def write_evidence(frame: pd.DataFrame, out_dir: Path, steps: int, datasets: Seq
         f"dataset are used (runs of other seeds are counted as left out). Optimality gap: mean shortfall below "
         f"{EXPERT_SCORE:.0f}.", "", _across_markdown(across),
         "## Beside CORL's published D4RL scores", "", corl_comparison_table(per),
+        *(["## Runs that back up the soft value", "",
+           "Their Q̂ includes the discounted entropy bonuses (SAC's backup), while the Q bias above compares Q̂ with "
+           "reward-only returns: the measured bias is off by α·H·γ/(1−γ) (α, H: means over the last "
+           f"{SOFT_BACKUP_WINDOW:.0%} of the updates; an upper bound on the size where episodes terminate). "
+           f"Kept in {offsets_path.name}.", "", _soft_backup_markdown(offsets)] if not offsets.empty else []),
         "## Figures", "", *figures, ""])
     tables = [("evidence_curves.csv", curves.to_csv(index=False))] if not curves.empty else []
+    tables += [(offsets_path.name, offsets.to_csv(index=False))] if not offsets.empty else []
     for name, data in (*tables, ("evidence_summary.csv", per.to_csv(index=False, float_format="%.4g")),
                        ("evidence_across_datasets.csv", across.to_csv(index=False, float_format="%.4g")),
                        ("evidence_summary.md", markdown)):

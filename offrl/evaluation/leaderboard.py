@@ -276,9 +276,10 @@ def write_summary(summary: pd.DataFrame, csv_path: Path, markdown_path: Path) ->
         online = ("| | | |" if r.phase != "online" else
                   f"| {r.before_normalized_return_mean:.1f} | {r.unlearning_dip_mean:+.1f} | {r.online_auc_mean:.1f} |")
         steps = f"{r.steps} + {r.online_steps} online" if r.phase == "online" else f"{r.steps}"
+        spread = f" ± {r.final_std:.1f}" if np.isfinite(r.final_std) else ""  # one seed: no spread
+        bias = f"{r.q_bias_normalized_mean:.3f}" if np.isfinite(r.q_bias_normalized_mean) else "–"  # BC: no critic
         lines.append(f"| {r.dataset_id} | {r.algorithm} | {r.config_name} | {r.phase} | {r.seeds} | {steps} | "
-                     f"{r.final_mean:.1f} ± {r.final_std:.1f} | {r.final_iqm:.1f}{ci} | {r.best_mean:.1f} | "
-                     f"{r.q_bias_normalized_mean:.3f} {online}")
+                     f"{r.final_mean:.1f}{spread} | {r.final_iqm:.1f}{ci} | {r.best_mean:.1f} | {bias} {online}")
     text = "\n".join(lines) + "\n"
     atomic_write_bytes(Path(markdown_path), text.encode())
     return text

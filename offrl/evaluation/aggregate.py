@@ -323,9 +323,12 @@ def collect_soft_backup_offsets(frame: pd.DataFrame, previous: pd.DataFrame | No
     with H = −E[log π] the policy's entropy (negative for a narrow tanh-Gaussian) and α its temperature, both
     averaged over the last SOFT_BACKUP_WINDOW of the updates (metrics.csv). Over |mean G| (the Q-bias normaliser,
     q_bias_mean / q_bias_normalized_mean of the final evaluation) it is `soft_offset_normalized`, and
-    `reward_only_q_bias_normalized` = measured − offset. Where episodes terminate (Hopper, Walker2d) the sum stops
-    earlier, so the offset there is an upper bound on its size. Read from run folders when they are here (and
-    reach the row's budget), else kept from `previous`, like the curves."""
+    `reward_only_q_bias_normalized` = measured − offset (the bonus is counted in training units, so divided by the
+    run's reward scale). Approximate: H is the entropy at dataset states, not along the evaluation rollouts; where
+    episodes terminate (Hopper, Walker2d) the sum stops earlier, so the offset there is about an upper bound on
+    its size; and G comes from the evaluation's mean-action rollouts while Q̂ values the stochastic policy, a gap
+    this leaves in the reward-only bias. Read from run folders when they are here (and reach the row's budget),
+    else kept from `previous`, like the curves."""
     from offrl.runs import read_run_record
 
     identity = SOFT_BACKUP_COLUMNS[:SOFT_BACKUP_COLUMNS.index("gamma")]
@@ -345,7 +348,8 @@ def collect_soft_backup_offsets(frame: pd.DataFrame, previous: pd.DataFrame | No
         final = evaluations.iloc[-1]
         measured = float(final["q_bias_normalized_mean"])
         scale = float(final["q_bias_mean"]) / measured if measured else math.nan
-        offset = alpha * entropy * gamma / (1.0 - gamma) / scale
+        # the bonus enters the target in training units (rewards × reward_scale); Q̂ is measured in env units
+        offset = alpha * entropy * gamma / (1.0 - gamma) / float(record.get("reward_scale") or 1.0) / scale
         values = {"gamma": gamma, "alpha": alpha, "entropy": entropy, "return_scale": scale,
                   "soft_offset_normalized": offset, "q_bias_normalized": measured,
                   "reward_only_q_bias_normalized": measured - offset}
@@ -537,7 +541,8 @@ def write_evidence(frame: pd.DataFrame, out_dir: Path, steps: int, datasets: Seq
         *(["## Runs that back up the soft value", "",
            "Their Q̂ includes the discounted entropy bonuses (SAC's backup), while the Q bias above compares Q̂ with "
            "reward-only returns: the measured bias is off by α·H·γ/(1−γ) (α, H: means over the last "
-           f"{SOFT_BACKUP_WINDOW:.0%} of the updates; an upper bound on the size where episodes terminate). "
+           f"{SOFT_BACKUP_WINDOW:.0%} of the updates, at dataset states; about an upper bound on the size where "
+           "episodes terminate). "
            f"Kept in {offsets_path.name}.", "", _soft_backup_markdown(offsets)] if not offsets.empty else []),
         "## Figures", "", *figures, ""])
     tables = [("evidence_curves.csv", curves.to_csv(index=False))] if not curves.empty else []

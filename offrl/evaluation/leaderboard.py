@@ -241,10 +241,12 @@ def bootstrap_ci(values: np.ndarray, statistic=iqm, resamples: int = 2000, seed:
 
 
 def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, algorithm, config, phase, training budget) over seeds. A run's latest row counts (a
+    """One row per (dataset, algorithm, config, phase, training budget) over seeds, of the runs with a score (an
+    env to evaluate in). A run's latest row counts (a
     fine-tuning run: its longest), and of several runs of one seed at one budget the last appended (a re-run
     replaces its seed instead of counting twice). Budgets are never pooled: offline `steps`, and for fine-tuning
     also `online_steps`."""
+    frame = frame.dropna(subset=["final_normalized_return"])  # a run without an env to score it in
     frame = frame.drop_duplicates(subset=["run_id", "phase", "online_steps"], keep="last")
     frame = frame.sort_values("online_steps", kind="stable").drop_duplicates(subset=["run_id", "phase"], keep="last")
     frame = frame.assign(online_steps=frame["online_steps"].fillna(0).astype(int))

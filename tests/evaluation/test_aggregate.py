@@ -310,16 +310,19 @@ def test_sweep_picks_the_result_set_when_other_runs_share_its_budget(tmp_path, c
 
 def _with_run_records(tmp_path, gamma=0.9):
     """Give the grid's runs a run.json and a metrics.csv: SAC-offline as offline SAC (its soft backup), CQL-SAC
-    with backup_entropy off; α and the entropy change in the last 10% of the updates only."""
+    with backup_entropy on for seeds 0 and 1 (and rewards scaled by 2), off for seed 2; α and the entropy change
+    in the last 10% of the updates only."""
     import json
 
     for run_dir in (tmp_path / "runs").iterdir():
         algorithm = next(a for a in BASE_SCORE if f"-{a}-" in run_dir.name)
-        agent_class, config = {"SAC-offline": ("SAC", {"gamma": gamma}),
-                               "CQL-SAC": ("CQL", {"gamma": gamma, "backup_entropy": False}),
-                               "BC": ("BC", {})}[algorithm]
+        soft_cql = not run_dir.name.endswith("-s2")
+        agent_class, config, reward_scale = {
+            "SAC-offline": ("SAC", {"gamma": gamma}, 1.0),
+            "CQL-SAC": ("CQL", {"gamma": gamma, "backup_entropy": soft_cql}, 2.0),
+            "BC": ("BC", {}, 1.0)}[algorithm]
         (run_dir / "run.json").write_text(json.dumps({"kind": "offline", "agent_class": agent_class,
-                                                      "config": config}))
+                                                      "config": config, "reward_scale": reward_scale}))
         pd.DataFrame({"step": [STEPS // 2, STEPS - 2_000, STEPS], "alpha": [9.0, 0.5, 0.3],
                       "entropy": [9.0, -6.0, -4.0]}).to_csv(run_dir / "metrics.csv", index=False)
         evaluations = pd.read_csv(run_dir / "evaluations.csv")
@@ -333,10 +336,15 @@ def test_soft_backup_offsets_for_the_runs_that_back_up_the_soft_value(tmp_path):
     out = tmp_path / "evidence"
     write_evidence(frame, out, STEPS)
     offsets = pd.read_csv(out / "evidence_soft_backup.csv")
-    assert set(offsets["algorithm"]) == {"SAC-offline"} and len(offsets) == 9  # not CQL (backup_entropy off), not BC
+    sac = offsets[offsets["algorithm"] == "SAC-offline"]
+    cql = offsets[offsets["algorithm"] == "CQL-SAC"]
+    assert len(sac) == 9 and sorted(set(cql["seed"])) == [0, 1] and len(offsets) == 15  # not BC, not CQL seed 2
     # means over the last 10% of the updates: α 0.4, H -5; offset 0.4 * -5 * 0.9 / 0.1 over |mean G| 200
-    np.testing.assert_allclose(offsets["soft_offset_normalized"], 0.4 * -5.0 * 9.0 / 200.0)
-    np.testing.assert_allclose(offsets["reward_only_q_bias_normalized"], 900.0 + 0.09)
+    np.testing.assert_allclose(sac["soft_offset_normalized"], 0.4 * -5.0 * 9.0 / 200.0)
+    np.testing.assert_allclose(sac["reward_only_q_bias_normalized"], 900.0 + 0.09)
+    # CQL's rewards were scaled by 2 in training: its bonus, in env units, is half as large
+    np.testing.assert_allclose(cql["soft_offset_normalized"], 0.4 * -5.0 * 9.0 / 200.0 / 2.0)
+    np.testing.assert_allclose(cql["reward_only_q_bias_normalized"], -0.9 + 0.045)
     assert "| halfcheetah/medium-v1 | SAC-offline | 0 | 0.4 | -5.00 | -0.09 | +900.00 | +900.09 |" in (
         out / "evidence_summary.md").read_text()
     for run_dir in (tmp_path / "runs").iterdir():  # the folders are gone: the offsets are kept

@@ -122,6 +122,8 @@ def test_aggregate_keeps_budgets_apart_and_counts_a_rerun_seed_once(tmp_path):
     for seed, final in enumerate([40.0, 42.0, 44.0]):
         append_row(path, {**_row(f"long{seed}", seed, final), "steps": 100000})
     append_row(path, {**_row("long0-again", 0, 46.0), "steps": 100000})  # seed 0 re-run: replaces 40
+    append_row(path, {**_row("long0-no-env", 0, 0.0), "steps": 100000, "final_normalized_return": None,
+                      "best_normalized_return": None})  # no env, no score: replaces nothing
     for seed in range(2):
         append_row(path, _row(f"short{seed}", seed, 10.0))  # 1000 updates: another budget
     summary = aggregate(read_leaderboard(path)).set_index("steps")

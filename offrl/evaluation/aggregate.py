@@ -531,7 +531,8 @@ def write_evidence(frame: pd.DataFrame, out_dir: Path, steps: int, datasets: Seq
         f"sweep(s) {', '.join(sweeps) or 'none recorded'}; git commit(s) {', '.join(commits) or 'none recorded'}. "
         "Scores are final normalized returns (100 = the dataset card's expert reference, 0 = its random one). "
         "Statistics are rliable's (Agarwal et al. 2021): IQM = 25% trimmed mean; 95% CIs are percentile stratified "
-        f"bootstraps over seeds ({CI_RESAMPLES:,} resamples); with 3 seeds the IQM is the mean and a CI is coarse.",
+        f"bootstraps over seeds ({CI_RESAMPLES:,} resamples), given from {MIN_SEEDS_FOR_CI} seeds on (with 2 a "
+        "percentile bootstrap returns only their min and max); with 3 seeds the IQM is the mean and a CI is coarse.",
         "", "## Per dataset", "", _per_dataset_markdown(per),
         "## Across datasets", "",
         "One seeds × datasets matrix per algorithm; rliable needs it rectangular, so only the seeds present on every "

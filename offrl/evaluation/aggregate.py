@@ -389,12 +389,13 @@ def learning_curve_plots(frame: pd.DataFrame, out_dir: Path, curves: pd.DataFram
     by_run = {key: curve for key, curve in curves.groupby(["run_dir", "run_id"])} if not curves.empty else {}
     for dataset_id, group in offline.groupby("dataset_id", sort=True):
         fig, (return_ax, bias_ax) = plt.subplots(1, 2, figsize=(11, 4))
-        for (algorithm, config), runs in group.groupby(["algorithm", "config_name"], sort=True):
+        for i, ((algorithm, config), runs) in enumerate(group.groupby(["algorithm", "config_name"], sort=True)):
             keys = zip(runs["run_dir"], runs["run_id"], strict=True)
             evaluations = [by_run[key] for key in keys if key in by_run]
             label = f"{algorithm} {config}"
-            _plot_over_seeds(return_ax, evaluations, "normalized_return", label)
-            _plot_over_seeds(bias_ax, evaluations, "q_bias_normalized_mean", label)
+            colour = plt.cm.tab10(i % 10)  # the same in both panels (BC draws no Q-bias line)
+            _plot_over_seeds(return_ax, evaluations, "normalized_return", label, colour)
+            _plot_over_seeds(bias_ax, evaluations, "q_bias_normalized_mean", label, colour)
         if not return_ax.lines:
             plt.close(fig)
             continue

@@ -395,16 +395,18 @@ def read_kept_curves(path: Path, columns: tuple[str, ...], what: str,
     return curves
 
 
-def _plot_over_seeds(ax, evaluations: list[pd.DataFrame], column: str, label: str) -> bool:
-    """One line of `column` against update step: the mean over runs (seeds) with a 95% bootstrap band. False,
-    drawing nothing, when no run has the column's values (e.g. BC has no critic, so no Q bias)."""
+def _plot_over_seeds(ax, evaluations: list[pd.DataFrame], column: str, label: str, color=None) -> bool:
+    """One line of `column` against update step: the mean over runs (seeds) with a 95% bootstrap band (`color`:
+    the line's, else the axes' next). False, drawing nothing, when no run has the column's values (e.g. BC has no
+    critic, so no Q bias)."""
     columns = [e.set_index("step")[column] for e in evaluations if column in e]
     table = pd.concat(columns, axis=1) if columns else pd.DataFrame()
     if table.empty or table.isna().all().all():
         return False
     table = table.sort_index()
     low, high = _bootstrap_band(table)
-    line, = ax.plot(table.index, table.mean(axis=1), marker=".", label=f"{label} ({table.shape[1]} seeds)")
+    line, = ax.plot(table.index, table.mean(axis=1), marker=".", label=f"{label} ({table.shape[1]} seeds)",
+                    color=color)
     ax.fill_between(table.index, low, high, color=line.get_color(), alpha=0.2)
     return True
 

@@ -30,7 +30,7 @@ from offrl.errors import OfflineRLError
 from offrl.evaluation.leaderboard import finished_curve, gather_curves, read_kept_curves
 from offrl.fileio import atomic_write_bytes
 
-__all__ = ["read_ope_results", "ope_metrics", "collect_ope_curves", "read_ope_curves", "write_ope_summary",
+__all__ = ["read_ope_results", "ope_metrics", "ope_estimates", "collect_ope_curves", "read_ope_curves", "write_ope_summary",
            "plot_ope_scatter", "plot_ope_curves", "short_policy_name", "CURVE_COLUMNS"]
 
 
@@ -168,6 +168,30 @@ def ope_metrics(frame: pd.DataFrame, curves: pd.DataFrame | None = None, by_data
     return pd.DataFrame(rows)
 
 
+def ope_estimates(frame: pd.DataFrame, curves: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per estimate, what the summary's means are made of: the policy's true value with its CI, the
+    estimate, its error over the env's value range, whether it is at or below the truth, and how far it still
+    moved over the last quarter of its updates (over the same range; NaN without its curve). Sorted by env, tier,
+    true value (highest first) and method, so a policy's estimates sit together."""
+    frame = _with_group_keys(frame)
+    ranges = _value_ranges(frame)
+    drifts = _late_drift(curves) if curves is not None else pd.Series(dtype=float)
+    value_range = np.array([ranges[(r.env, r.gamma, r.deterministic)] for r in frame.itertuples()], dtype=float)
+    drift = np.array([_max_drift(drifts, frame.loc[[i], ["run_dir", "updates"]]) for i in frame.index], dtype=float)
+    estimate = frame["estimate"].to_numpy(dtype=float)
+    table = pd.DataFrame({
+        "env": frame["env"], "dataset_id": frame["dataset_id"], "policy": frame["policy"],
+        "true_value": frame["true_value"], "true_ci_low": frame["true_ci_low"], "true_ci_high": frame["true_ci_high"],
+        "method": frame["method"], "alpha": frame["alpha"], "mu": frame["mu"], "updates": frame["updates"],
+        "config_hash": frame["config_hash"], "seed": frame["seed"], "estimate": estimate,
+        "error_normalized": (estimate - frame["true_value"].to_numpy(dtype=float)) / value_range,
+        "is_lower_bound": np.where(np.isfinite(estimate), estimate <= frame["true_value"].to_numpy(dtype=float),
+                                   np.nan),
+        "late_drift": drift / value_range})
+    return table.sort_values(["env", "dataset_id", "true_value", "policy", "method", "seed"],
+                             ascending=[True, True, False, True, True, True], kind="stable").reset_index(drop=True)
+
+
 def _max_drift(drifts: pd.Series, estimates: pd.DataFrame) -> float:
     estimates = estimates.dropna()
     if estimates.empty or drifts.empty:
@@ -182,9 +206,8 @@ def read_ope_curves(path: Path) -> pd.DataFrame | None:
 
 
 def write_ope_summary(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """ope_summary.csv (per env and setting), ope_summary_by_dataset.csv (per tier too), ope_summary.md (both),
-    ope_curves.csv (the estimates' curves, updated from the run folders that
-    exist), one scatter plot per env (estimate vs truth) and one plot of the curves per env into `out_dir`."""
+    """ope_summary.csv (per env and setting), ope_summary_by_dataset.csv (per tier too), ope_summary.md (both,
+    and every estimate), ope_curves.csv (the estimates' curves, updated from the run folders that exist), one scatter plot per env (estimate vs truth) and one plot of the curves per env into `out_dir`."""
     out_dir = Path(out_dir)
     curves_path = out_dir / "ope_curves.csv"
     curves = collect_ope_curves(frame, read_ope_curves(curves_path))
@@ -205,6 +228,17 @@ def write_ope_summary(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
                      f"{r.policies} | {_estimates_cell(r)} | {r.abs_error_normalized:.3f} | "
                      f"{r.rank_correlation:.2f} | {r.regret_at_1:.3f} | {r.lower_bound_rate:.2f} | "
                      f"{r.late_drift_max:.3f} |")
+    lines += ["", "Every estimate (error and drift over the env's value range; a policy's true value is the discounted "
+              "Monte-Carlo return from the env's resets, with its 95% CI):", "",
+              "| env | dataset | policy | true value [95% CI] | method | α | μ | updates | estimate | error / range | "
+              "≤ truth | last-quarter drift / range |", "|" + "---|" * 12]
+    for r in ope_estimates(frame, curves).itertuples():
+        finite = bool(np.isfinite(r.estimate))
+        estimate = f"{r.estimate:.1f} | {r.error_normalized:+.3f} | {'yes' if r.is_lower_bound else 'no'}" if finite \
+            else "non-finite | – | –"
+        lines.append(f"| {r.env} | {r.dataset_id} | {short_policy_name(r.policy)} | {r.true_value:.1f} "
+                     f"[{r.true_ci_low:.1f}, {r.true_ci_high:.1f}] | {r.method} | {r.alpha} | {r.mu} | {r.updates} | "
+                     f"{estimate} | {r.late_drift:.3f} |")
     csv_path, md_path = out_dir / "ope_summary.csv", out_dir / "ope_summary.md"
     tier_path = out_dir / "ope_summary_by_dataset.csv"
     atomic_write_bytes(csv_path, metrics.to_csv(index=False).encode())

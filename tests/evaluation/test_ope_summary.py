@@ -89,6 +89,34 @@ def test_curves_measure_the_last_quarters_drift_and_outlive_their_run_folders(tm
     assert (tmp_path / "ope_curves_hopper.png").is_file()
 
 
+def test_every_estimate_is_listed_with_its_error_bound_and_drift(tmp_path):
+    from offrl.evaluation.ope_summary import ope_estimates, read_ope_curves
+
+    rows = _rows("fqe", (10.0, 40.0, 120.0)) + _rows("cql-v", (-10.0, 60.0, float("nan")))
+    for row in rows:
+        row.update(true_ci_low=row["true_value"] - 1, true_ci_high=row["true_value"] + 1)
+    run_dir = tmp_path / "runs" / "p0-fqe"  # one curve: fqe of p0 moved from 4 to 10 over its last quarter
+    run_dir.mkdir(parents=True)
+    rows[0]["run_dir"] = str(run_dir)
+    pd.DataFrame({"step": [50, 75, 100], "estimate": [0.0, 4.0, 10.0]}).to_csv(run_dir / "estimates.csv", index=False)
+    path = tmp_path / "ope.csv"
+    pd.DataFrame(rows, columns=list(OPE_COLUMNS)).to_csv(path, index=False)
+    assert main(["ope-summary", str(path)]) == 0
+    table = ope_estimates(read_ope_results(path), read_ope_curves(tmp_path / "ope_curves.csv"))
+    assert list(zip(table["policy"], table["method"], strict=True)) == [
+        ("p2", "cql-v"), ("p2", "fqe"), ("p1", "cql-v"), ("p1", "fqe"), ("p0", "cql-v"), ("p0", "fqe")]
+    by_key = table.set_index(["policy", "method"])
+    assert by_key.loc[("p2", "fqe"), "error_normalized"] == pytest.approx(0.2)
+    assert by_key.loc[("p1", "cql-v"), "error_normalized"] == pytest.approx(0.1)
+    assert by_key.loc[("p1", "cql-v"), "is_lower_bound"] == 0.0 and by_key.loc[("p0", "cql-v"), "is_lower_bound"] == 1.0
+    assert pd.isna(by_key.loc[("p2", "cql-v"), "is_lower_bound"])  # a diverged estimate is neither
+    assert by_key.loc[("p0", "fqe"), "late_drift"] == pytest.approx(0.06)
+    assert by_key["late_drift"].isna().sum() == 5  # the others have no curve
+    summary = (tmp_path / "ope_summary.md").read_text()
+    assert "| hopper | hopper/medium-v1 | p0 | 0.0 [-1.0, 1.0] | fqe | - | - | 100 | 10.0 | +0.100 | no | 0.060 |" in summary
+    assert "| p2 | 100.0 [99.0, 101.0] | cql-v | - | - | 100 | non-finite | – | – | nan |" in summary
+
+
 def test_plot_labels_shorten_snapshot_paths_and_keep_shipped_names():
     from offrl.evaluation.ope_summary import short_policy_name
 

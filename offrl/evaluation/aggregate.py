@@ -212,7 +212,8 @@ def across_datasets(frame: pd.DataFrame, datasets: Sequence[str] | None = None,
     """Per algorithm (and config), rliable's aggregates over all datasets of the seeds × datasets matrix of final
     normalized returns: IQM, mean, median and optimality gap (below the expert's 100), each with its 95%
     stratified-bootstrap CI (from MIN_SEEDS_FOR_CI common seeds on); `seeds` is how many seeds every dataset has
-    (the ones used), `runs_left_out` the runs of other seeds. `frame` must hold one training budget (see `evidence_rows`)."""
+    (the ones used), `runs_left_out` the runs of other seeds. `frame` must hold one training budget (see
+    `evidence_rows`)."""
     datasets, entries = _score_matrices(frame, datasets, algorithms)
     statistics = _statistics()
     table = []

@@ -30,8 +30,8 @@ from offrl.errors import OfflineRLError
 from offrl.evaluation.leaderboard import finished_curve, gather_curves, read_kept_curves
 from offrl.fileio import atomic_write_bytes
 
-__all__ = ["read_ope_results", "ope_metrics", "ope_estimates", "collect_ope_curves", "read_ope_curves", "write_ope_summary",
-           "plot_ope_scatter", "plot_ope_curves", "short_policy_name", "CURVE_COLUMNS"]
+__all__ = ["read_ope_results", "ope_metrics", "ope_estimates", "collect_ope_curves", "read_ope_curves",
+           "write_ope_summary", "plot_ope_scatter", "plot_ope_curves", "short_policy_name", "CURVE_COLUMNS"]
 
 
 def read_ope_results(path: Path, sweep_id: str | None = None) -> pd.DataFrame:
@@ -207,7 +207,8 @@ def read_ope_curves(path: Path) -> pd.DataFrame | None:
 
 def write_ope_summary(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     """ope_summary.csv (per env and setting), ope_summary_by_dataset.csv (per tier too), ope_summary.md (both,
-    and every estimate), ope_curves.csv (the estimates' curves, updated from the run folders that exist), one scatter plot per env (estimate vs truth) and one plot of the curves per env into `out_dir`."""
+    and every estimate), ope_curves.csv (the estimates' curves, updated from the run folders that exist), one
+    scatter plot per env (estimate vs truth) and one plot of the curves per env into `out_dir`."""
     out_dir = Path(out_dir)
     curves_path = out_dir / "ope_curves.csv"
     curves = collect_ope_curves(frame, read_ope_curves(curves_path))

@@ -104,15 +104,34 @@ def test_with_sampling_error_cql_q_lower_bounds_q_pi_once_alpha_exceeds_the_pape
 def test_with_sampling_error_cql_v_lower_bounds_v_pi_once_alpha_exceeds_its_bound():
     transitions, rewards, pi, behaviour = _random_mdp()
     q_pi = _q_fixed_point(transitions, rewards, pi, 0.0)
-    _, p_hat, r_hat, behaviour_hat = _empirical(transitions, rewards, behaviour, rows=600)
+    # a dataset on which FQE overestimates V^π (on some others it happens to sit below it, and the bound would
+    # hold at α = 0 too, showing nothing)
+    _, p_hat, r_hat, behaviour_hat = _empirical(transitions, rewards, behaviour, rows=600, seed=6)
+    assert (_values(_q_fixed_point(p_hat, r_hat, pi, 0.0), pi) > _values(q_pi, pi)).any()
     error = r_hat + GAMMA * p_hat @ _values(q_pi, pi) - q_pi
     excess = pi / behaviour_hat - 1.0
     # V̂ − V^π = (I − γ Π P̂)⁻¹ Π [e − α (π/π̂_β − 1)]; Π(π/π̂_β − 1) = Σ_a π²/π̂_β − 1 > 0 where π ≠ π̂_β
     assert ((pi * excess).sum(axis=1) > 0).all()
     alpha_bound = max(float(((pi * error).sum(axis=1) / (pi * excess).sum(axis=1)).max()), 0.0)
+    assert alpha_bound > 0
     for alpha in (alpha_bound, 3 * alpha_bound):
         q_hat = _q_fixed_point(p_hat, r_hat, pi, alpha * excess)
         assert (_values(q_hat, pi) <= _values(q_pi, pi) + 1e-10).all()
+    # below the bound it can fail: at α = 0 (FQE) it does
+    assert (_values(_q_fixed_point(p_hat, r_hat, pi, 0.0 * excess), pi) > _values(q_pi, pi)).any()
+
+
+def test_fqe_on_an_empirical_model_approaches_q_pi_as_the_data_grows():
+    """FQE's fixed point on the data's empirical model is unbiased only in the limit: its error shrinks with the
+    number of transitions (about as 1/√n), while the conservative estimates keep their α-sized push."""
+    transitions, rewards, pi, behaviour = _random_mdp()
+    q_pi = _q_fixed_point(transitions, rewards, pi, 0.0)
+    errors = []  # the largest |Q̂ − Q^π|, averaged over five datasets of each size
+    for rows in (300, 3_000, 30_000):
+        errors.append(np.mean([np.abs(_q_fixed_point(*_empirical(transitions, rewards, behaviour, rows, seed)[1:3], pi,
+                                                     0.0) - q_pi).max() for seed in range(1, 6)]))
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.25 * errors[0]
 
 
 def test_the_bound_tightens_as_alpha_shrinks_and_as_the_data_covers_pi():

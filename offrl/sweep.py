@@ -191,12 +191,18 @@ def plan_trials(spec: SweepSpec) -> list[Trial] | list[OPETrial]:
             raise OfflineRLError(f"{name}: empty")
     if spec.steps < 1:
         raise OfflineRLError(f"--steps must be >= 1, found {spec.steps}")
+    cards = {}
     for dataset_id in spec.datasets:
         parsed = parse_dataset_id(dataset_id)
         if not card_path(parsed).exists() and not (spec.collect_missing and shipped_card(parsed) is not None):
             hint = " (pass --collect-missing to collect it from its shipped card)" if shipped_card(parsed) else ""
             raise OfflineRLError(f"--datasets: {dataset_id} is not in the store{hint}; `offrl datasets list` shows "
                                  "what is")
+        try:  # for its dimensions; a damaged card is refused when its trial loads it
+            cards[dataset_id] = (json.loads(card_path(parsed).read_text()) if card_path(parsed).exists()
+                                 else shipped_card(parsed)) or {}
+        except (OSError, ValueError):
+            cards[dataset_id] = {}
     if spec.is_ope:
         from offrl.algos.ope import OPE_METHODS
         from offrl.train.ope import load_target_policy
@@ -210,7 +216,13 @@ def plan_trials(spec: SweepSpec) -> list[Trial] | list[OPETrial]:
                 raise OfflineRLError(f"--ope-policies: {policy} is a run that has not finished: its trials would "
                                      "each take whatever checkpoint it had when they started; pass one of its "
                                      "snapshots (RUN/snapshots/actor_STEP.pt)")
-            load_target_policy(policy)  # raises on a policy that cannot be loaded
+            target = load_target_policy(policy)  # raises on a policy that cannot be loaded
+            for dataset_id, card in cards.items():  # a mismatch would fail every trial of the pair, after the start
+                dims = (card.get("obs_dim"), card.get("act_dim"))
+                if target.obs_dim is not None and None not in dims and (target.obs_dim, target.act_dim) != dims:
+                    raise OfflineRLError(f"--ope-policies: {policy} has observation/action dimensions "
+                                         f"{target.obs_dim}/{target.act_dim}, dataset {dataset_id} has "
+                                         f"{dims[0]}/{dims[1]}")
         if spec.results is None:
             raise OfflineRLError("an OPE sweep needs --results, the CSV its rows are appended to")
         from offrl.train.ope import check_ope_results

@@ -209,6 +209,23 @@ def test_an_ope_sweep_refuses_a_run_still_training_as_a_policy(world):
         plan_trials(spec)
 
 
+def test_an_ope_sweep_refuses_a_policy_whose_dimensions_do_not_match_a_dataset(world, capsys):
+    from offrl.cli import main
+
+    tmp_path, _ = world
+    spec = SweepSpec(datasets=["pendulum/random-v0"], algorithms=[], configs=[], seeds=[0], steps=10,
+                     out=tmp_path / "o", leaderboard=tmp_path / "l", ope_policies=["random", "HalfCheetah-v5/expert"],
+                     ope_methods=["fqe"], results=tmp_path / "ope.csv")
+    with pytest.raises(OfflineRLError, match="HalfCheetah-v5/expert has observation/action dimensions 17/6, dataset "
+                                             "pendulum/random-v0 has 3/1"):
+        plan_trials(spec)
+    assert main(["sweep", "--datasets", "pendulum/random-v0", "--ope-policies", "HalfCheetah-v5/expert", "--methods",
+                 "fqe", "--results", str(tmp_path / "ope.csv"), "--seeds", "0", "--steps", "5", "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "dimensions 17/6" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert not (tmp_path / "ope.csv").exists()
+
+
 def test_snapshots_of_two_runs_are_two_ope_trials(tmp_path):
     from offrl.sweep import OPETrial
 

@@ -9,7 +9,9 @@ Evaluation", section 5): per env and method, over a set of target policies evalu
 - lower-bound rate: the share of (policy, dataset, seed) estimates at or below the truth;
 - drift over the last quarter: the largest |V̂(end) − V̂(¾ of the updates)| over the setting's estimates, divided
   by the same range: whether the budget let the estimates stop moving (their curves are `ope_curves.csv` and
-  one plot per env).
+  one plot per env);
+- the truth's precision: the widest half-width of the true values' 95% CIs, over the same range, to set beside
+  the errors (a truth no sharper than the estimators' errors could not tell them apart).
 Rows come from `evaluation/ope.csv` (offrl.train.ope.OPE_COLUMNS), optionally only those of one sweep. A row
 repeated for one run folder at one number of updates counts once; estimates are pooled only when everything that
 defines an estimator matches (method, α, μ, γ, updates, whether the policies are deterministic, and the hash of
@@ -164,7 +166,9 @@ def ope_metrics(frame: pd.DataFrame, curves: pd.DataFrame | None = None, by_data
                      "regret_at_1": float(np.mean(regrets)) if regrets else float("nan"),
                      "lower_bound_rate": float((finite["estimate"] <= finite["true_value"]).mean())
                      if len(finite) else float("nan"),
-                     "late_drift_max": _max_drift(drifts, group[["run_dir", "updates"]]) / value_range})
+                     "late_drift_max": _max_drift(drifts, group[["run_dir", "updates"]]) / value_range,
+                     "truth_ci_halfwidth_max": float(((group["true_ci_high"] - group["true_ci_low"]) / 2).max())
+                     / value_range})
     return pd.DataFrame(rows)
 
 
@@ -216,19 +220,22 @@ def write_ope_summary(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     per_tier = ope_metrics(frame, curves, by_dataset=True)
     lines = ["Over each env's policies, dataset tiers and seeds (ρ and regret@1: per tier and seed, then averaged):",
              "", "| env | method | α | μ | updates | config | policies | datasets | estimates | abs. error / range | "
-             "Spearman ρ | regret@1 | lower-bound rate | last-quarter drift / range |", "|" + "---|" * 14]
+             "Spearman ρ | regret@1 | lower-bound rate | last-quarter drift / range | truth CI ½-width / range |",
+             "|" + "---|" * 15]
     for r in metrics.itertuples():
         lines.append(f"| {r.env} | {r.method} | {r.alpha} | {r.mu} | {r.updates} | {r.config_hash} | {r.policies} | "
                      f"{r.datasets} | {_estimates_cell(r)} | {r.abs_error_normalized:.3f} | {r.rank_correlation:.2f} | "
-                     f"{r.regret_at_1:.3f} | {r.lower_bound_rate:.2f} | {r.late_drift_max:.3f} |")
+                     f"{r.regret_at_1:.3f} | {r.lower_bound_rate:.2f} | {r.late_drift_max:.3f} | "
+                     f"{r.truth_ci_halfwidth_max:.3f} |")
     lines += ["", "Per dataset tier (DOPE's unit):", "",
               "| env | dataset | method | α | μ | updates | config | policies | estimates | abs. error / range | "
-              "Spearman ρ | regret@1 | lower-bound rate | last-quarter drift / range |", "|" + "---|" * 14]
+              "Spearman ρ | regret@1 | lower-bound rate | last-quarter drift / range | truth CI ½-width / range |",
+              "|" + "---|" * 15]
     for r in per_tier.itertuples():
         lines.append(f"| {r.env} | {r.dataset_id} | {r.method} | {r.alpha} | {r.mu} | {r.updates} | {r.config_hash} | "
                      f"{r.policies} | {_estimates_cell(r)} | {r.abs_error_normalized:.3f} | "
                      f"{r.rank_correlation:.2f} | {r.regret_at_1:.3f} | {r.lower_bound_rate:.2f} | "
-                     f"{r.late_drift_max:.3f} |")
+                     f"{r.late_drift_max:.3f} | {r.truth_ci_halfwidth_max:.3f} |")
     lines += ["", "Every estimate (error and drift over the env's value range; a policy's true value is the discounted "
               "Monte-Carlo return from the env's resets, with its 95% CI):", "",
               "| env | dataset | policy | true value [95% CI] | method | α | μ | updates | estimate | error / range | "
@@ -257,17 +264,19 @@ def _estimates_cell(r) -> str:
 
 
 def plot_ope_scatter(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Per env: each estimate against its policy's true value, one colour per method, the diagonal drawn (points
-    below it are lower bounds)."""
+    """Per env: each estimate against its policy's true value, one colour per estimator setting (named by its method
+    alone where the method has one), the diagonal drawn (points below it are lower bounds). Non-finite estimates
+    are left out (the summary counts them)."""
     from offrl.evaluation.leaderboard import _pyplot, _save_figure
 
     plt = _pyplot()
     written = []
-    finite = frame[np.isfinite(frame["estimate"].to_numpy(dtype=float))]  # the summary counts the others
+    finite = _with_group_keys(frame[np.isfinite(frame["estimate"].to_numpy(dtype=float))])
     for env, group in finite.groupby("env", sort=True):
         fig, ax = plt.subplots(figsize=(5.5, 5))
-        for method, rows in group.groupby("method", sort=True):
-            ax.scatter(rows["true_value"], rows["estimate"], label=method, alpha=0.7, s=18)
+        labels = _scatter_labels(group)
+        for key, rows in group.groupby(SETTING[1:], sort=True):
+            ax.scatter(rows["true_value"], rows["estimate"], label=labels[key], alpha=0.7, s=18)
         low = float(min(group["true_value"].min(), group["estimate"].min()))
         high = float(max(group["true_value"].max(), group["estimate"].max()))
         ax.plot([low, high], [low, high], color="grey", linewidth=1, linestyle="--", label="estimate = truth")
@@ -277,6 +286,24 @@ def plot_ope_scatter(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.legend(fontsize=8)
         written.append(_save_figure(fig, Path(out_dir) / f"ope_{env}.png"))
     return written
+
+
+def _scatter_labels(group: pd.DataFrame) -> dict[tuple, str]:
+    """A legend label per estimator setting of one env: its method where the method has one setting, else the
+    method with what tells its settings apart (α and μ, updates, and the config hash where those agree)."""
+    keys = [key for key, _ in group.groupby(SETTING[1:], sort=True)]
+    labels = {}
+    for key in keys:
+        method, alpha, mu, _, updates, _, config = key
+        siblings = [k for k in keys if k[0] == method]
+        if len(siblings) == 1:
+            labels[key] = method
+            continue
+        label = f"{method}{'' if alpha == '-' else f' α {alpha:g}, μ {mu}'}, {updates} upd."
+        if sum(1 for k in siblings if (k[1], k[2], k[4]) == (alpha, mu, updates)) > 1:
+            label += f" (config {config})"
+        labels[key] = label
+    return labels
 
 
 _SHIPPED_POLICY = re.compile(r"random|[^/]+/[^/]+|[^/]+/replay/\d+")

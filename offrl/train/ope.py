@@ -326,6 +326,9 @@ def evaluate_policy_offline(policy: str | Path | TargetPolicy, dataset: OfflineD
     device = dataset.tensors["observations"].device
     target = (policy if not isinstance(policy, str | Path)
               else load_target_policy(policy, deterministic, device))
+    if deterministic and not target.deterministic:  # only a SPEC is loaded in the mode asked for
+        raise OfflineRLError("deterministic=True: the policy object given samples its actions; pass a deterministic "
+                             "policy (e.g. ActorPolicy(..., deterministic=True)) or a policy SPEC")
     if isinstance(target, UniformPolicy) and target.act_dim is None:
         target = UniformPolicy(dataset.obs_dim, dataset.act_dim)
     policy_name = policy_name or (str(policy) if isinstance(policy, str | Path)
@@ -338,7 +341,12 @@ def evaluate_policy_offline(policy: str | Path | TargetPolicy, dataset: OfflineD
         raise OfflineRLError(f"dataset {dataset.dataset_id}: no env to roll the policy out in, so no true value; "
                              "pass truth=False (--no-truth) or name the env (--env)")
     if env_id is not None:
-        env = make_env(env_id)
+        try:
+            env = make_env(env_id)
+        except OfflineRLError as exc:
+            where = f"--env {env_id}" if env is not True else f"dataset {dataset.dataset_id} (its env {env_id})"
+            raise OfflineRLError(f"{where}: {exc}; pass --no-truth --initial-states dataset to estimate without an "
+                                 "env") from None
         spec = env_spec(env)
         env.close()
         if (spec.obs_dim, spec.act_dim) != (dataset.obs_dim, dataset.act_dim):

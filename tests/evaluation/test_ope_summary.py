@@ -24,6 +24,7 @@ def test_metrics_on_known_rows(tmp_path):
     assert fqe["abs_error_normalized"] == pytest.approx((10 + 10 + 20) / 3 / 100)
     assert fqe["rank_correlation"] == pytest.approx(1.0) and fqe["regret_at_1"] == 0.0
     assert fqe["lower_bound_rate"] == pytest.approx(1 / 3)  # only 40 <= 50
+    assert pd.isna(fqe["truth_ci_halfwidth_max"])  # these rows have no CI
     assert cql["rank_correlation"] == pytest.approx(0.5)  # ranks (1, 3, 2) against (1, 2, 3)
     assert cql["regret_at_1"] == pytest.approx(0.5)  # picks p1 (truth 50) instead of p2 (100)
     assert cql["lower_bound_rate"] == pytest.approx(2 / 3)
@@ -46,6 +47,12 @@ def test_settings_are_not_pooled_and_the_range_is_shared_by_methods(tmp_path):
     assert len(metrics) == 3  # α unset, α = 5 and fqe: three settings
     # fqe saw only p0 and p1 (range 50), yet its errors are divided by the env's range, as every method's are
     assert set(metrics["value_range"]) == {100.0}
+    from offrl.evaluation.ope_summary import _scatter_labels, _with_group_keys, plot_ope_scatter
+
+    # the scatter names the two cql-v settings apart, and fqe by its method alone
+    labels = _scatter_labels(_with_group_keys(read_ope_results(path)))
+    assert sorted(labels.values()) == ["cql-v α 5, μ -, 100 upd.", "cql-v, 100 upd.", "fqe"]
+    assert plot_ope_scatter(read_ope_results(path), tmp_path)[0].read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cli_writes_the_summary_and_refuses_another_file(tmp_path, capsys):
@@ -103,6 +110,7 @@ def test_every_estimate_is_listed_with_its_error_bound_and_drift(tmp_path):
     pd.DataFrame(rows, columns=list(OPE_COLUMNS)).to_csv(path, index=False)
     assert main(["ope-summary", str(path)]) == 0
     table = ope_estimates(read_ope_results(path), read_ope_curves(tmp_path / "ope_curves.csv"))
+    assert pd.read_csv(tmp_path / "ope_summary.csv")["truth_ci_halfwidth_max"].tolist() == [0.01, 0.01]
     assert list(zip(table["policy"], table["method"], strict=True)) == [
         ("p2", "cql-v"), ("p2", "fqe"), ("p1", "cql-v"), ("p1", "fqe"), ("p0", "cql-v"), ("p0", "fqe")]
     by_key = table.set_index(["policy", "method"])

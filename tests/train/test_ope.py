@@ -211,6 +211,32 @@ def test_cli_bad_input_is_one_line_exit_2_and_nothing_written(pendulum, tmp_path
     assert not (tmp_path / "out").exists() and not (tmp_path / "ope.csv").exists()
 
 
+@pytest.mark.parametrize("env_id, message", [
+    (None, "dataset pendulum/other-v0: no env to roll the policy out in, so no true value"),
+    ("Nope-v9", "dataset pendulum/other-v0 (its env Nope-v9): unknown env id 'Nope-v9'"),
+])
+def test_cli_a_dataset_without_a_usable_env_is_one_line_exit_2_and_nothing_written(pendulum, tmp_path, capsys,
+                                                                                   env_id, message):
+    arrays, _ = rollout_transitions("Pendulum-v1", None, 200, seed=3, num_envs=1)
+    register_dataset("pendulum/other-v0", arrays, {"env_id": env_id} if env_id else {})
+    argv = ["ope", "--policy", "Pendulum-v1/expert", "--dataset", "pendulum/other-v0", "--method", "fqe",
+            "--steps", "3", "--quiet", "--out", str(tmp_path / "out"), "--results", str(tmp_path / "ope.csv")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ope.csv").exists()
+
+
+def test_deterministic_is_refused_for_a_policy_object_that_samples(pendulum):
+    policy = load_target_policy("Pendulum-v1/expert")
+    with pytest.raises(offrl.OfflineRLError, match="deterministic=True: the policy object given samples"):
+        evaluate_policy_offline(policy, pendulum, "fqe", 2, config=TINY, truth=False, states=2, deterministic=True,
+                                show_progress=False)
+    report = evaluate_policy_offline(load_target_policy("Pendulum-v1/expert", deterministic=True), pendulum, "fqe",
+                                     2, config=TINY, truth=False, states=2, deterministic=True, show_progress=False)
+    assert report.deterministic
+
+
 def test_a_results_file_of_another_kind_is_refused_before_any_work(pendulum, tmp_path, capsys):
     other = tmp_path / "leaderboard.csv"
     other.write_text("run_id,phase\nx,offline\n")

@@ -2,7 +2,10 @@
 
 Transitions, compared with D4RL's `qlearning_dataset` (which always takes s' = observations[i + 1], drops every
 time-limit row and the file's last row, and keeps terminal rows):
-- a file without `next_observations`: exactly `qlearning_dataset`'s rows, s' = observations[i + 1];
+- a file without `next_observations`: exactly `qlearning_dataset`'s rows, s' = observations[i + 1], quirks
+  included: a row that is both terminal and a time-limit row is dropped, and in a v0 file (no `timeouts`, the
+  limit found by counting steps) the count restarts at 1, not 0, after a terminal row, so the episode that follows
+  one is cut a step before its limit;
 - a file with `next_observations` (D4RL v2 and later): s' is the recorded `next_observations[i]`, so the rows
   `qlearning_dataset` drops because it cannot know their successor (each episode's time-limit row, and the
   file's last row) are kept, flagged as timeouts (bootstrapped, not terminal). The card counts them
@@ -112,21 +115,22 @@ def qlearning_transitions(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray
     observations = arrays["observations"]
     terminals = arrays["terminals"].astype(bool).reshape(n)
     if "timeouts" in arrays:
-        timeouts = arrays["timeouts"].astype(bool).reshape(n)
+        limit_rows = arrays["timeouts"].astype(bool).reshape(n)
     else:  # D4RL v0: no timeouts key; qlearning_dataset counts steps to the time limit
-        timeouts = np.zeros(n, dtype=bool)
+        limit_rows = np.zeros(n, dtype=bool)
         step = 0
         for i in range(n):
             if step == D4RL_MAX_EPISODE_STEPS - 1:
-                timeouts[i] = True
-            step = 0 if terminals[i] or timeouts[i] else step + 1
-    timeouts &= ~terminals
+                limit_rows[i], step = True, 0
+            else:  # qlearning_dataset zeroes its count at a terminal row, then counts that row: 1, not 0
+                step = (0 if terminals[i] else step) + 1
+    timeouts = limit_rows & ~terminals  # a kept row both terminal and cut by the limit is terminal
     if "next_observations" in arrays:
         next_observations = arrays["next_observations"]
         next_known = np.ones(n, dtype=bool)
     else:
         next_observations = np.concatenate([observations[1:], observations[-1:]])
-        next_known = ~timeouts  # obs[i + 1] after a timeout starts the next episode
+        next_known = ~limit_rows  # obs[i + 1] after a time-limit row starts the next episode (terminal or not)
         next_known[-1] = False  # the file's last row has no successor
     keep = next_known
     # A kept row ends its episode if it is terminal or a timeout, or if the row after it was dropped.

@@ -48,6 +48,62 @@ def test_v0_files_without_timeouts_use_the_step_count(monkeypatch):
     assert out["observations"][:, 0].tolist() == [0, 1, 3, 4]  # rows 2 and 5 hit the limit, row 6 is last
 
 
+def _qlearning_dataset_rows(rows, max_steps):
+    """The row indices D4RL's `qlearning_dataset` keeps (d4rl/__init__.py, terminate_on_end=False), restated as
+    its loop: the last row never; a time-limit row (the file's flag, or in v0 files the step count reaching the
+    limit) skipped with the count reset to 0; a terminal row kept with the count reset to 0; every kept row then
+    counted."""
+    n, kept, step = len(rows["rewards"]), [], 0
+    for i in range(n - 1):
+        at_limit = bool(rows["timeouts"][i]) if "timeouts" in rows else step == max_steps - 1
+        if at_limit:
+            step = 0
+            continue
+        if rows["terminals"][i]:
+            step = 0
+        kept.append(i)
+        step += 1
+    return kept
+
+
+@pytest.mark.parametrize("with_timeouts", [True, False])
+def test_without_next_observations_the_rows_are_exactly_qlearning_datasets(monkeypatch, with_timeouts):
+    import offrl.data.d4rl as d4rl
+
+    monkeypatch.setattr(d4rl, "D4RL_MAX_EPISODE_STEPS", 5)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        rows = d4rl_rows(n=40, obs_dim=2, act_dim=1)
+        rows["terminals"] = rng.random(40) < 0.1
+        rows["timeouts"] = rng.random(40) < 0.15
+        rows["timeouts"][rng.integers(40)] = rows["terminals"][rng.integers(40)] = True  # and some rows both
+        rows["terminals"][7] = rows["timeouts"][7] = True
+        if not with_timeouts:
+            del rows["timeouts"]
+        out = qlearning_transitions(rows)
+        assert out["observations"][:, 0].astype(int).tolist() == _qlearning_dataset_rows(rows, 5)
+        np.testing.assert_array_equal(out["next_observations"][:, 0], out["observations"][:, 0] + 1)
+
+
+def test_a_row_both_terminal_and_timed_out_is_dropped_without_and_terminal_with_next_observations():
+    rows = d4rl_rows()
+    rows["terminals"][3] = rows["timeouts"][3] = True
+    assert 3 not in qlearning_transitions(rows)["observations"][:, 0].tolist()  # as qlearning_dataset
+    rows["next_observations"] = rows["observations"] + 0.5
+    out = qlearning_transitions(rows)
+    assert out["terminals"][3] and not out["timeouts"][3]
+
+
+def test_a_v0_episode_after_a_terminal_one_is_cut_a_step_early_as_in_qlearning_dataset(monkeypatch):
+    import offrl.data.d4rl as d4rl
+
+    monkeypatch.setattr(d4rl, "D4RL_MAX_EPISODE_STEPS", 3)
+    rows = d4rl_rows(n=8)
+    del rows["timeouts"]
+    rows["terminals"][1] = True  # episode 0 = rows 0-1; the count is then 1 at row 2, so row 3 "hits" the limit
+    assert qlearning_transitions(rows)["observations"][:, 0].tolist() == [0, 1, 2, 4, 5]  # 3 and 6 cut, 7 last
+
+
 def _write_d4rl(path, rows):
     with h5py.File(path, "w") as f:
         for key, value in rows.items():

@@ -26,6 +26,7 @@ from offrl.evaluation.leaderboard import (
     _save_figure,
     finished_curve,
     gather_curves,
+    read_curve,
     read_kept_curves,
     stratified_bootstrap_ci,
 )
@@ -33,7 +34,7 @@ from offrl.fileio import atomic_write_bytes
 
 __all__ = ["CORL_PUBLISHED", "CORL_SOURCE", "evidence_rows", "per_dataset", "across_datasets",
            "performance_profile_plot", "bias_axis_scale", "collect_evidence_curves", "read_evidence_curves",
-           "learning_curve_plots", "corl_caveat",
+           "learning_curve_plots", "corl_caveat", "collect_runs_without_score",
            "corl_comparison_table", "write_evidence"]
 
 CONFIDENCE = 0.95
@@ -370,6 +371,89 @@ def _soft_backup_markdown(offsets: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+UNSCORED_COLUMNS = ("run_dir", "run_id", "dataset_id", "algorithm", "config_name", "seed", "steps", "git_commit",
+                    "status", "stopped_step", "last_logged_step", "last_eval_step", "last_eval_normalized_return",
+                    "last_eval_q_bias_normalized", "detail")
+
+
+def collect_runs_without_score(frame: pd.DataFrame, previous: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The runs of `frame`'s result set that have no row: folders beside its rows' run folders (the sweep's --out)
+    whose run.json is an offline run at the same commit and budget, with no leaderboard row in `frame`. Without
+    this a run that stopped (a critic that overflowed to inf, SAC-offline's likely end) would just be missing from
+    every table. Per run: `status` "diverged" (its stopped.json, with the step), "finished" (a final report but no
+    row), else "no score yet" (training, interrupted, or stopped by an error its folder does not record), with its
+    last logged step and last evaluation. Kept like the curves: runs in `previous` whose folders are not here stay,
+    unless a row now scores them."""
+    from offrl.runs import read_run_record
+    from offrl.train.loop import STOPPED_FILE
+
+    with_dirs = frame[frame["run_dir"].notna()]
+    named = set(with_dirs["run_dir"].astype(str))
+    commits = set(with_dirs["git_commit"].dropna().astype(str))
+    budgets = set(with_dirs["steps"].astype(int))
+    found = []
+    for root in sorted({Path(d).parent for d in named}):
+        if not root.is_dir():
+            continue
+        for folder in sorted(root.iterdir()):
+            if str(folder) in named or not (folder / "run.json").is_file():
+                continue
+            try:
+                record = read_run_record(folder)
+            except OfflineRLError:
+                continue  # another kind of run, or a damaged record: not this result set's
+            if str(record.get("git_commit")) not in commits or int(record.get("updates", -1)) not in budgets:
+                continue
+            found.append(_unscored_run(folder, record, STOPPED_FILE))
+    seen = named | {row["run_dir"] for row in found}
+    kept = [] if previous is None else [row for row in previous.to_dict("records") if row["run_dir"] not in seen]
+    table = pd.DataFrame([*found, *kept], columns=list(UNSCORED_COLUMNS))
+    return table.sort_values(["dataset_id", "algorithm", "config_name", "seed"], kind="stable").reset_index(drop=True)
+
+
+def _unscored_run(folder: Path, record: dict, stopped_file: str) -> dict:
+    import json
+
+    row = {"run_dir": str(folder), "run_id": record.get("run_id"), "dataset_id": record.get("dataset_id"),
+           "algorithm": record.get("algorithm"), "config_name": record.get("config_name"),
+           "seed": record.get("seed"), "steps": int(record["updates"]), "git_commit": record.get("git_commit"),
+           "status": "no score yet", "stopped_step": math.nan, "last_logged_step": math.nan,
+           "last_eval_step": math.nan, "last_eval_normalized_return": math.nan,
+           "last_eval_q_bias_normalized": math.nan,
+           "detail": "training, interrupted, or stopped by an error its folder does not record"}
+    if (folder / "metrics.csv").is_file():
+        metrics = read_curve(folder / "metrics.csv")
+        row["last_logged_step"] = int(metrics["step"].iloc[-1]) if not metrics.empty else math.nan
+    if (folder / "evaluations.csv").is_file():
+        evaluations = read_curve(folder / "evaluations.csv")
+        if not evaluations.empty:
+            last = evaluations.iloc[-1]
+            row.update(last_eval_step=int(last["step"]),
+                       last_eval_normalized_return=float(last.get("normalized_return", math.nan)),
+                       last_eval_q_bias_normalized=float(last.get("q_bias_normalized_mean", math.nan)))
+    if (folder / "final.json").is_file():
+        row.update(status="finished", detail="its final report exists, but no leaderboard row of it is here")
+    elif (folder / stopped_file).is_file():
+        stopped = json.loads((folder / stopped_file).read_text())
+        row.update(status=str(stopped.get("reason", "stopped")), stopped_step=stopped.get("step", math.nan),
+                   detail=", ".join(stopped.get("metrics") or []) or str(stopped.get("error", "")))
+    return row
+
+
+def _unscored_markdown(table: pd.DataFrame) -> str:
+    lines = ["| dataset | algorithm | config | seed | status | at update | last evaluation: update, normalized return, "
+             "Q bias (norm.) | detail |", "|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        at = r.stopped_step if np.isfinite(r.stopped_step) else r.last_logged_step
+        evaluation = ("–" if not np.isfinite(r.last_eval_step) else
+                      f"{int(r.last_eval_step):,}: {r.last_eval_normalized_return:.1f}, "
+                      + (f"{r.last_eval_q_bias_normalized:+.2f}" if np.isfinite(r.last_eval_q_bias_normalized)
+                         else "–"))
+        lines.append(f"| {r.dataset_id} | {r.algorithm} | {r.config_name} | {r.seed} | {r.status} | "
+                     f"{f'{int(at):,}' if np.isfinite(at) else '–'} of {int(r.steps):,} | {evaluation} | {r.detail} |")
+    return "\n".join(lines) + "\n"
+
+
 def read_evidence_curves(path: Path) -> pd.DataFrame | None:
     """An earlier evidence_curves.csv, or None when there is none."""
     return read_kept_curves(path, EVIDENCE_CURVE_COLUMNS, "evidence curves", text_columns=("run_id",))
@@ -437,7 +521,10 @@ def corl_caveat(budgets: Sequence[int]) -> str:
     share = ", ".join(f"{100.0 * b / CORL_UPDATES:.3g}%" for b in sorted(budgets))
     return (f"Not like for like: offrl runs Gymnasium MuJoCo v5 environments on offrl's own datasets, normalized by "
             f"their cards' reference returns (not D4RL's v2 datasets or D4RL's reference scores), for {updates} "
-            f"updates ({share} of CORL's {CORL_UPDATES:,}), with different seeds and offrl's configs. CORL: "
+            f"updates ({share} of CORL's {CORL_UPDATES:,}), with different seeds and offrl's configs (the config "
+            "column; CORL tunes its own per dataset). The datasets are smaller than D4RL's (its medium tiers hold 1M "
+            "transitions, ours 200,000; each card's `transitions` gives the count) and come from other behaviour "
+            "policies, so even the behaviour level differs. CORL: "
             f"{CORL_SOURCE}; last score, mean ± population std (ddof 0) over {CORL_SEEDS} seeds; ours: sample std "
             "(ddof 1).")
 
@@ -488,6 +575,16 @@ def _across_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _commit_warning(commits: Sequence[str]) -> list[str]:
+    """A line for the summary when a commit does not name the code exactly (a result set must)."""
+    unclear = [c for c in commits if c == "unknown" or c.endswith("-dirty")]
+    if not unclear:
+        return []
+    return ["", f"**Not one clean commit:** {', '.join(unclear)}: these rows come from code that no commit holds "
+                "exactly (a working tree with changes, or no git), so they cannot be reproduced from this "
+                "repository's history."]
+
+
 def write_evidence(frame: pd.DataFrame, out_dir: Path, steps: int, datasets: Sequence[str] | None = None,
                    algorithms: Sequence[str] | None = None, sweep_ids: Sequence[str] | None = None) -> list[Path]:
     """The evidence grid at one budget, written atomically into `out_dir`: evidence_summary.csv (per dataset),
@@ -514,6 +611,13 @@ def write_evidence(frame: pd.DataFrame, out_dir: Path, steps: int, datasets: Seq
     offsets_path = out_dir / "evidence_soft_backup.csv"
     offsets = collect_soft_backup_offsets(rows, read_kept_curves(offsets_path, SOFT_BACKUP_COLUMNS, "soft-backup "
                                                                  "offsets", text_columns=("run_id",)))
+    unscored_path = out_dir / "evidence_unscored.csv"
+    unscored = collect_runs_without_score(rows, read_kept_curves(unscored_path, UNSCORED_COLUMNS, "unscored runs",
+                                                                 text_columns=("run_id", "git_commit")))
+    shown = unscored[unscored["steps"].astype(int).isin(rows["steps"].astype(int))
+                     & unscored["git_commit"].astype(str).isin(rows["git_commit"].dropna().astype(str))
+                     & (unscored["dataset_id"].isin(list(datasets)) if datasets is not None else True)
+                     & (unscored["algorithm"].isin(list(algorithms)) if algorithms is not None else True)]
     known = set(zip(curves["run_dir"], curves["run_id"], strict=True))
     curves_found = sum(key in known for key in zip(runs["run_dir"], runs["run_id"], strict=True))
     written = []
@@ -534,7 +638,14 @@ def write_evidence(frame: pd.DataFrame, out_dir: Path, steps: int, datasets: Seq
         "Scores are final normalized returns (100 = the dataset card's expert reference, 0 = its random one). "
         "Statistics are rliable's (Agarwal et al. 2021): IQM = 25% trimmed mean; 95% CIs are percentile stratified "
         f"bootstraps over seeds ({CI_RESAMPLES:,} resamples), given from {MIN_SEEDS_FOR_CI} seeds on (with 2 a "
-        "percentile bootstrap returns only their min and max); with 3 seeds the IQM is the mean and a CI is coarse.",
+        "percentile bootstrap returns only their min and max); with 3 seeds the IQM is the mean and a CI is coarse. "
+        "Best: each seed's highest evaluation along training (the final one included), averaged over seeds, as "
+        "CORL's best score. Seed s is evaluated from the env resets of seeds EVAL_SEED + s + i (i < episodes), so "
+        "all algorithms at one seed face the same starts and neighbouring seeds share most of theirs: the seed "
+        "spread, and so every std and CI here, is slightly understated.",
+        *_commit_warning(commits),
+        *(["", f"{len(shown)} more run(s) of this result set have no score (yet): see \"Runs without a score\"."]
+          if not shown.empty else []),
         "", "## Per dataset", "", _per_dataset_markdown(per),
         "## Across datasets", "",
         "One seeds × datasets matrix per algorithm; rliable needs it rectangular, so only the seeds present on every "
@@ -547,8 +658,14 @@ def write_evidence(frame: pd.DataFrame, out_dir: Path, steps: int, datasets: Seq
            f"{SOFT_BACKUP_WINDOW:.0%} of the updates, at dataset states; about an upper bound on the size where "
            "episodes terminate). "
            f"Kept in {offsets_path.name}.", "", _soft_backup_markdown(offsets)] if not offsets.empty else []),
+        *(["## Runs without a score", "",
+           "Runs of this result set (the folders beside its runs', at the same commit and budget) that have no "
+           "leaderboard row, so no table above counts them: a diverged run stopped where its stopped.json says; "
+           f"\"no score yet\" is still training or was interrupted. Kept in {unscored_path.name}.", "",
+           _unscored_markdown(shown)] if not shown.empty else []),
         "## Figures", "", *figures, ""])
     tables = [("evidence_curves.csv", curves.to_csv(index=False))] if not curves.empty else []
+    tables += [(unscored_path.name, unscored.to_csv(index=False))] if not unscored.empty else []
     tables += [(offsets_path.name, offsets.to_csv(index=False))] if not offsets.empty else []
     for name, data in (*tables, ("evidence_summary.csv", per.to_csv(index=False, float_format="%.4g")),
                        ("evidence_across_datasets.csv", across.to_csv(index=False, float_format="%.4g")),

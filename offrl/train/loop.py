@@ -16,11 +16,14 @@ Two guarantees (tests/train/test_loop.py, tests/test_faults.py):
   unless the caller says otherwise), else the loop stops with one error;
 - SIGINT and SIGTERM stop the loop at the next boundary with a checkpoint (`TrainingInterrupted`, exit
   130/143 from the CLI); a second SIGINT interrupts at once.
+A run stopped for divergence leaves `stopped.json` in its folder (the step, the metrics, the error), so a summary
+of a sweep can say why the run has no row instead of leaving it out silently.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import signal
 import threading
@@ -36,7 +39,7 @@ from tqdm import tqdm
 
 from offrl.errors import DIVERGENCE_LIMIT, OfflineRLError, TrainingInterrupted
 from offrl.faults import fault_point
-from offrl.fileio import atomic_torch_save
+from offrl.fileio import atomic_torch_save, atomic_write_bytes
 from offrl.train.checkpoints import CHECKPOINT_FORMAT, load_weights, rng_state, set_rng_state
 from offrl.train.logs import MetricsLog
 
@@ -199,6 +202,9 @@ def _empty_episode() -> dict[str, list]:
     return {k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")}
 
 
+STOPPED_FILE = "stopped.json"
+
+
 def run_loop(*, update: Callable[[int], dict[str, torch.Tensor] | None], source: StepSource, schedule: Schedule,
              agent: torch.nn.Module, kind: str, checkpoint_path: Path | None, metrics_log: MetricsLog,
              eval_log: MetricsLog, evaluate: Callable[[int], tuple[float, dict[str, Any]]] | None = None,
@@ -237,9 +243,14 @@ def run_loop(*, update: Callable[[int], dict[str, torch.Tensor] | None], source:
         if bad:
             kept = (f"the last good checkpoint (step {saved_step}) is kept at {checkpoint_path}"
                     if saved_step is not None else "no checkpoint had been written")
-            raise OfflineRLError(f"training diverged at step {step} ({', '.join(bad)}); stopped (non-finite, or a "
-                                 f"metric above the divergence limit {schedule.divergence_limit:.3g}), no report or "
-                                 f"leaderboard row written; {kept}")
+            message = (f"training diverged at step {step} ({', '.join(bad)}); stopped (non-finite, or a metric above "
+                       f"the divergence limit {schedule.divergence_limit:.3g}), no report or leaderboard row "
+                       f"written; {kept}")
+            if checkpoint_path is not None:  # the run folder says why it has no report (summaries list it)
+                atomic_write_bytes(Path(checkpoint_path).parent / STOPPED_FILE, json.dumps(
+                    {"reason": "diverged", "step": step, "metrics": bad, "last_checkpoint_step": saved_step,
+                     "divergence_limit": schedule.divergence_limit, "error": message}).encode())
+            raise OfflineRLError(message)
         checked_step = step
         return values
 

@@ -1,3 +1,4 @@
+import json
 import math
 from pathlib import Path
 
@@ -174,6 +175,20 @@ def test_the_corl_table_holds_the_verified_numbers_and_its_caveats_once(tmp_path
     assert "SAC-offline" not in table  # CORL has no plain offline SAC column
     assert table.count("Gymnasium MuJoCo v5") == 1 and "not D4RL's v2 datasets" in table
     assert "30,000 updates (3% of CORL's 1,000,000)" in table and "different seeds" in table
+    assert "its medium tiers hold 1M transitions, ours 200,000" in table
+
+
+def test_the_summary_defines_best_names_the_shared_starts_and_flags_a_commit_no_history_holds(tmp_path):
+    frame = read_leaderboard(_grid(tmp_path, seeds=(0,)))
+    write_evidence(frame, tmp_path / "out", STEPS)
+    summary = (tmp_path / "out" / "evidence_summary.md").read_text()
+    assert "Best: each seed's highest evaluation" in summary and "slightly understated" in summary
+    assert "Not one clean commit" not in summary
+    frame.loc[frame.index[0], "git_commit"] = "abc123-dirty"
+    frame.loc[frame.index[1], "git_commit"] = "unknown"
+    write_evidence(frame, tmp_path / "out", STEPS)
+    summary = (tmp_path / "out" / "evidence_summary.md").read_text()
+    assert "**Not one clean commit:** abc123-dirty, unknown:" in summary
 
 
 def test_the_plots_are_written_as_pngs(tmp_path):
@@ -351,3 +366,52 @@ def test_soft_backup_offsets_for_the_runs_that_back_up_the_soft_value(tmp_path):
         (run_dir / "metrics.csv").unlink()
     write_evidence(frame, out, STEPS)
     pd.testing.assert_frame_equal(pd.read_csv(out / "evidence_soft_backup.csv"), offsets)
+
+
+def _unscored_folder(root, name, commit="abc123", updates=STEPS, evaluations=None, stopped=None, final=False):
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({
+        "kind": "offline", "run_id": name, "dataset_id": "hopper/medium-replay-v1", "algorithm": "SAC-offline",
+        "config_name": "fast", "seed": 3, "updates": updates, "git_commit": commit}))
+    pd.DataFrame({"step": [1000, 2000], "critic_loss": [1.0, 2.0]}).to_csv(folder / "metrics.csv", index=False)
+    if evaluations is not None:
+        pd.DataFrame(evaluations).to_csv(folder / "evaluations.csv", index=False)
+    if stopped is not None:
+        (folder / "stopped.json").write_text(json.dumps(stopped))
+    if final:
+        (folder / "final.json").write_text("{}")
+    return folder
+
+
+def test_runs_of_the_result_set_without_a_row_are_listed_not_silently_missing(tmp_path):
+    frame = read_leaderboard(_grid(tmp_path, seeds=(0,)))
+    runs = tmp_path / "runs"
+    _unscored_folder(runs, "diverged", evaluations={"step": [10_000], "normalized_return": [3.0],
+                                                               "q_bias_normalized_mean": [250.0]},
+                                stopped={"reason": "diverged", "step": 12_345, "metrics": ["critic_loss=inf"]})
+    _unscored_folder(runs, "training")
+    _unscored_folder(runs, "finished", final=True)
+    _unscored_folder(runs, "other-commit", commit="fff000")  # another result set's
+    _unscored_folder(runs, "other-budget", updates=5_000)
+    out = tmp_path / "out"
+    write_evidence(frame, out, STEPS)
+    summary = (out / "evidence_summary.md").read_text()
+    assert "3 more run(s) of this result set have no score (yet)" in summary
+    assert ("| hopper/medium-replay-v1 | SAC-offline | fast | 3 | diverged | 12,345 of 30,000 | 10,000: 3.0, +250.00 "
+            "| critic_loss=inf |") in summary
+    assert "| no score yet | 2,000 of 30,000 | – |" in summary and "| finished |" in summary
+    kept = pd.read_csv(out / "evidence_unscored.csv")
+    assert sorted(Path(d).name for d in kept["run_dir"]) == ["diverged", "finished", "training"]
+    # a clean clone has the kept table but not the folders; a run that has since got its row drops out
+    for folder in runs.iterdir():
+        if folder.name in ("diverged", "training"):
+            for file in folder.iterdir():
+                file.unlink()
+            folder.rmdir()
+    write_evidence(frame, out, STEPS)
+    assert "| diverged | 12,345 of 30,000 |" in (out / "evidence_summary.md").read_text()
+    finished = frame.iloc[[0]].assign(run_dir=str(runs / "finished"), run_id="finished", seed=3)
+    write_evidence(pd.concat([frame, finished], ignore_index=True), out, STEPS)
+    assert sorted(Path(d).name for d in pd.read_csv(out / "evidence_unscored.csv")["run_dir"]) == ["diverged",
+                                                                                                  "training"]

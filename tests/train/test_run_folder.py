@@ -155,6 +155,9 @@ def test_divergence_is_caught_before_it_is_saved_even_when_losses_still_look_fin
     assert kept["loop"]["step"] == 22
     assert all(bool(v.isfinite().all()) for v in kept["agent"].values() if v.is_floating_point())
     assert not (tmp_path / "lb.csv").exists() and not (tmp_path / "run" / "final.json").exists()
+    stopped = json.loads((tmp_path / "run" / "stopped.json").read_text())  # why the folder has no report
+    assert stopped["reason"] == "diverged" and stopped["step"] == 23 and stopped["last_checkpoint_step"] == 22
+    assert stopped["metrics"] == ["non-finite parameters"] and "diverged at step 23" in stopped["error"]
 
 
 def test_absurd_finite_losses_are_divergence_and_an_early_one_names_no_checkpoint(dataset, tmp_path, monkeypatch):

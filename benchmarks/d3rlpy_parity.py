@@ -33,11 +33,14 @@ import sys
 import time
 from pathlib import Path
 
-import d3rlpy
 import gymnasium as gym
-import h5py
 import numpy as np
 import torch
+
+try:  # only training needs d3rlpy; `evaluate` is also imported by offrl's tests, which check it against offrl's own
+    import d3rlpy
+except ImportError:
+    d3rlpy = None
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -55,6 +58,8 @@ def load_dataset(path: Path) -> tuple[d3rlpy.dataset.ReplayBuffer, dict]:
     if digest.hexdigest() != card["sha256"]:
         print(f"error: {path}: sha256 {digest.hexdigest()} is not its card's {card['sha256']}", file=sys.stderr)
         raise SystemExit(2)
+    import h5py
+
     with h5py.File(path, "r") as f:
         arrays = {key: f[key][()] for key in ("observations", "actions", "rewards", "terminals", "timeouts")}
     data = d3rlpy.dataset.MDPDataset(
@@ -135,6 +140,10 @@ def _set_rng_states(states: dict) -> None:
 
 
 def main() -> None:
+    if d3rlpy is None:
+        print("error: d3rlpy is not installed here; run this in .venv-d3rlpy (make .venv-d3rlpy/.installed)",
+              file=sys.stderr)
+        raise SystemExit(2)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, type=Path, help="offrl HDF5 file (its card beside it)")
     parser.add_argument("--seed", type=int, default=0)

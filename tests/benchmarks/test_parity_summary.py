@@ -104,3 +104,56 @@ def test_d3rlpys_runs_are_evaluated_and_biased_like_offrls():
     assert int(re.search(r"^EVAL_SEED = ([\d_]+)$", source, re.M)[1]) == EVAL_SEED
     assert float(re.search(r"^Q_BIAS_TAIL_TOLERANCE = ([\d.e-]+)$", source, re.M)[1]) == Q_BIAS_TAIL_TOLERANCE
     assert "env.reset(seed=EVAL_SEED + seed + i)" in source
+
+
+def test_d3rlpys_evaluation_restated_gives_offrls_numbers_for_the_same_policy():
+    """d3rlpy_parity.evaluate (offrl's evaluation rewritten for d3rlpy's venv) against offrl's evaluate_in_env, on
+    one policy (an untrained tiny CQL agent on HalfCheetah-v5, whose actions are already in the env's [-1, 1]
+    bounds) handed to it as a d3rlpy algo would be: the same returns, Q bias and normalised Q bias."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    import offrl
+    from offrl.evaluation.report import evaluate_in_env
+    from offrl.evaluation.scores import ReferenceScores
+
+    sys.path.insert(0, str(Path(__file__).parents[2]))
+    from benchmarks.d3rlpy_parity import evaluate
+
+    agent = offrl.CQL("fast", actor_hidden=(8,), critic_hidden=(8,))
+    agent.build(17, 6)
+    policy = agent.policy
+
+    class Forwarder:
+        def compute_expected_q(self, observations, actions, reduction):
+            assert reduction == "min"
+            return policy.q(observations, actions)
+
+    class D3rlpyLikeAlgo:
+        impl = type("Impl", (), {"_q_func_forwarder": Forwarder()})()
+
+        def predict(self, observations):
+            with torch.no_grad():
+                return policy.act(torch.as_tensor(observations)).numpy()
+
+    ours = evaluate_in_env(policy, "HalfCheetah-v5", 2, 1, ReferenceScores(0.0, 1.0, "test"), 0.99)
+    restated = evaluate(D3rlpyLikeAlgo(), "HalfCheetah-v5", 2, 1, 0.99)
+    np.testing.assert_allclose(restated["return_mean"], ours.return_mean, rtol=1e-6)
+    np.testing.assert_allclose(restated["return_std"], ours.return_std, rtol=1e-5)
+    np.testing.assert_allclose(restated["q_bias_mean"], ours.q_bias_mean, rtol=1e-5)
+    np.testing.assert_allclose(restated["q_bias_normalized_mean"], ours.q_bias_normalized_mean, rtol=1e-5)
+
+
+def test_the_env_fingerprint_is_a_function_of_the_dynamics():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[2]))
+    from benchmarks.env_fingerprint import fingerprint
+
+    digest, steps = fingerprint("Hopper-v5", episodes=2)
+    assert fingerprint("Hopper-v5", episodes=2) == (digest, steps) and steps > 0
+    assert fingerprint("Hopper-v5", episodes=2, seed=1)[0] != digest  # other start states, another fingerprint

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from offrl.errors import DIVERGENCE_LIMIT, OfflineRLError, TrainingInterrupted, first_line
+from offrl.fileio import atomic_write_bytes
 
 __all__ = ["ALGORITHMS", "Trial", "OPETrial", "SweepSpec", "SweepResult", "parse_seeds", "plan_trials", "run_trial",
            "run_sweep"]
@@ -377,6 +378,7 @@ def run_sweep(spec: SweepSpec, echo: Callable[[str], None] = print) -> SweepResu
         except OfflineRLError as exc:  # its row is refused (e.g. not finite): this trial fails, the others go on
             result.failed[trial.name] = f"row refused: {exc}"
             echo(f"{trial.name}: FAILED row refused: {exc}")
+            _record_outcome(run_dir, {"status": "failed", "error": f"row refused: {exc}"})
             continue
         if appended:
             result.finished.append(trial.name)  # it had finished without its row: the row is there now
@@ -435,9 +437,24 @@ def _run_remote(spec: SweepSpec, trials: Sequence[Trial], result: SweepResult, e
             else:
                 result.failed[trial.name] = outcome["error"]
                 echo(f"[{done}/{total}] {trial.name}: {outcome['status'].upper()} {outcome['error']}")
+            _record_outcome(spec.out / trial.name, outcome)
     finally:
         ray.shutdown()
         _restore(handlers)
+
+
+TRIAL_ERROR_FILE = "error.txt"  # Ray Tune's name for a failed trial's error, in the trial's folder
+
+
+def _record_outcome(run_dir: Path, outcome: dict) -> None:
+    """A failed trial's error goes into its folder (summaries read it; the driver's output is gone by then); a
+    trial that finishes, or is interrupted to resume, drops an earlier attempt's."""
+    error = run_dir / TRIAL_ERROR_FILE
+    if outcome["status"] == "failed":
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(error, (outcome["error"].rstrip() + "\n").encode())
+    else:
+        error.unlink(missing_ok=True)
 
 
 def _restore(handlers: dict) -> None:

@@ -122,6 +122,9 @@ def test_a_trial_with_a_damaged_dataset_fails_alone(world):
     assert "pendulum-noisy-v0" in result.stdout and "sha256" in result.stdout
     rows = pd.read_csv(tmp_path / "lb.csv")
     assert rows["dataset_id"].tolist() == ["pendulum/random-v0"]
+    error = tmp_path / "sweep" / "pendulum-noisy-v0-cql-tiny-seed0" / "error.txt"  # kept in the trial's folder
+    assert "sha256" in error.read_text() and len(error.read_text().splitlines()) == 1
+    assert not (tmp_path / "sweep" / "pendulum-random-v0-cql-tiny-seed0" / "error.txt").exists()
     assert _no_ray_processes_left()
 
 

@@ -381,8 +381,8 @@ def collect_runs_without_score(frame: pd.DataFrame, previous: pd.DataFrame | Non
     whose run.json is an offline run at the same commit and budget, with no leaderboard row in `frame`. Without
     this a run that stopped (a critic that overflowed to inf, SAC-offline's likely end) would just be missing from
     every table. Per run: `status` "diverged" (its stopped.json, with the step), "finished" (a final report but no
-    row), else "no score yet" (training, interrupted, or stopped by an error its folder does not record), with its
-    last logged step and last evaluation. Kept like the curves: runs in `previous` whose folders are not here stay,
+    row), "failed" (a sweep trial's error.txt), else "no score yet" (training, or interrupted), with its last
+    logged step and last evaluation. Kept like the curves: runs in `previous` whose folders are not here stay,
     unless a row now scores them."""
     from offrl.runs import read_run_record
     from offrl.train.loop import STOPPED_FILE
@@ -414,6 +414,8 @@ def collect_runs_without_score(frame: pd.DataFrame, previous: pd.DataFrame | Non
 def _unscored_run(folder: Path, record: dict, stopped_file: str) -> dict:
     import json
 
+    from offrl.sweep import TRIAL_ERROR_FILE
+
     row = {"run_dir": str(folder), "run_id": record.get("run_id"), "dataset_id": record.get("dataset_id"),
            "algorithm": record.get("algorithm"), "config_name": record.get("config_name"),
            "seed": record.get("seed"), "steps": int(record["updates"]), "git_commit": record.get("git_commit"),
@@ -437,6 +439,9 @@ def _unscored_run(folder: Path, record: dict, stopped_file: str) -> dict:
         stopped = json.loads((folder / stopped_file).read_text())
         row.update(status=str(stopped.get("reason", "stopped")), stopped_step=stopped.get("step", math.nan),
                    detail=", ".join(stopped.get("metrics") or []) or str(stopped.get("error", "")))
+    elif (folder / TRIAL_ERROR_FILE).is_file():  # a sweep trial that failed otherwise
+        lines = (folder / TRIAL_ERROR_FILE).read_text().strip().splitlines()
+        row.update(status="failed", detail=lines[0] if lines else "(no message)")
     return row
 
 

@@ -392,20 +392,22 @@ def test_runs_of_the_result_set_without_a_row_are_listed_not_silently_missing(tm
                                 stopped={"reason": "diverged", "step": 12_345, "metrics": ["critic_loss=inf"]})
     _unscored_folder(runs, "training")
     _unscored_folder(runs, "finished", final=True)
+    (_unscored_folder(runs, "failed") / "error.txt").write_text("OfflineRLError: dataset x: sha256 mismatch\n")
     _unscored_folder(runs, "other-commit", commit="fff000")  # another result set's
     _unscored_folder(runs, "other-budget", updates=5_000)
     out = tmp_path / "out"
     write_evidence(frame, out, STEPS)
     summary = (out / "evidence_summary.md").read_text()
-    assert "3 more run(s) of this result set have no score (yet)" in summary
+    assert "4 more run(s) of this result set have no score (yet)" in summary
+    assert "| failed | 2,000 of 30,000 | – | OfflineRLError: dataset x: sha256 mismatch |" in summary
     assert ("| hopper/medium-replay-v1 | SAC-offline | fast | 3 | diverged | 12,345 of 30,000 | 10,000: 3.0, +250.00 "
             "| critic_loss=inf |") in summary
     assert "| no score yet | 2,000 of 30,000 | – |" in summary and "| finished |" in summary
     kept = pd.read_csv(out / "evidence_unscored.csv")
-    assert sorted(Path(d).name for d in kept["run_dir"]) == ["diverged", "finished", "training"]
+    assert sorted(Path(d).name for d in kept["run_dir"]) == ["diverged", "failed", "finished", "training"]
     # a clean clone has the kept table but not the folders; a run that has since got its row drops out
     for folder in runs.iterdir():
-        if folder.name in ("diverged", "training"):
+        if folder.name in ("diverged", "training", "failed"):
             for file in folder.iterdir():
                 file.unlink()
             folder.rmdir()
@@ -413,5 +415,5 @@ def test_runs_of_the_result_set_without_a_row_are_listed_not_silently_missing(tm
     assert "| diverged | 12,345 of 30,000 |" in (out / "evidence_summary.md").read_text()
     finished = frame.iloc[[0]].assign(run_dir=str(runs / "finished"), run_id="finished", seed=3)
     write_evidence(pd.concat([frame, finished], ignore_index=True), out, STEPS)
-    assert sorted(Path(d).name for d in pd.read_csv(out / "evidence_unscored.csv")["run_dir"]) == ["diverged",
-                                                                                                  "training"]
+    assert sorted(Path(d).name for d in pd.read_csv(out / "evidence_unscored.csv")["run_dir"]) == [
+        "diverged", "failed", "training"]

@@ -110,9 +110,10 @@ def linear_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
 class _LowPrecisionInputHead(torch.autograd.Function):
     """The fp32 output layer fed with bf16 hidden activations. Forward in fp32 as before; the backward
     returns the activations' gradient directly in bf16 (the dtype autocast would cast it to) and takes the
-    weight gradient from a bf16 GEMM with fp32 accumulation. The plain `x.float()` route writes and reads
-    back fp32 copies of the activations and of their gradient (see the bf16 `fusion` rows of
-    evaluation/bench.csv)."""
+    weight gradient from a bf16 GEMM (fp32 accumulation inside, the result rounded to bf16 before it is
+    cast back: the head's weight gradient carries bf16 precision, where the plain route's is fp32; the
+    tests bound the difference). The plain `x.float()` route writes and reads back fp32 copies of the
+    activations and of their gradient (see the bf16 `fusion` rows of evaluation/bench.csv)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

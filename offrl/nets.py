@@ -74,8 +74,8 @@ class TwinCritic(nn.Module):
     observations of shape (B, obs_dim). Kept as the plain layout, two independent MLPs:
     - splitting the first layer into W_s·s (once per state) + W_a·a (per grid row) did not pay off over a
       whole CQL update (it lost under bf16), so s is repeated and concatenated;
-    - a bmm-stacked ensemble can be faster for critic fwd+bwd alone (`critics` rows of evaluation/bench.csv)
-      but was slower inside the whole CQL update (a prototype, not kept).
+    - a bmm-stacked ensemble was no faster for critic fwd+bwd alone (the `critics` rows of evaluation/bench.csv)
+      and slower inside the whole CQL update (a prototype, not kept).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), orthogonal_init: bool = False):

@@ -425,3 +425,40 @@ def test_bf16_weights_get_gradients_after_a_no_grad_pass_in_the_same_autocast_re
             mean, log_std = agent.actor(observations)
             (mean.float().square().sum() + log_std.float().sum()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.actor.parameters())
+
+
+@pytest.mark.parametrize("hidden", [(256, 256), (256, 256, 256)], ids=["2x256", "3x256"])
+def test_a_whole_cql_update_through_the_cpu_fast_path_gives_the_plain_operators_gradients(hidden, monkeypatch):
+    """The losses and every parameter's gradient of one CQL update (both critic sizes, 10 action samples, batch 64:
+    the 31 × 64-row critic grid takes the fused layers), with the CPU fast path and without it, in fp32."""
+    import copy
+
+    from offrl import cpu_kernels
+    from offrl.algos.cql import cql_losses
+
+    fused_calls = []
+    original = cpu_kernels._LinearReLU.apply
+    monkeypatch.setattr(cpu_kernels._LinearReLU, "apply", lambda *args: fused_calls.append(1) or original(*args))
+    config = CQLConfig(actor_hidden=hidden, critic_hidden=hidden, n_actions=10, batch_size=64, bc_steps=0)
+    torch.manual_seed(0)
+    agent = CQLAgent(17, 6, config)
+    plain_agent = copy.deepcopy(agent)
+    batch = _batch(n=64, obs_dim=17, act_dim=6, dtype=torch.float32)
+
+    def losses_and_gradients(which):
+        torch.manual_seed(1)  # the same sampled actions on both paths
+        total, metrics = cql_losses(which, batch, config, False)
+        total.backward()
+        return metrics, {name: p.grad for name, p in which.named_parameters() if p.grad is not None}
+
+    fused_metrics, fused_grads = losses_and_gradients(agent)
+    assert fused_calls, "the fast path did not run"
+    fused_calls.clear()
+    with cpu_kernels.fused_cpu_kernels(False):
+        plain_metrics, plain_grads = losses_and_gradients(plain_agent)
+    assert not fused_calls and fused_grads.keys() == plain_grads.keys() and len(fused_grads) > 10
+    for name in fused_metrics:
+        torch.testing.assert_close(fused_metrics[name], plain_metrics[name], rtol=1e-4, atol=1e-5)
+    for name, grad in fused_grads.items():
+        scale = plain_grads[name].abs().max()
+        assert (grad - plain_grads[name]).abs().max() <= 1e-4 * scale + 1e-7, name

@@ -34,6 +34,7 @@ from typing import Any
 
 from offrl.errors import DIVERGENCE_LIMIT, OfflineRLError, TrainingInterrupted, first_line
 from offrl.fileio import atomic_write_bytes
+from offrl.train.run_folder import TRIAL_ERROR_FILE
 
 __all__ = ["ALGORITHMS", "Trial", "OPETrial", "SweepSpec", "SweepResult", "parse_seeds", "plan_trials", "run_trial",
            "run_sweep"]
@@ -271,6 +272,7 @@ def run_trial(trial: Trial, spec: SweepSpec, run_dir: Path) -> dict[str, Any]:
     # what the CLI does for every program: the trial's thread count, and glibc keeping freed activations mapped
     # (without it every update page-faults its memory in afresh: the `updates` rows of evaluation/bench.csv)
     configure_process(spec.cpus_per_trial)
+    (run_dir / TRIAL_ERROR_FILE).unlink(missing_ok=True)  # this attempt's outcome replaces an earlier one's
     if isinstance(trial, OPETrial):
         return _run_ope_trial(trial, spec, run_dir)
     try:
@@ -380,6 +382,7 @@ def run_sweep(spec: SweepSpec, echo: Callable[[str], None] = print) -> SweepResu
             echo(f"{trial.name}: FAILED row refused: {exc}")
             _record_outcome(run_dir, {"status": "failed", "error": f"row refused: {exc}"})
             continue
+        _record_outcome(run_dir, {"status": "ok"})  # finished: an earlier attempt's error no longer holds
         if appended:
             result.finished.append(trial.name)  # it had finished without its row: the row is there now
             echo(f"{trial.name}: finished earlier, row appended")
@@ -441,9 +444,6 @@ def _run_remote(spec: SweepSpec, trials: Sequence[Trial], result: SweepResult, e
     finally:
         ray.shutdown()
         _restore(handlers)
-
-
-TRIAL_ERROR_FILE = "error.txt"  # Ray Tune's name for a failed trial's error, in the trial's folder
 
 
 def _record_outcome(run_dir: Path, outcome: dict) -> None:

@@ -116,6 +116,7 @@ def test_a_killed_trial_resumes_to_the_numbers_of_an_uninterrupted_sweep(world, 
 
 def test_a_trial_with_a_damaged_dataset_fails_alone(world):
     tmp_path, base = world
+    intact = data_path("pendulum/noisy-v0").read_bytes()
     data_path("pendulum/noisy-v0").write_bytes(b"damaged")  # its card stays: the sha256 check fails in the trial
     result = _sweep(base, "--datasets", "pendulum/random-v0,pendulum/noisy-v0", "--seeds", "0")
     assert result.returncode == 1
@@ -125,6 +126,12 @@ def test_a_trial_with_a_damaged_dataset_fails_alone(world):
     error = tmp_path / "sweep" / "pendulum-noisy-v0-cql-tiny-seed0" / "error.txt"  # kept in the trial's folder
     assert "sha256" in error.read_text() and len(error.read_text().splitlines()) == 1
     assert not (tmp_path / "sweep" / "pendulum-random-v0-cql-tiny-seed0" / "error.txt").exists()
+    # the damage mended, the same command runs the failed trial to its end and its error goes
+    data_path("pendulum/noisy-v0").write_bytes(intact)
+    again = _sweep(base, "--datasets", "pendulum/random-v0,pendulum/noisy-v0", "--seeds", "0")
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "1 already done, 1 to run" in again.stdout and not error.exists()
+    assert sorted(pd.read_csv(tmp_path / "lb.csv")["dataset_id"]) == ["pendulum/noisy-v0", "pendulum/random-v0"]
     assert _no_ray_processes_left()
 
 

@@ -9,6 +9,7 @@ rliable (pip install 'offrl[eval]') is imported inside the functions that use it
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -376,27 +377,34 @@ UNSCORED_COLUMNS = ("run_dir", "run_id", "dataset_id", "algorithm", "config_name
                     "last_eval_q_bias_normalized", "detail")
 
 
-def collect_runs_without_score(frame: pd.DataFrame, previous: pd.DataFrame | None = None) -> pd.DataFrame:
+def collect_runs_without_score(frame: pd.DataFrame, previous: pd.DataFrame | None = None,
+                               scored_dirs: Sequence[str] = ()) -> pd.DataFrame:
     """The runs of `frame`'s result set that have no row: folders beside its rows' run folders (the sweep's --out)
-    whose run.json is an offline run at the same commit and budget, with no leaderboard row in `frame`. Without
-    this a run that stopped (a critic that overflowed to inf, SAC-offline's likely end) would just be missing from
-    every table. Per run: `status` "diverged" (its stopped.json, with the step), "finished" (a final report but no
-    row), "failed" (a sweep trial's error.txt), else "no score yet" (training, or interrupted), with its last
-    logged step and last evaluation. Kept like the curves: runs in `previous` whose folders are not here stay,
-    unless a row now scores them."""
+    whose run.json is an offline run at the same commit and budget, or which hold only a sweep trial's error
+    (it failed before its run record), and which no leaderboard row names (`frame`'s, or `scored_dirs`: the
+    run folders of every row, other sweeps' included). Without this a run that stopped (a critic that overflowed
+    to inf, SAC-offline's likely end) would just be missing from every table. Per run: `status` "diverged" (its
+    stopped.json, with the step), "failed" (a sweep trial's error.txt), "finished" (a final report but no row),
+    else "no score yet" (training, or interrupted), with its last logged step and last evaluation. Kept like the
+    curves: runs in `previous` whose folders are not here stay, unless a row now scores them. Folders are
+    compared as resolved paths, so `./runs/x` and `runs/x` are one run."""
     from offrl.runs import read_run_record
-    from offrl.train.loop import STOPPED_FILE
+    from offrl.train.run_folder import TRIAL_ERROR_FILE
 
     with_dirs = frame[frame["run_dir"].notna()]
-    named = set(with_dirs["run_dir"].astype(str))
+    named = {_folder_key(d) for d in [*with_dirs["run_dir"].astype(str), *scored_dirs]}
     commits = set(with_dirs["git_commit"].dropna().astype(str))
     budgets = set(with_dirs["steps"].astype(int))
     found = []
-    for root in sorted({Path(d).parent for d in named}):
+    for root in sorted({Path(_folder_key(d)).parent for d in with_dirs["run_dir"].astype(str)}):
         if not root.is_dir():
             continue
         for folder in sorted(root.iterdir()):
-            if str(folder) in named or not (folder / "run.json").is_file():
+            if _folder_key(folder) in named or not folder.is_dir():
+                continue
+            if not (folder / "run.json").is_file():
+                if (folder / TRIAL_ERROR_FILE).is_file():  # failed before its run record was written
+                    found.append(_unscored_run(folder, {"run_id": folder.name}))
                 continue
             try:
                 record = read_run_record(folder)
@@ -404,23 +412,28 @@ def collect_runs_without_score(frame: pd.DataFrame, previous: pd.DataFrame | Non
                 continue  # another kind of run, or a damaged record: not this result set's
             if str(record.get("git_commit")) not in commits or int(record.get("updates", -1)) not in budgets:
                 continue
-            found.append(_unscored_run(folder, record, STOPPED_FILE))
-    seen = named | {row["run_dir"] for row in found}
-    kept = [] if previous is None else [row for row in previous.to_dict("records") if row["run_dir"] not in seen]
+            found.append(_unscored_run(folder, record))
+    seen = named | {_folder_key(row["run_dir"]) for row in found}
+    kept = [] if previous is None else [row for row in previous.to_dict("records")
+                                         if _folder_key(row["run_dir"]) not in seen]
     table = pd.DataFrame([*found, *kept], columns=list(UNSCORED_COLUMNS))
-    return table.sort_values(["dataset_id", "algorithm", "config_name", "seed"], kind="stable").reset_index(drop=True)
+    return table.sort_values(["dataset_id", "algorithm", "config_name", "seed", "run_id"], kind="stable",
+                             na_position="last").reset_index(drop=True)
 
 
-def _unscored_run(folder: Path, record: dict, stopped_file: str) -> dict:
-    import json
+def _folder_key(path) -> str:
+    return str(Path(path).resolve())
 
-    from offrl.sweep import TRIAL_ERROR_FILE
 
+def _unscored_run(folder: Path, record: dict) -> dict:
+    from offrl.train.run_folder import STOPPED_FILE, TRIAL_ERROR_FILE
+
+    updates = record.get("updates")
     row = {"run_dir": str(folder), "run_id": record.get("run_id"), "dataset_id": record.get("dataset_id"),
            "algorithm": record.get("algorithm"), "config_name": record.get("config_name"),
-           "seed": record.get("seed"), "steps": int(record["updates"]), "git_commit": record.get("git_commit"),
-           "status": "no score yet", "stopped_step": math.nan, "last_logged_step": math.nan,
-           "last_eval_step": math.nan, "last_eval_normalized_return": math.nan,
+           "seed": record.get("seed"), "steps": int(updates) if updates is not None else math.nan,
+           "git_commit": record.get("git_commit"), "status": "no score yet", "stopped_step": math.nan,
+           "last_logged_step": math.nan, "last_eval_step": math.nan, "last_eval_normalized_return": math.nan,
            "last_eval_q_bias_normalized": math.nan,
            "detail": "training, interrupted, or stopped by an error its folder does not record"}
     if (folder / "metrics.csv").is_file():
@@ -433,29 +446,45 @@ def _unscored_run(folder: Path, record: dict, stopped_file: str) -> dict:
             row.update(last_eval_step=int(last["step"]),
                        last_eval_normalized_return=float(last.get("normalized_return", math.nan)),
                        last_eval_q_bias_normalized=float(last.get("q_bias_normalized_mean", math.nan)))
-    if (folder / "final.json").is_file():
-        row.update(status="finished", detail="its final report exists, but no leaderboard row of it is here")
-    elif (folder / stopped_file).is_file():
-        stopped = json.loads((folder / stopped_file).read_text())
-        row.update(status=str(stopped.get("reason", "stopped")), stopped_step=stopped.get("step", math.nan),
-                   detail=", ".join(stopped.get("metrics") or []) or str(stopped.get("error", "")))
-    elif (folder / TRIAL_ERROR_FILE).is_file():  # a sweep trial that failed otherwise
-        lines = (folder / TRIAL_ERROR_FILE).read_text().strip().splitlines()
+    error = folder / TRIAL_ERROR_FILE
+    if error.is_file():  # before final.json: a finished trial whose row was refused failed too
+        lines = error.read_text(errors="replace").strip().splitlines()
         row.update(status="failed", detail=lines[0] if lines else "(no message)")
+    elif (folder / "final.json").is_file():
+        row.update(status="finished", detail="its final report exists, but no leaderboard row of it is here")
+    elif (folder / STOPPED_FILE).is_file():
+        try:
+            stopped = json.loads((folder / STOPPED_FILE).read_text())
+        except (OSError, ValueError):
+            stopped = {}
+        step = stopped.get("step") if isinstance(stopped, dict) else None
+        row.update(status=str(stopped.get("reason", "stopped")) if isinstance(stopped, dict) else "stopped",
+                   stopped_step=float(step) if isinstance(step, int | float) else math.nan,
+                   detail=(", ".join(stopped.get("metrics") or []) or str(stopped.get("error", ""))
+                           if isinstance(stopped, dict) else f"{STOPPED_FILE} unreadable"))
     return row
 
 
 def _unscored_markdown(table: pd.DataFrame) -> str:
     lines = ["| dataset | algorithm | config | seed | status | at update | last evaluation: update, normalized return, "
              "Q bias (norm.) | detail |", "|---|---|---|---|---|---|---|---|"]
+
+    def cell(value) -> str:  # a column with a missing value is float: its seeds print as 3, not 3.0
+        if value is None or (isinstance(value, float) and not np.isfinite(value)):
+            return "–"
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
     for r in table.itertuples():
         at = r.stopped_step if np.isfinite(r.stopped_step) else r.last_logged_step
         evaluation = ("–" if not np.isfinite(r.last_eval_step) else
                       f"{int(r.last_eval_step):,}: {r.last_eval_normalized_return:.1f}, "
                       + (f"{r.last_eval_q_bias_normalized:+.2f}" if np.isfinite(r.last_eval_q_bias_normalized)
                          else "–"))
-        lines.append(f"| {r.dataset_id} | {r.algorithm} | {r.config_name} | {r.seed} | {r.status} | "
-                     f"{f'{int(at):,}' if np.isfinite(at) else '–'} of {int(r.steps):,} | {evaluation} | {r.detail} |")
+        budget = f"{int(r.steps):,}" if np.isfinite(r.steps) else "?"
+        dataset = cell(r.dataset_id) if isinstance(r.dataset_id, str) else f"(folder {r.run_id})"
+        lines.append(f"| {dataset} | {cell(r.algorithm)} | {cell(r.config_name)} | {cell(r.seed)} | {r.status} | "
+                     f"{f'{int(at):,}' if np.isfinite(at) else '–'} of {budget} | {evaluation} | "
+                     f"{r.detail if isinstance(r.detail, str) else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -528,8 +557,8 @@ def corl_caveat(budgets: Sequence[int]) -> str:
             f"their cards' reference returns (not D4RL's v2 datasets or D4RL's reference scores), for {updates} "
             f"updates ({share} of CORL's {CORL_UPDATES:,}), with different seeds and offrl's configs (the config "
             "column; CORL tunes its own per dataset). The datasets are smaller than D4RL's (its medium tiers hold 1M "
-            "transitions, ours 200,000; each card's `transitions` gives the count) and come from other behaviour "
-            "policies, so even the behaviour level differs. CORL: "
+            "transitions, ours 200,000; the medium-replay tiers differ too: each card's `transitions` gives the "
+            "count) and come from other behaviour policies, so even the behaviour level differs. CORL: "
             f"{CORL_SOURCE}; last score, mean ± population std (ddof 0) over {CORL_SEEDS} seeds; ours: sample std "
             "(ddof 1).")
 
@@ -618,9 +647,12 @@ def write_evidence(frame: pd.DataFrame, out_dir: Path, steps: int, datasets: Seq
                                                                  "offsets", text_columns=("run_id",)))
     unscored_path = out_dir / "evidence_unscored.csv"
     unscored = collect_runs_without_score(rows, read_kept_curves(unscored_path, UNSCORED_COLUMNS, "unscored runs",
-                                                                 text_columns=("run_id", "git_commit")))
-    shown = unscored[unscored["steps"].astype(int).isin(rows["steps"].astype(int))
-                     & unscored["git_commit"].astype(str).isin(rows["git_commit"].dropna().astype(str))
+                                                                 text_columns=("run_id", "git_commit")),
+                                          scored_dirs=frame["run_dir"].dropna().astype(str).tolist())
+    failed_early = unscored["git_commit"].isna()  # a trial that failed before its run record: no commit, no budget
+    ours = (unscored["steps"].isin(rows["steps"].astype(int))
+            & unscored["git_commit"].astype(str).isin(rows["git_commit"].dropna().astype(str)))
+    shown = unscored[(failed_early | ours)
                      & (unscored["dataset_id"].isin(list(datasets)) if datasets is not None else True)
                      & (unscored["algorithm"].isin(list(algorithms)) if algorithms is not None else True)]
     known = set(zip(curves["run_dir"], curves["run_id"], strict=True))
@@ -671,6 +703,8 @@ def write_evidence(frame: pd.DataFrame, out_dir: Path, steps: int, datasets: Seq
         "## Figures", "", *figures, ""])
     tables = [("evidence_curves.csv", curves.to_csv(index=False))] if not curves.empty else []
     tables += [(unscored_path.name, unscored.to_csv(index=False))] if not unscored.empty else []
+    if unscored.empty:
+        unscored_path.unlink(missing_ok=True)  # every run listed before has its row now
     tables += [(offsets_path.name, offsets.to_csv(index=False))] if not offsets.empty else []
     for name, data in (*tables, ("evidence_summary.csv", per.to_csv(index=False, float_format="%.4g")),
                        ("evidence_across_datasets.csv", across.to_csv(index=False, float_format="%.4g")),

@@ -246,7 +246,7 @@ def write_ope_summary(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
             else "non-finite | – | –"
         lines.append(f"| {r.env} | {r.dataset_id} | {short_policy_name(r.policy)} | {r.true_value:.1f} "
                      f"[{r.true_ci_low:.1f}, {r.true_ci_high:.1f}] | {r.method} | {r.alpha} | {r.mu} | {r.updates} | "
-                     f"{estimate} | {r.late_drift:.3f} |")
+                     f"{estimate} | {'–' if not np.isfinite(r.late_drift) else f'{r.late_drift:.3f}'} |")
     csv_path, md_path = out_dir / "ope_summary.csv", out_dir / "ope_summary.md"
     tier_path = out_dir / "ope_summary_by_dataset.csv"
     atomic_write_bytes(csv_path, metrics.to_csv(index=False).encode())

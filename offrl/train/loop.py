@@ -42,6 +42,7 @@ from offrl.faults import fault_point
 from offrl.fileio import atomic_torch_save, atomic_write_bytes
 from offrl.train.checkpoints import CHECKPOINT_FORMAT, load_weights, rng_state, set_rng_state
 from offrl.train.logs import MetricsLog
+from offrl.train.run_folder import STOPPED_FILE
 
 __all__ = ["Schedule", "LoopState", "StepSource", "OfflineSteps", "EnvSteps", "Callback", "run_loop"]
 
@@ -202,9 +203,6 @@ def _empty_episode() -> dict[str, list]:
     return {k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")}
 
 
-STOPPED_FILE = "stopped.json"
-
-
 def run_loop(*, update: Callable[[int], dict[str, torch.Tensor] | None], source: StepSource, schedule: Schedule,
              agent: torch.nn.Module, kind: str, checkpoint_path: Path | None, metrics_log: MetricsLog,
              eval_log: MetricsLog, evaluate: Callable[[int], tuple[float, dict[str, Any]]] | None = None,
@@ -229,6 +227,8 @@ def run_loop(*, update: Callable[[int], dict[str, torch.Tensor] | None], source:
     start = time.perf_counter()
     elapsed_before = state.elapsed_s
     saved_step = state.step if resume_state is not None else None
+    if checkpoint_path is not None:  # a new attempt: an earlier one's stop no longer describes the folder
+        (Path(checkpoint_path).parent / STOPPED_FILE).unlink(missing_ok=True)
     metrics: dict[str, torch.Tensor] = {}
     checked_step = -1
 
@@ -249,7 +249,8 @@ def run_loop(*, update: Callable[[int], dict[str, torch.Tensor] | None], source:
             if checkpoint_path is not None:  # the run folder says why it has no report (summaries list it)
                 atomic_write_bytes(Path(checkpoint_path).parent / STOPPED_FILE, json.dumps(
                     {"reason": "diverged", "step": step, "metrics": bad, "last_checkpoint_step": saved_step,
-                     "divergence_limit": schedule.divergence_limit, "error": message}).encode())
+                     "divergence_limit": limit if math.isfinite(limit := schedule.divergence_limit) else None,
+                     "error": message}).encode())
             raise OfflineRLError(message)
         checked_step = step
         return values

@@ -186,6 +186,9 @@ def load_target_policy(spec: str | Path, deterministic: bool = False, device: st
 
     text = str(spec)
     if text == "random":
+        if deterministic:
+            raise OfflineRLError("--policy random with --deterministic: a uniform policy has no mean action to "
+                                 "take; evaluate it as it samples")
         return UniformPolicy()
     replay = re.fullmatch(r"([^/]+)/replay/(\d+)", text)
     if replay is not None:

@@ -23,8 +23,8 @@ from offrl.faults import fault_point
 from offrl.fileio import atomic_torch_save, remove_orphan_temps
 from offrl.train.checkpoints import load_checkpoint
 
-__all__ = ["LOCK_NAME", "SNAPSHOT_FOLDER", "RunFolder", "finished_report", "snapshot_path", "save_policy_snapshot",
-           "snapshot_steps", "drop_snapshots_after", "snapshot_of"]
+__all__ = ["LOCK_NAME", "SNAPSHOT_FOLDER", "STOPPED_FILE", "TRIAL_ERROR_FILE", "RunFolder", "finished_report",
+           "snapshot_path", "save_policy_snapshot", "snapshot_steps", "drop_snapshots_after", "snapshot_of"]
 
 LOCK_NAME = ".offrl.lock"
 RUN_RECORD = "run.json"
@@ -33,6 +33,11 @@ FINAL_REPORT = "final.json"
 # config, normaliser and record rebuild the rest), so a run keeps its learning curve's policies (e.g. as
 # target policies of `offrl ope`) at a few hundred kB each.
 SNAPSHOT_FOLDER = "snapshots"
+# Why a folder has no final report: a run stopped for divergence (the step, the metrics, the error; written by the
+# training loop) and a sweep trial's error (Ray Tune's name; written by `offrl sweep`, possibly before the run
+# record exists, so it is not part of "a run" when a new attempt starts in the folder).
+STOPPED_FILE = "stopped.json"
+TRIAL_ERROR_FILE = "error.txt"
 
 
 def snapshot_path(run_dir: Path, step: int) -> Path:
@@ -104,10 +109,10 @@ class RunFolder:
             if self.resume and not (self.path / RUN_RECORD).is_file():
                 # Only a folder that a killed start left empty (the lock, temp files) resumes as a new run, so
                 # re-running the same command with --resume is always right; a wrong --out is still refused.
-                if any(p.name != LOCK_NAME for p in self.path.iterdir()):
+                if any(p.name not in (LOCK_NAME, TRIAL_ERROR_FILE) for p in self.path.iterdir()):
                     raise OfflineRLError(f"--resume: {self.path} holds no run ({RUN_RECORD} is missing)")
                 self.resume = False
-            if not self.resume and any(p.name != LOCK_NAME for p in self.path.iterdir()):
+            if not self.resume and any(p.name not in (LOCK_NAME, TRIAL_ERROR_FILE) for p in self.path.iterdir()):
                 raise OfflineRLError(f"{self.path} already holds a run; pass --resume to continue it or choose "
                                      "another --out")
         except BaseException:

@@ -76,7 +76,8 @@ def test_without_next_observations_the_rows_are_exactly_qlearning_datasets(monke
         rows = d4rl_rows(n=40, obs_dim=2, act_dim=1)
         rows["terminals"] = rng.random(40) < 0.1
         rows["timeouts"] = rng.random(40) < 0.15
-        rows["timeouts"][rng.integers(40)] = rows["terminals"][rng.integers(40)] = True  # and some rows both
+        both = rng.integers(40, size=2)  # and some rows both terminal and cut by the limit
+        rows["terminals"][both] = rows["timeouts"][both] = True
         rows["terminals"][7] = rows["timeouts"][7] = True
         if not with_timeouts:
             del rows["timeouts"]

@@ -393,21 +393,26 @@ def test_runs_of_the_result_set_without_a_row_are_listed_not_silently_missing(tm
     _unscored_folder(runs, "training")
     _unscored_folder(runs, "finished", final=True)
     (_unscored_folder(runs, "failed") / "error.txt").write_text("OfflineRLError: dataset x: sha256 mismatch\n")
+    (runs / "failed-early").mkdir()  # a trial that failed before its run record was written
+    (runs / "failed-early" / "error.txt").write_text("OfflineRLError: --datasets: x/y-v0 is not in the store\n")
     _unscored_folder(runs, "other-commit", commit="fff000")  # another result set's
     _unscored_folder(runs, "other-budget", updates=5_000)
     out = tmp_path / "out"
     write_evidence(frame, out, STEPS)
     summary = (out / "evidence_summary.md").read_text()
-    assert "4 more run(s) of this result set have no score (yet)" in summary
+    assert "5 more run(s) of this result set have no score (yet)" in summary
     assert "| failed | 2,000 of 30,000 | – | OfflineRLError: dataset x: sha256 mismatch |" in summary
+    assert ("| (folder failed-early) | – | – | – | failed | – of ? | – | OfflineRLError: --datasets: x/y-v0 is not in "
+            "the store |") in summary
     assert ("| hopper/medium-replay-v1 | SAC-offline | fast | 3 | diverged | 12,345 of 30,000 | 10,000: 3.0, +250.00 "
             "| critic_loss=inf |") in summary
     assert "| no score yet | 2,000 of 30,000 | – |" in summary and "| finished |" in summary
     kept = pd.read_csv(out / "evidence_unscored.csv")
-    assert sorted(Path(d).name for d in kept["run_dir"]) == ["diverged", "failed", "finished", "training"]
+    assert sorted(Path(d).name for d in kept["run_dir"]) == ["diverged", "failed", "failed-early", "finished",
+                                                              "training"]
     # a clean clone has the kept table but not the folders; a run that has since got its row drops out
     for folder in runs.iterdir():
-        if folder.name in ("diverged", "training", "failed"):
+        if folder.name in ("diverged", "training", "failed", "failed-early"):
             for file in folder.iterdir():
                 file.unlink()
             folder.rmdir()
@@ -416,4 +421,22 @@ def test_runs_of_the_result_set_without_a_row_are_listed_not_silently_missing(tm
     finished = frame.iloc[[0]].assign(run_dir=str(runs / "finished"), run_id="finished", seed=3)
     write_evidence(pd.concat([frame, finished], ignore_index=True), out, STEPS)
     assert sorted(Path(d).name for d in pd.read_csv(out / "evidence_unscored.csv")["run_dir"]) == [
-        "diverged", "failed", "training"]
+        "diverged", "failed", "failed-early", "training"]
+
+
+def test_a_run_scored_by_a_row_of_another_sweep_or_named_by_another_path_form_is_not_listed(tmp_path, monkeypatch):
+    from offrl.evaluation.aggregate import collect_runs_without_score
+
+    monkeypatch.chdir(tmp_path)
+    frame = read_leaderboard(_grid(tmp_path, seeds=(0,)))
+    runs = tmp_path / "runs"
+    _unscored_folder(runs, "other-sweeps-run")  # same folder, commit and budget; its row belongs to another sweep
+    _unscored_folder(runs, "relative")
+    relative_row = frame.iloc[[0]].assign(run_dir="./runs/relative", run_id="relative", seed=4)
+    listed = collect_runs_without_score(pd.concat([frame, relative_row], ignore_index=True),
+                                        scored_dirs=[str(runs / "other-sweeps-run")])
+    assert listed.empty
+    listed = collect_runs_without_score(frame)
+    assert sorted(listed["run_id"]) == ["other-sweeps-run", "relative"]
+    assert collect_runs_without_score(frame, previous=listed, scored_dirs=["runs/relative",
+                                                                           str(runs / "other-sweeps-run")]).empty

@@ -122,7 +122,7 @@ def test_every_estimate_is_listed_with_its_error_bound_and_drift(tmp_path):
     assert by_key["late_drift"].isna().sum() == 5  # the others have no curve
     summary = (tmp_path / "ope_summary.md").read_text()
     assert "| hopper/medium-v1 | p0 | 0.0 [-1.0, 1.0] | fqe | - | - | 100 | 10.0 | +0.100 | no | 0.060 |" in summary
-    assert "| p2 | 100.0 [99.0, 101.0] | cql-v | - | - | 100 | non-finite | – | – | nan |" in summary
+    assert "| p2 | 100.0 [99.0, 101.0] | cql-v | - | - | 100 | non-finite | – | – | – |" in summary
 
 
 def test_plot_labels_shorten_snapshot_paths_and_keep_shipped_names():

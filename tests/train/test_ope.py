@@ -195,6 +195,8 @@ def test_cli_prints_the_estimate_and_appends_a_row(pendulum, tmp_path, capsys):
     (["--env", "HalfCheetah-v5"], "--env HalfCheetah-v5: observation/action dimensions 17/6 do not match"),
     (["--alpha", "2"], "--alpha: fqe has no penalty to weigh"),
     (["--method", "cql-v", "--mu", "uniform"], "--mu: only cql-q takes a penalty distribution"),
+    (["--policy", "random", "--deterministic", ""], "--policy random with --deterministic: a uniform policy has "
+                                                    "no mean action"),  # a flag: its empty value is not passed
 ])
 def test_cli_bad_input_is_one_line_exit_2_and_nothing_written(pendulum, tmp_path, capsys, monkeypatch, args,
                                                               message):
@@ -202,7 +204,7 @@ def test_cli_bad_input_is_one_line_exit_2_and_nothing_written(pendulum, tmp_path
         monkeypatch.delenv("OFFRL_POLICIES_PATH")  # the shipped HalfCheetah policy
     base = {"--policy": "Pendulum-v1/expert", "--dataset": "pendulum/random-v0", "--method": "fqe", "--steps": "3"}
     flags = dict(zip(args[::2], args[1::2], strict=True))
-    argv = ["ope", *[x for k, v in {**base, **flags}.items() if k != "--set" for x in (k, v)],
+    argv = ["ope", *[x for k, v in {**base, **flags}.items() if k != "--set" for x in ((k, v) if v else (k,))],
             *(["--set", flags["--set"]] if "--set" in flags else []), "--quiet", "--out", str(tmp_path / "out"),
             "--results", str(tmp_path / "ope.csv")]
     assert main(argv) == 2

@@ -158,6 +158,10 @@ def test_divergence_is_caught_before_it_is_saved_even_when_losses_still_look_fin
     stopped = json.loads((tmp_path / "run" / "stopped.json").read_text())  # why the folder has no report
     assert stopped["reason"] == "diverged" and stopped["step"] == 23 and stopped["last_checkpoint_step"] == 22
     assert stopped["metrics"] == ["non-finite parameters"] and "diverged at step 23" in stopped["error"]
+    assert stopped["divergence_limit"] == 1e10  # (inf is written as null: JSON has no infinity)
+    monkeypatch.undo()  # the cause gone, the run resumes from its last good checkpoint and its stop record goes
+    fit(dataset, tmp_path / "run", checkpoint_every=1, leaderboard=tmp_path / "lb.csv", resume=True)
+    assert (tmp_path / "run" / "final.json").is_file() and not (tmp_path / "run" / "stopped.json").exists()
 
 
 def test_absurd_finite_losses_are_divergence_and_an_early_one_names_no_checkpoint(dataset, tmp_path, monkeypatch):

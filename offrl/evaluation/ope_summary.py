@@ -290,19 +290,18 @@ def plot_ope_scatter(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 def _scatter_labels(group: pd.DataFrame) -> dict[tuple, str]:
     """A legend label per estimator setting of one env: its method where the method has one setting, else the
-    method with what tells its settings apart (α and μ, updates, and the config hash where those agree)."""
+    method with the fields that tell its settings apart (α and μ, γ, updates, deterministic π, config hash)."""
     keys = [key for key, _ in group.groupby(SETTING[1:], sort=True)]
+    names = {1: "α", 2: "μ", 3: "γ", 4: "updates", 5: "deterministic", 6: "config"}
     labels = {}
     for key in keys:
-        method, alpha, mu, _, updates, _, config = key
-        siblings = [k for k in keys if k[0] == method]
-        if len(siblings) == 1:
-            labels[key] = method
-            continue
-        label = f"{method}{'' if alpha == '-' else f' α {alpha:g}, μ {mu}'}, {updates} upd."
-        if sum(1 for k in siblings if (k[1], k[2], k[4]) == (alpha, mu, updates)) > 1:
-            label += f" (config {config})"
-        labels[key] = label
+        siblings = [k for k in keys if k[0] == key[0]]
+        differing = [i for i in names if len({k[i] for k in siblings}) > 1]
+        if {1, 2} & set(differing):  # α and μ are named together
+            differing = sorted({*differing, 1, 2})
+        parts = [f"{names[i]} {key[i]:g}" if isinstance(key[i], float) else f"{names[i]} {key[i]}"
+                 for i in differing]
+        labels[key] = f"{key[0]} ({', '.join(parts)})" if parts else key[0]
     return labels
 
 

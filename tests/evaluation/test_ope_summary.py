@@ -51,7 +51,7 @@ def test_settings_are_not_pooled_and_the_range_is_shared_by_methods(tmp_path):
 
     # the scatter names the two cql-v settings apart, and fqe by its method alone
     labels = _scatter_labels(_with_group_keys(read_ope_results(path)))
-    assert sorted(labels.values()) == ["cql-v α 5, μ -, 100 upd.", "cql-v, 100 upd.", "fqe"]
+    assert sorted(labels.values()) == ["cql-v (α -, μ -)", "cql-v (α 5, μ -)", "fqe"]
     assert plot_ope_scatter(read_ope_results(path), tmp_path)[0].read_bytes()[:4] == b"\x89PNG"
 
 

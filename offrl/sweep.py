@@ -193,19 +193,18 @@ def plan_trials(spec: SweepSpec) -> list[Trial] | list[OPETrial]:
             raise OfflineRLError(f"{name}: empty")
     if spec.steps < 1:
         raise OfflineRLError(f"--steps must be >= 1, found {spec.steps}")
-    cards = {}
     for dataset_id in spec.datasets:
         parsed = parse_dataset_id(dataset_id)
         if not card_path(parsed).exists() and not (spec.collect_missing and shipped_card(parsed) is not None):
             hint = " (pass --collect-missing to collect it from its shipped card)" if shipped_card(parsed) else ""
             raise OfflineRLError(f"--datasets: {dataset_id} is not in the store{hint}; `offrl datasets list` shows "
                                  "what is")
-        try:  # for its dimensions; a damaged card is refused when its trial loads it
-            cards[dataset_id] = (json.loads(card_path(parsed).read_text()) if card_path(parsed).exists()
-                                 else shipped_card(parsed)) or {}
-        except (OSError, ValueError):
-            cards[dataset_id] = {}
     if spec.is_ope:
+        from offrl.data.registry import read_card
+
+        # each dataset's dimensions, from its card (collected, else shipped: --collect-missing collects it)
+        cards = {d: read_card(d) if card_path(parse_dataset_id(d)).exists() else shipped_card(parse_dataset_id(d))
+                 for d in spec.datasets}
         from offrl.algos.ope import OPE_METHODS
         from offrl.train.ope import load_target_policy
 

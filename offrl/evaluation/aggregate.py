@@ -456,12 +456,13 @@ def _unscored_run(folder: Path, record: dict) -> dict:
         try:
             stopped = json.loads((folder / STOPPED_FILE).read_text())
         except (OSError, ValueError):
-            stopped = {}
-        step = stopped.get("step") if isinstance(stopped, dict) else None
-        row.update(status=str(stopped.get("reason", "stopped")) if isinstance(stopped, dict) else "stopped",
+            stopped = None
+        if not isinstance(stopped, dict):
+            stopped = {"error": f"{STOPPED_FILE} unreadable"}
+        step = stopped.get("step")
+        row.update(status=str(stopped.get("reason", "stopped")),
                    stopped_step=float(step) if isinstance(step, int | float) else math.nan,
-                   detail=(", ".join(stopped.get("metrics") or []) or str(stopped.get("error", ""))
-                           if isinstance(stopped, dict) else f"{STOPPED_FILE} unreadable"))
+                   detail=", ".join(stopped.get("metrics") or []) or str(stopped.get("error", "")))
     return row
 
 

@@ -181,7 +181,7 @@ def ope_estimates(frame: pd.DataFrame, curves: pd.DataFrame | None = None) -> pd
     ranges = _value_ranges(frame)
     drifts = _late_drift(curves) if curves is not None else pd.Series(dtype=float)
     value_range = np.array([ranges[(r.env, r.gamma, r.deterministic)] for r in frame.itertuples()], dtype=float)
-    drift = np.array([_max_drift(drifts, frame.loc[[i], ["run_dir", "updates"]]) for i in frame.index], dtype=float)
+    drift = _drift_of_each(drifts, frame)
     estimate = frame["estimate"].to_numpy(dtype=float)
     table = pd.DataFrame({
         "env": frame["env"], "dataset_id": frame["dataset_id"], "policy": frame["policy"],
@@ -196,13 +196,17 @@ def ope_estimates(frame: pd.DataFrame, curves: pd.DataFrame | None = None) -> pd
                              ascending=[True, True, False, True, True, True], kind="stable").reset_index(drop=True)
 
 
-def _max_drift(drifts: pd.Series, estimates: pd.DataFrame) -> float:
-    estimates = estimates.dropna()
-    if estimates.empty or drifts.empty:
-        return float("nan")
+def _drift_of_each(drifts: pd.Series, estimates: pd.DataFrame) -> np.ndarray:
+    """Each estimate's late drift (by its run folder and updates), NaN where its curve is not known."""
+    if drifts.empty:
+        return np.full(len(estimates), np.nan)
     keys = pd.MultiIndex.from_arrays([estimates["run_dir"], estimates["updates"].astype(int)])
-    known = drifts.reindex(keys).dropna()
-    return float(known.max()) if not known.empty else float("nan")
+    return drifts.reindex(keys).to_numpy(dtype=float)
+
+
+def _max_drift(drifts: pd.Series, estimates: pd.DataFrame) -> float:
+    known = _drift_of_each(drifts, estimates)
+    return float(np.nanmax(known)) if np.isfinite(known).any() else float("nan")
 
 
 def read_ope_curves(path: Path) -> pd.DataFrame | None:

@@ -38,6 +38,7 @@ SNAPSHOT_FOLDER = "snapshots"
 # record exists, so it is not part of "a run" when a new attempt starts in the folder).
 STOPPED_FILE = "stopped.json"
 TRIAL_ERROR_FILE = "error.txt"
+NOT_A_RUN = (LOCK_NAME, TRIAL_ERROR_FILE)  # a folder holding only these holds no run yet
 
 
 def snapshot_path(run_dir: Path, step: int) -> Path:
@@ -109,10 +110,10 @@ class RunFolder:
             if self.resume and not (self.path / RUN_RECORD).is_file():
                 # Only a folder that a killed start left empty (the lock, temp files) resumes as a new run, so
                 # re-running the same command with --resume is always right; a wrong --out is still refused.
-                if any(p.name not in (LOCK_NAME, TRIAL_ERROR_FILE) for p in self.path.iterdir()):
+                if any(p.name not in NOT_A_RUN for p in self.path.iterdir()):
                     raise OfflineRLError(f"--resume: {self.path} holds no run ({RUN_RECORD} is missing)")
                 self.resume = False
-            if not self.resume and any(p.name not in (LOCK_NAME, TRIAL_ERROR_FILE) for p in self.path.iterdir()):
+            if not self.resume and any(p.name not in NOT_A_RUN for p in self.path.iterdir()):
                 raise OfflineRLError(f"{self.path} already holds a run; pass --resume to continue it or choose "
                                      "another --out")
         except BaseException:

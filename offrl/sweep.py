@@ -368,9 +368,15 @@ def run_sweep(spec: SweepSpec, echo: Callable[[str], None] = print) -> SweepResu
     result = SweepResult(spec.sweep_id)
     start = time.perf_counter()
     to_run = []
+    with_rows = _trials_with_rows(spec, trials)
     for trial in trials:
         run_dir = spec.out / trial.name
         report = finished_report(run_dir, "offline", spec.steps)
+        if report is None and trial.name in with_rows:  # e.g. a clean clone of a repository that keeps the rows
+            result.skipped.append(trial.name)
+            echo(f"{trial.name}: its row is in {spec.results if spec.is_ope else spec.leaderboard} (its run folder "
+                 "is not here): not run again")
+            continue
         if report is None:
             to_run.append(trial)
             continue
@@ -392,6 +398,36 @@ def run_sweep(spec: SweepSpec, echo: Callable[[str], None] = print) -> SweepResu
         _run_remote(spec, to_run, result, echo)
     result.wall_time_s = time.perf_counter() - start
     return result
+
+
+def _trials_with_rows(spec: SweepSpec, trials: Sequence[Trial] | Sequence[OPETrial]) -> set[str]:
+    """Names of the trials whose row this sweep already wrote (same sweep id, dataset, seed and budget; the
+    algorithm and config, or the policy and method): they are done even where their run folders are not, as on
+    a clean clone or another machine, and must neither train again nor get a second row."""
+    import pandas as pd
+
+    path = spec.results if spec.is_ope else spec.leaderboard
+    if path is None or not Path(path).is_file() or Path(path).stat().st_size == 0:
+        return set()
+    if spec.is_ope:
+        rows = pd.read_csv(path, dtype=str, keep_default_na=False)
+    else:
+        from offrl.evaluation.leaderboard import read_leaderboard
+
+        rows = read_leaderboard(Path(path)).astype(str)
+        rows = rows[rows["phase"] == "offline"]
+    rows = rows[rows["sweep_id"] == spec.sweep_id].copy()
+    for column in ("seed", "updates" if spec.is_ope else "steps"):  # "3", or "3.0" where pandas read floats
+        rows[column] = pd.to_numeric(rows[column], errors="coerce").map(lambda v: "" if v != v else str(int(v)))
+    if spec.is_ope:
+        done = set(zip(rows["dataset_id"], rows["policy"], rows["method"], rows["seed"], rows["updates"], strict=True))
+        return {t.name for t in trials if (t.dataset_id, t.policy, t.method, str(t.seed), str(spec.steps)) in done}
+    done = set(zip(rows["dataset_id"], rows["algorithm"], rows["config_name"], rows["seed"], rows["steps"],
+                   strict=True))
+    agents = {(a, c): _agent(a, c) for a, c in {(t.algorithm, t.config) for t in trials}}  # their row names
+    return {t.name for t in trials
+            if (t.dataset_id, agents[t.algorithm, t.config].offline_name, agents[t.algorithm, t.config].config_name,
+                str(t.seed), str(spec.steps)) in done}
 
 
 def _run_remote(spec: SweepSpec, trials: Sequence[Trial], result: SweepResult, echo: Callable[[str], None]) -> None:

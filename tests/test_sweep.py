@@ -81,6 +81,17 @@ def test_a_local_sweep_writes_a_row_per_trial_and_a_rerun_writes_none(world):
     again = _sweep(base, "--datasets", "pendulum/random-v0", "--seeds", "0-1")
     assert again.returncode == 0 and "2 already done, 0 to run" in again.stdout
     assert len(pd.read_csv(tmp_path / "lb.csv")) == 2
+    # a clean clone keeps the rows, not the run folders: a trial with its row trains no more and gets no second
+    # row; one without (here seed 1's row removed) trains again
+    (tmp_path / "sweep").rename(tmp_path / "sweep-elsewhere")
+    lines = (tmp_path / "lb.csv").read_text().splitlines(keepends=True)
+    (tmp_path / "lb.csv").write_text("".join(line for line in lines if "-seed1" not in line))
+    clone = _sweep(base, "--datasets", "pendulum/random-v0", "--seeds", "0-1")
+    assert clone.returncode == 0, clone.stderr[-2000:]
+    assert "1 already done, 1 to run" in clone.stdout
+    assert "pendulum-random-v0-cql-tiny-seed0: its row is in " in clone.stdout
+    assert sorted(pd.read_csv(tmp_path / "lb.csv")["seed"]) == [0, 1]
+    assert not (tmp_path / "sweep" / "pendulum-random-v0-cql-tiny-seed0").exists()
     assert _no_ray_processes_left()
     # a finished trial whose row is refused (a non-finite number) fails alone; the other's row is still written
     final = tmp_path / "sweep" / "pendulum-random-v0-cql-tiny-seed1" / "final.json"
@@ -203,6 +214,9 @@ def test_an_ope_sweep_appends_one_results_row_per_trial_once(world, tiny_policie
     assert "estimate" in first.stdout and "truth" in first.stdout
     again = _sweep(base)
     assert again.returncode == 0 and "4 already done, 0 to run" in again.stdout and len(pd.read_csv(results)) == 4
+    (tmp_path / "ope").rename(tmp_path / "ope-elsewhere")  # a clean clone: the rows, no run folders
+    clone = _sweep(base)
+    assert clone.returncode == 0 and "4 already done, 0 to run" in clone.stdout and len(pd.read_csv(results)) == 4
     missing = _sweep([a for a in base if a not in ("--results", str(results))])
     assert missing.returncode == 2 and "needs --results" in missing.stderr
 

@@ -41,7 +41,7 @@ OPERATOR_KINDS = (
     ("ReLU backward", ("aten::threshold_backward",)),
     ("reductions (bias grads, losses)", ("aten::sum", "aten::mean", "aten::logsumexp", "aten::amax", "aten::min",
                                          "aten::max")),
-    ("optimizer (Adam)", ("aten::_foreach_", "Optimizer.", "aten::_fused_adam")),
+    ("optimizer (Adam)", ("aten::_foreach_", "Optimizer.", "aten::_fused_adam_")),
     ("zero_grad / fill", ("aten::zero_", "aten::fill_", "aten::zeros", "aten::empty")),
 )
 

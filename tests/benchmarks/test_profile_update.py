@@ -8,7 +8,7 @@ def test_operators_are_grouped_into_the_kinds_the_speed_issue_weighs():
     assert operator_kind("aten::_to_copy") == operator_kind("aten::copy_") == "dtype casts"
     assert operator_kind("aten::threshold_backward") == "ReLU backward"
     assert operator_kind("aten::sum") == "reductions (bias grads, losses)"
-    assert operator_kind("aten::_foreach_addcdiv_") == "optimizer (Adam)"
+    assert operator_kind("aten::_foreach_addcdiv_") == operator_kind("aten::_fused_adam_") == "optimizer (Adam)"
     assert operator_kind("aten::tanh") == "other"
     assert operator_kind("aten::to_dense") == "other"  # a prefix of a name is not the name
 

@@ -14,8 +14,11 @@ and reference scores, so their normalized returns compare directly. Writes into 
   `make bench-d3rlpy`, not here;
 - `parity_<dataset>.png`: normalized return and Q bias learning curves, mean over seeds with a 95% bootstrap band.
 
-Both sides must be finished runs of the same dataset bytes, seeds, updates and evaluation episodes; otherwise it
-refuses (an unfinished run is named, not silently left out).
+Both sides must be finished runs of the same dataset bytes, seeds, updates and evaluation episodes, and offrl's
+runs of one commit; otherwise it refuses (an unfinished run is named, not silently left out). `--partial`
+summarises the runs that finished so far and lists the others by name and step (no comparison until both sides
+ran the same seeds). The curves of runs whose folders are gone (a machine that did not come back) are taken from
+`--out`'s earlier `parity.csv`, which is why it is written and committed as runs finish.
 """
 
 from __future__ import annotations
@@ -45,11 +48,28 @@ def _unfinished(run_dir: Path) -> OfflineRLError:
                           "evaluation/scripts/parity_results.sh, or move it out of the folder")
 
 
-def _offrl_runs(folder: Path) -> list[pd.DataFrame]:
+def _last_step(run_dir: Path) -> int | None:
+    """The last step an unfinished run logged (training metrics, else evaluations), for the list of unfinished runs."""
+    for name in ("metrics.csv", "train_metrics.csv", "evaluations.csv"):
+        path = run_dir / name
+        if path.is_file():
+            try:
+                steps = pd.read_csv(path, usecols=["step"])["step"]
+            except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+                continue
+            if len(steps):
+                return int(steps.max())
+    return None
+
+
+def _offrl_runs(folder: Path, unfinished: list[str] | None = None) -> list[pd.DataFrame]:
     frames = []
     for run_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         if not (run_dir / "final.json").is_file():
-            raise _unfinished(run_dir)
+            if unfinished is None:
+                raise _unfinished(run_dir)
+            unfinished.append(f"offrl {run_dir.name} (step {_last_step(run_dir)})")
+            continue
         record = json.loads((run_dir / "run.json").read_text())
         final = json.loads((run_dir / "final.json").read_text())
         curve = read_curve(run_dir / "evaluations.csv")
@@ -60,11 +80,14 @@ def _offrl_runs(folder: Path) -> list[pd.DataFrame]:
     return frames
 
 
-def _d3rlpy_runs(folders: list[Path]) -> list[pd.DataFrame]:
+def _d3rlpy_runs(folders: list[Path], unfinished: list[str] | None = None) -> list[pd.DataFrame]:
     frames = []
     for run_dir in folders:
         if not (run_dir / "final.json").is_file():
-            raise _unfinished(run_dir)
+            if unfinished is None:
+                raise _unfinished(run_dir)
+            unfinished.append(f"d3rlpy {run_dir.name} (step {_last_step(run_dir)})")
+            continue
         final = json.loads((run_dir / "final.json").read_text())
         curve = pd.read_csv(run_dir / "evaluations.csv")
         frames.append(curve.assign(impl=final["impl"], dataset_id=final["dataset_id"],
@@ -74,15 +97,28 @@ def _d3rlpy_runs(folders: list[Path]) -> list[pd.DataFrame]:
     return frames
 
 
-def read_parity_runs(runs: Path) -> pd.DataFrame:
+def read_parity_runs(runs: Path, kept: pd.DataFrame | None = None, partial: bool = False) -> pd.DataFrame:
     """Every run under RUNS (offrl/ and d3rlpy-seed*/) as rows of COLUMNS, after checking that both sides ran the
-    same dataset bytes, seeds, updates and evaluation episodes, and that every run finished."""
+    same dataset bytes, seeds, updates and evaluation episodes, and that every run finished. `kept`: an earlier
+    parity.csv, whose curves stand in for runs (implementation, seed) with no finished folder under RUNS.
+    `partial`: unfinished runs are left out and named in `table.attrs["unfinished"]`, and the sides may have
+    finished different seeds so far."""
     runs = Path(runs)
     offrl_dir = runs / "offrl"
-    frames = (_offrl_runs(offrl_dir) if offrl_dir.is_dir() else []) + _d3rlpy_runs(sorted(runs.glob("d3rlpy-seed*")))
+    unfinished: list[str] | None = [] if partial else None
+    frames = ((_offrl_runs(offrl_dir, unfinished) if offrl_dir.is_dir() else [])
+              + _d3rlpy_runs(sorted(runs.glob("d3rlpy-seed*")), unfinished))
+    if kept is not None and not kept.empty:
+        here = {(f["impl"].iloc[0], int(f["seed"].iloc[0])) for f in frames if not f.empty}
+        missing = kept[[(impl, int(seed)) not in here for impl, seed in zip(kept["impl"], kept["seed"], strict=True)]]
+        frames += [group for _, group in missing.groupby(["impl", "seed"])]
     if not frames:
         raise OfflineRLError(f"parity runs {runs}: no offrl/ or d3rlpy-seed*/ run in it")
     table = pd.concat(frames, ignore_index=True).reindex(columns=COLUMNS)
+    commits = table.loc[table["impl"] == "offrl", "git_commit"].dropna().unique()
+    if len(commits) > 1:
+        raise OfflineRLError(f"parity runs {runs}: offrl's runs come from several commits ({', '.join(commits)}); "
+                             "a result set is one command at one commit")
     for column, what in (("dataset_id", "datasets"), ("dataset_sha256", "dataset files (sha256)"),
                          ("eval_episodes", "numbers of evaluation episodes")):
         if table[column].nunique() != 1:
@@ -90,7 +126,7 @@ def read_parity_runs(runs: Path) -> pd.DataFrame:
                                  f"({', '.join(map(str, table[column].unique()))})")
     per_impl = table.groupby("impl")
     seeds = {impl: sorted(runs_.seed.unique().tolist()) for impl, runs_ in per_impl}
-    if len({tuple(v) for v in seeds.values()}) != 1:
+    if len({tuple(v) for v in seeds.values()}) != 1 and not partial:
         raise OfflineRLError(f"parity runs {runs}: the sides ran different seeds ({seeds})")
     updates = table.groupby(["impl", "seed"])["step"].max()
     if updates.nunique() != 1:
@@ -102,6 +138,7 @@ def read_parity_runs(runs: Path) -> pd.DataFrame:
         raise OfflineRLError(f"parity runs {runs}: the runs evaluate at different steps ({impl} seed {seed}: "
                              f"{', '.join(map(str, grid))}; {grids.index[0][0]} seed {grids.index[0][1]}: "
                              f"{', '.join(map(str, grids.iloc[0]))})")
+    table.attrs["unfinished"] = list(unfinished or [])
     return table
 
 
@@ -155,8 +192,15 @@ def write_parity_summary(table: pd.DataFrame, out: Path) -> list[Path]:
         lines.append(f"| {r.impl} | {r.seeds} | {r.updates} | {r.late_mean:.1f} ± {r.late_std:.1f} | "
                      f"{r.late_per_seed} | {r.final_mean:.1f} ± {r.final_std:.1f} | {r.best_mean:.1f} | "
                      f"{r.late_q_bias:.3f} |")
+    unfinished = table.attrs.get("unfinished", [])
+    if unfinished:
+        lines += ["", f"Not finished yet, so not in the table: {'; '.join(unfinished)}."]
+    seeds = {impl: tuple(sorted(runs["seed"].unique())) for impl, runs in table.groupby("impl")}
     late = {impl: _late(runs, "normalized_return").to_numpy() for impl, runs in table.groupby("impl")}
-    if len(late) == 2 and all(len(v) >= 2 for v in late.values()):
+    if len(late) == 2 and len(set(seeds.values())) > 1:
+        lines += ["", "No comparison yet: the sides have finished different seeds "
+                      f"({'; '.join(f'{impl} {list(map(int, s))}' for impl, s in sorted(seeds.items()))})."]
+    elif len(late) == 2 and all(len(v) >= 2 for v in late.values()):
         (name_a, a), (name_b, b) = sorted(late.items())
         result = equivalence(a, b, EQUIVALENCE_MARGIN)
         verdict = ("equivalent within" if result["tost_p"] < 0.05 else "not shown equivalent within")
@@ -181,13 +225,27 @@ def write_parity_summary(table: pd.DataFrame, out: Path) -> list[Path]:
     return [csv_path, md_path, plot]
 
 
+def _read_kept(path: Path) -> pd.DataFrame | None:
+    """An earlier parity.csv (the curves of runs whose folders may be gone), or None when there is none."""
+    if not path.is_file():
+        return None
+    kept = pd.read_csv(path)
+    missing = sorted(set(COLUMNS) - set(kept.columns))
+    if missing:
+        raise OfflineRLError(f"{path}: not a parity.csv (no column(s) {', '.join(missing)})")
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.parity_summary", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", type=Path, help="the parity runs' folder (offrl/ and d3rlpy-seed*/ inside)")
     parser.add_argument("--out", type=Path, default=Path("evaluation"), help="folder for the summary and plot")
+    parser.add_argument("--partial", action="store_true",
+                        help="summarise the runs finished so far and name the others (default: refuse unfinished)")
     args = parser.parse_args(argv)
     try:
-        for path in write_parity_summary(read_parity_runs(args.runs), args.out):
+        kept = _read_kept(args.out / "parity.csv")
+        for path in write_parity_summary(read_parity_runs(args.runs, kept, args.partial), args.out):
             print(f"wrote {path}")
     except OfflineRLError as exc:
         print(f"error: {exc}", file=sys.stderr)

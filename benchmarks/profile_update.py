@@ -33,7 +33,8 @@ from offrl.runtime import configure_process
 __all__ = ["OPERATOR_KINDS", "operator_kind", "profile_updates", "main"]
 
 PROGRAM = "python -m benchmarks.profile_update"
-# Operator name → kind, first match wins (see operator_kind). The GEMM entries are the names oneDNN/ATen give matrix products on CPU.
+# Operator name → kind, first match wins (see operator_kind). The GEMM entries are the names oneDNN and ATen give
+# matrix products on CPU.
 OPERATOR_KINDS = (
     ("GEMM", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "mkldnn::_linear_pointwise",
               "aten::linear", "aten::_addmm_activation", "mkldnn::")),

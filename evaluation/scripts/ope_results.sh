@@ -4,7 +4,9 @@
 # per estimate (the estimate every 2,000, so its curve shows whether it stopped moving), truth from 50 rollouts.
 # The policies span the env's value range: uniform random, two SAC snapshots along the behaviour policy's training
 # (the medium-replay tier's `ENV/replay/STEP`), the shipped medium and expert policies, and any extra SPECs given
-# (the launcher adds the evidence grid's CQL and BC policies: policies an offline user would choose between).
+# (the evidence grid's CQL and BC policies: policies an offline user would choose between; pass the copies that
+# evaluation/scripts/keep_ope_policy.sh keeps in the repository, evaluation/ope_policies/RUN/snapshots/actor_STEP.pt,
+# not run folders, which are not committed and do not survive a machine).
 # n_actions = 5 (5 uniform + 5 π samples for cql-q's logsumexp, 5 π samples for cql-v's E_π Q) instead of
 # OPEConfig's 10: it halves the two conservative estimators' cost (cql-q 11 → 18.5 updates/s on one AVX2 core),
 # which is what makes ~14 estimates per env and estimator affordable; cql-v's penalty is unbiased for any n.

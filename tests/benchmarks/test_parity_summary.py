@@ -11,11 +11,11 @@ from benchmarks.parity_summary import equivalence, main, parity_table, read_pari
 SHA = "ab" * 32
 
 
-def _offrl_run(folder, seed, returns, finished=True, sha=SHA):
+def _offrl_run(folder, seed, returns, finished=True, sha=SHA, commit="abc"):
     """Evaluations at 10, 20, 30, 40 and the final one repeating 40 (the last row counts)."""
     folder.mkdir(parents=True)
     (folder / "run.json").write_text(json.dumps({"dataset_id": "halfcheetah/medium-v1", "seed": seed,
-                                                 "dataset_sha256": sha, "eval_episodes": 10, "git_commit": "abc"}))
+                                                 "dataset_sha256": sha, "eval_episodes": 10, "git_commit": commit}))
     steps = [10, 20, 30, 40, 40]
     pd.DataFrame({"step": steps, "normalized_return": returns, "return_mean": returns,
                   "q_bias_normalized_mean": [-0.5] * 5}).to_csv(folder / "evaluations.csv", index=False)
@@ -84,6 +84,43 @@ def test_mismatched_or_unfinished_runs_are_refused_by_name(tmp_path, capsys, spo
     assert main([str(runs), "--out", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "parity.csv").exists()
+
+
+def test_partial_summarises_the_finished_runs_and_names_the_others(tmp_path):
+    runs = tmp_path / "parity"
+    _offrl_run(runs / "offrl" / "cql-seed0", 0, [50.0, 10.0, 20.0, 40.0, 42.0])
+    _offrl_run(runs / "offrl" / "cql-seed1", 1, [50.0, 10.0, 20.0, 40.0, 44.0], finished=False)
+    _d3rlpy_run(runs / "d3rlpy-seed0", 0, [20.0, 10.0, 20.0, 30.0])
+    _d3rlpy_run(runs / "d3rlpy-seed1", 1, [20.0, 10.0, 20.0, 34.0])
+    assert main([str(runs), "--out", str(tmp_path)]) == 2  # without --partial an unfinished run is refused
+    assert main([str(runs), "--out", str(tmp_path), "--partial"]) == 0
+    text = (tmp_path / "parity_summary.md").read_text()
+    assert "Not finished yet, so not in the table: offrl cql-seed1 (step 40)." in text
+    assert "No comparison yet: the sides have finished different seeds (d3rlpy 2.8.1 [0, 1]; offrl [0])" in text
+    assert "Welch" not in text
+    assert set(zip(*[pd.read_csv(tmp_path / "parity.csv")[c] for c in ("impl", "seed")], strict=True)) == {
+        ("offrl", 0), ("d3rlpy 2.8.1", 0), ("d3rlpy 2.8.1", 1)}
+
+
+def test_curves_of_runs_whose_folders_are_gone_come_from_the_earlier_parity_csv(tmp_path):
+    runs = tmp_path / "parity"
+    _both(runs)
+    assert main([str(runs), "--out", str(tmp_path)]) == 0
+    before = (tmp_path / "parity_summary.md").read_text(), pd.read_csv(tmp_path / "parity.csv")
+    for folder in (runs / "offrl" / "cql-seed1", runs / "d3rlpy-seed0"):  # a machine that did not come back
+        for path in folder.iterdir():
+            path.unlink()
+        folder.rmdir()
+    assert main([str(runs), "--out", str(tmp_path)]) == 0
+    after = pd.read_csv(tmp_path / "parity.csv")
+    assert (tmp_path / "parity_summary.md").read_text() == before[0]
+    key = ["impl", "seed", "step", "normalized_return"]
+    pd.testing.assert_frame_equal(after.sort_values(key).reset_index(drop=True)[key],
+                                  before[1].sort_values(key).reset_index(drop=True)[key])
+    # a run of another commit is not part of this result set
+    _offrl_run(runs / "offrl" / "cql-seed2", 2, [0.0] * 5, commit="def")
+    _d3rlpy_run(runs / "d3rlpy-seed2", 2, [0.0] * 4)
+    assert main([str(runs), "--out", str(tmp_path)]) == 2
 
 
 def test_an_empty_folder_is_one_line_and_exit_2(tmp_path, capsys):

@@ -255,3 +255,32 @@ def test_a_results_file_of_another_kind_is_refused(pendulum, tmp_path):
     with pytest.raises(offrl.OfflineRLError, match="not an offrl OPE results file"):
         append_ope_row(other, report)
     assert other.read_text() == "run_id,phase\nx,offline\n"
+
+
+def test_a_kept_snapshot_is_the_same_target_policy_without_its_run_folder(pendulum, tmp_path):
+    """evaluation/scripts/keep_ope_policy.sh copies what a snapshot needs out of a run folder (which is not
+    committed), so an OPE sweep over kept copies re-runs from a clean clone."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "evaluation" / "scripts" / "keep_ope_policy.sh"
+    run = tmp_path / "bc-seed0"
+    offrl.BC(actor_hidden=(8,), batch_size=16).fit(pendulum, 6, run_dir=run, eval_every=3, eval_episodes=1,
+                                                   final_eval_episodes=1, show_progress=False)
+    observations = pendulum.tensors["observations"][:5]
+    env = {"OPE_POLICIES": str(tmp_path / "kept"), "PATH": "/usr/bin:/bin"}
+    before = {step: load_target_policy(run / "snapshots" / f"actor_{step}.pt", deterministic=True)
+              .sample(observations, 1)[0] for step in (3, 6)}
+    kept = subprocess.run(["bash", str(script), str(run), "3", "6"], env=env, capture_output=True, text=True)
+    assert kept.returncode == 0, kept.stderr
+    paths = kept.stdout.split()
+    assert paths == [str(tmp_path / "kept" / "bc-seed0" / "snapshots" / f"actor_{s}.pt") for s in (3, 6)]
+    shutil.rmtree(run)
+    for step, path in zip((3, 6), paths, strict=True):
+        policy = load_target_policy(path)
+        assert not policy.deterministic and policy.normalizer is not None
+        assert torch.equal(load_target_policy(path, deterministic=True).sample(observations, 1)[0], before[step])
+    refused = subprocess.run(["bash", str(script), str(run)], env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "is not a training run folder" in refused.stderr
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["bc-seed0"]  # no temp folder left behind

@@ -131,8 +131,8 @@ def run_bench(out: Path, seconds: float = 20.0,
               include: tuple[str, ...] = ALL_BENCHMARKS,
               command: str | None = None, device: str = "cpu", compile_update: bool = False,
               sizes: dict[str, tuple[int, ...]] | None = None, peak_size: int = 4096,
-              cuda_graph: bool = False) -> pd.DataFrame:
-    """Measure and merge the rows into `out`. `compile_update` times CQL with `compiled_cql_losses`
+              cuda_graph: bool = False, commit: str | None = None) -> pd.DataFrame:
+    """Measure and merge the rows into `out`, with `commit` (default: the checkout's, read now). `compile_update` times CQL with `compiled_cql_losses`
     (reduce-overhead CUDA graphs of the losses on CUDA); `cuda_graph` times SAC and CQL with the whole update
     replayed as one CUDA graph (offrl.cuda_graph, what an agent's compile=True does on CUDA). The rows say
     which in their benchmark name."""
@@ -146,7 +146,7 @@ def run_bench(out: Path, seconds: float = 20.0,
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
                "device": torch.cuda.get_device_name(device_) if device_.type == "cuda" else "cpu",
                "torch": torch.__version__, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-               "git_commit": git_commit(), "command": command or PROGRAM}
+               "git_commit": commit if commit is not None else git_commit(), "command": command or PROGRAM}
     rows: list[dict] = []
     peak = {}
     if "matmul" in include or "updates" in include:
@@ -341,6 +341,8 @@ def run_bench_against_d3rlpy(out: Path, d3rlpy_python: str, seconds: float = 20.
         raise OfflineRLError(f"--rounds: need at least 1, found {rounds}")
     if not Path(script).is_file():
         raise OfflineRLError(f"{script}: the d3rlpy benchmark script is missing (it ships in the repository)")
+    # read once, before this sitting writes into the tracked bench.csv (which would make later rows say "-dirty")
+    commit = git_commit()
     per_round = []
     with tempfile.TemporaryDirectory() as tmp:
         for index in range(rounds):
@@ -349,7 +351,8 @@ def run_bench_against_d3rlpy(out: Path, d3rlpy_python: str, seconds: float = 20.
             if finished.returncode != 0 or not d3rlpy_csv.is_file():
                 raise OfflineRLError(f"--against-d3rlpy {d3rlpy_python}: {script} failed "
                                      f"(exit {finished.returncode}); see its output above")
-            run_bench(offrl_csv, seconds, include=compared, command=command, sizes=sizes, peak_size=peak_size)
+            run_bench(offrl_csv, seconds, include=compared, command=command, sizes=sizes, peak_size=peak_size,
+                      commit=commit)
             frame = with_d3rlpy_ratios(pd.concat([pd.read_csv(d3rlpy_csv), pd.read_csv(offrl_csv)],
                                                  ignore_index=True))
             frame["round"] = index
@@ -361,7 +364,8 @@ def run_bench_against_d3rlpy(out: Path, d3rlpy_python: str, seconds: float = 20.
     _merge_into(out, medians)
     if not once:
         return medians
-    return pd.concat([medians, run_bench(out, seconds, include=once, command=command)], ignore_index=True)
+    return pd.concat([medians, run_bench(out, seconds, include=once, command=command, commit=commit)],
+                     ignore_index=True)
 
 
 def _median_over_rounds(all_rounds: pd.DataFrame) -> pd.DataFrame:

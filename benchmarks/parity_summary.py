@@ -17,14 +17,15 @@ and reference scores, so their normalized returns compare directly. Writes into 
 Both sides must be finished runs of the same dataset bytes, seeds, updates and evaluation episodes, and offrl's
 runs of one commit; otherwise it refuses (an unfinished run is named, not silently left out). `--partial`
 summarises the runs that finished so far and lists the others by name and step (no comparison until both sides
-ran the same seeds). The curves of runs whose folders are gone (a machine that did not come back) are taken from
-`--out`'s earlier `parity.csv`, which is why it is written and committed as runs finish.
+ran the same seeds). `--earlier-curves` takes the curves of runs whose folders are gone (a machine that did not
+come back) from `--out`'s earlier `parity.csv`, which is why it is written and committed as runs finish.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -62,13 +63,22 @@ def _last_step(run_dir: Path) -> int | None:
     return None
 
 
-def _offrl_runs(folder: Path, unfinished: list[str] | None = None) -> list[pd.DataFrame]:
+def _side(impl: str) -> str:
+    """"offrl" or "d3rlpy": an implementation's side, whatever its version string."""
+    return str(impl).split()[0]
+
+
+def _offrl_runs(folder: Path, unfinished: list[tuple[str, int | None, str]] | None = None) -> list[pd.DataFrame]:
     frames = []
     for run_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         if not (run_dir / "final.json").is_file():
             if unfinished is None:
                 raise _unfinished(run_dir)
-            unfinished.append(f"offrl {run_dir.name} (step {_last_step(run_dir)})")
+            try:
+                seed = int(json.loads((run_dir / "run.json").read_text())["seed"])
+            except (OSError, ValueError, KeyError, TypeError):
+                seed = None
+            unfinished.append(("offrl", seed, f"offrl {run_dir.name} (step {_last_step(run_dir)})"))
             continue
         record = json.loads((run_dir / "run.json").read_text())
         final = json.loads((run_dir / "final.json").read_text())
@@ -80,13 +90,16 @@ def _offrl_runs(folder: Path, unfinished: list[str] | None = None) -> list[pd.Da
     return frames
 
 
-def _d3rlpy_runs(folders: list[Path], unfinished: list[str] | None = None) -> list[pd.DataFrame]:
+def _d3rlpy_runs(folders: list[Path], unfinished: list[tuple[str, int | None, str]] | None = None
+                 ) -> list[pd.DataFrame]:
     frames = []
     for run_dir in folders:
         if not (run_dir / "final.json").is_file():
             if unfinished is None:
                 raise _unfinished(run_dir)
-            unfinished.append(f"d3rlpy {run_dir.name} (step {_last_step(run_dir)})")
+            match = re.fullmatch(r"d3rlpy-seed(\d+)", run_dir.name)
+            unfinished.append(("d3rlpy", int(match[1]) if match else None,
+                               f"d3rlpy {run_dir.name} (step {_last_step(run_dir)})"))
             continue
         final = json.loads((run_dir / "final.json").read_text())
         curve = pd.read_csv(run_dir / "evaluations.csv")
@@ -100,25 +113,32 @@ def _d3rlpy_runs(folders: list[Path], unfinished: list[str] | None = None) -> li
 def read_parity_runs(runs: Path, kept: pd.DataFrame | None = None, partial: bool = False) -> pd.DataFrame:
     """Every run under RUNS (offrl/ and d3rlpy-seed*/) as rows of COLUMNS, after checking that both sides ran the
     same dataset bytes, seeds, updates and evaluation episodes, and that every run finished. `kept`: an earlier
-    parity.csv, whose curves stand in for runs (implementation, seed) with no finished folder under RUNS.
-    `partial`: unfinished runs are left out and named in `table.attrs["unfinished"]`, and the sides may have
-    finished different seeds so far."""
+    parity.csv, whose curves stand in for runs (side, seed) with no folder under RUNS; they are named in
+    `table.attrs["kept"]`. `partial`: unfinished runs are left out and named in `table.attrs["unfinished"]`, and
+    the sides may have finished different seeds so far."""
     runs = Path(runs)
     offrl_dir = runs / "offrl"
-    unfinished: list[str] | None = [] if partial else None
+    unfinished: list[tuple[str, int | None, str]] | None = [] if partial else None
     frames = ((_offrl_runs(offrl_dir, unfinished) if offrl_dir.is_dir() else [])
               + _d3rlpy_runs(sorted(runs.glob("d3rlpy-seed*")), unfinished))
+    kept_names: list[str] = []
     if kept is not None and not kept.empty:
-        here = {(f["impl"].iloc[0], int(f["seed"].iloc[0])) for f in frames if not f.empty}
-        missing = kept[[(impl, int(seed)) not in here for impl, seed in zip(kept["impl"], kept["seed"], strict=True)]]
-        frames += [group for _, group in missing.groupby(["impl", "seed"])]
+        # a folder, finished or not, is the run of its side and seed: an earlier curve only stands in for none
+        here = {(_side(f["impl"].iloc[0]), int(f["seed"].iloc[0])) for f in frames if not f.empty}
+        here |= {(side, seed) for side, seed, _ in unfinished or []}
+        kept = kept.assign(seed=kept["seed"].astype(int))
+        missing = kept[[(_side(impl), seed) not in here
+                        for impl, seed in zip(kept["impl"], kept["seed"], strict=True)]]
+        for (impl, seed), group in missing.groupby(["impl", "seed"]):
+            frames.append(group)
+            kept_names.append(f"{impl} seed {seed}")
     if not frames:
         raise OfflineRLError(f"parity runs {runs}: no offrl/ or d3rlpy-seed*/ run in it")
     table = pd.concat(frames, ignore_index=True).reindex(columns=COLUMNS)
     commits = table.loc[table["impl"] == "offrl", "git_commit"].dropna().unique()
     if len(commits) > 1:
-        raise OfflineRLError(f"parity runs {runs}: offrl's runs come from several commits ({', '.join(commits)}); "
-                             "a result set is one command at one commit")
+        raise OfflineRLError(f"parity runs {runs}: offrl's runs come from several commits "
+                             f"({', '.join(map(str, commits))}); a result set is one command at one commit")
     for column, what in (("dataset_id", "datasets"), ("dataset_sha256", "dataset files (sha256)"),
                          ("eval_episodes", "numbers of evaluation episodes")):
         if table[column].nunique() != 1:
@@ -138,7 +158,8 @@ def read_parity_runs(runs: Path, kept: pd.DataFrame | None = None, partial: bool
         raise OfflineRLError(f"parity runs {runs}: the runs evaluate at different steps ({impl} seed {seed}: "
                              f"{', '.join(map(str, grid))}; {grids.index[0][0]} seed {grids.index[0][1]}: "
                              f"{', '.join(map(str, grids.iloc[0]))})")
-    table.attrs["unfinished"] = list(unfinished or [])
+    table.attrs["unfinished"] = [text for _, _, text in unfinished or []]
+    table.attrs["kept"] = kept_names
     return table
 
 
@@ -192,6 +213,9 @@ def write_parity_summary(table: pd.DataFrame, out: Path) -> list[Path]:
         lines.append(f"| {r.impl} | {r.seeds} | {r.updates} | {r.late_mean:.1f} ± {r.late_std:.1f} | "
                      f"{r.late_per_seed} | {r.final_mean:.1f} ± {r.final_std:.1f} | {r.best_mean:.1f} | "
                      f"{r.late_q_bias:.3f} |")
+    if table.attrs.get("kept"):
+        lines += ["", "Curves taken from the earlier parity.csv (their run folders are gone): "
+                      f"{'; '.join(table.attrs['kept'])}."]
     unfinished = table.attrs.get("unfinished", [])
     if unfinished:
         lines += ["", f"Not finished yet, so not in the table: {'; '.join(unfinished)}."]
@@ -229,7 +253,7 @@ def _read_kept(path: Path) -> pd.DataFrame | None:
     """An earlier parity.csv (the curves of runs whose folders may be gone), or None when there is none."""
     if not path.is_file():
         return None
-    kept = pd.read_csv(path)
+    kept = pd.read_csv(path, dtype={"impl": str, "dataset_id": str, "dataset_sha256": str, "git_commit": str})
     missing = sorted(set(COLUMNS) - set(kept.columns))
     if missing:
         raise OfflineRLError(f"{path}: not a parity.csv (no column(s) {', '.join(missing)})")
@@ -242,9 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("evaluation"), help="folder for the summary and plot")
     parser.add_argument("--partial", action="store_true",
                         help="summarise the runs finished so far and name the others (default: refuse unfinished)")
+    parser.add_argument("--earlier-curves", action="store_true",
+                        help="take, from OUT/parity.csv, the curves of runs with no folder under RUNS (their machine "
+                             "is gone); the summary names them (default: only the folders)")
     args = parser.parse_args(argv)
     try:
-        kept = _read_kept(args.out / "parity.csv")
+        kept = _read_kept(args.out / "parity.csv") if args.earlier_curves else None
         for path in write_parity_summary(read_parity_runs(args.runs, kept, args.partial), args.out):
             print(f"wrote {path}")
     except OfflineRLError as exc:

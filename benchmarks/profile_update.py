@@ -38,20 +38,22 @@ PROGRAM = "python -m benchmarks.profile_update"
 OPERATOR_KINDS = (
     ("GEMM", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "mkldnn::_linear_pointwise",
               "aten::linear", "aten::_addmm_activation", "mkldnn::")),
-    ("dtype casts", ("aten::copy_", "aten::_to_copy", "aten::to", "aten::_copy_from")),
+    # in fp32 these are plain copies (cat, clone, index results); under bf16 autocast most are dtype casts
+    ("copies and dtype casts", ("aten::copy_", "aten::_to_copy", "aten::to", "aten::_copy_from")),
     ("ReLU backward", ("aten::threshold_backward",)),
     ("reductions (bias grads, losses)", ("aten::sum", "aten::mean", "aten::logsumexp", "aten::amax", "aten::min",
                                          "aten::max")),
+    ("target update (Polyak)", ("aten::_foreach_lerp_", "aten::lerp_")),
+    ("zero_grad / fill", ("Optimizer.zero_grad#", "aten::zero_", "aten::fill_", "aten::zeros", "aten::empty")),
     ("optimizer (Adam)", ("aten::_foreach_", "Optimizer.", "aten::_fused_adam_")),
-    ("zero_grad / fill", ("aten::zero_", "aten::fill_", "aten::zeros", "aten::empty")),
 )
+FAMILY_ENDINGS = ("_", ".", "::", "#")  # an entry ending so names a family ("aten::_foreach_"); others one name
 
 
 def operator_kind(name: str) -> str:
     """The kind of one profiled operator name (`OPERATOR_KINDS`), "other" when none matches."""
     for kind, names in OPERATOR_KINDS:
-        # an entry that ends in "_", "." or "::" is a family ("aten::_foreach_", "mkldnn::"); others are one name
-        if any(name == n or (n.endswith(("_", ".", "::")) and name.startswith(n)) for n in names):
+        if any(name == n or (n.endswith(FAMILY_ENDINGS) and name.startswith(n)) for n in names):
             return kind
     return "other"
 
@@ -126,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(precisions) - {"fp32", "bf16"})
         if unknown or not precisions:
             raise OfflineRLError(f"--precisions {args.precisions!r}: choose from fp32, bf16")
+        if "bf16" in precisions and not native_cpu_bf16():
+            raise OfflineRLError("--precisions bf16: this CPU has no bf16 instructions (AVX512-BF16 or AMX); a bf16 "
+                                 "profile here would measure the emulation (pass --precisions fp32)")
+        out = Path(args.out)
+        if out.suffix != ".md" or out.is_dir():
+            raise OfflineRLError(f"--out {out}: expected a .md file path (its CSV goes beside it)")
         settings, frames = [], []
         for size_name, hidden in DEFAULT_SIZES.items():
             for precision in precisions:
@@ -140,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
               f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; {args.updates} profiled updates "
               "per setting (batch 256, 10 action samples), operator self time (profiling inflates small operators).")
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, _markdown(settings, header, args.top).encode())
     atomic_write_bytes(out.with_suffix(".csv"), pd.concat(frames, ignore_index=True).to_csv(index=False).encode())

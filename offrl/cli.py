@@ -372,6 +372,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                      out=Path(args.out).resolve(),  # trials and rows name their folders from anywhere
                      leaderboard=_leaderboard(args.leaderboard).resolve(), address=args.address,
                      cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent, retries=args.retries,
+                     from_folders=args.from_folders,
                      eval_every=args.eval_every, eval_episodes=args.eval_episodes,
                      final_eval_episodes=args.final_eval_episodes, log_every=args.log_every,
                      checkpoint_every=args.checkpoint_every, divergence_limit=args.divergence_limit,
@@ -712,6 +713,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trials running at once (default: as many as the CPUs allow)")
     p.add_argument("--retries", type=non_negative_int, default=1,
                    help="times a trial whose worker died runs again, resuming from its checkpoint")
+    p.add_argument("--from-folders", action="store_true",
+                   help="decide which trials are done from the run folders under --out alone: a trial whose row is "
+                        "in the leaderboard (or --results) but whose folder is not here trains again and appends a "
+                        "second row (default: its row means done)")
     _offline_schedule_options(p, eval_every=None, eval_every_help="updates between evaluations (default: only the "
                                                                  "final one)")
     p.add_argument("--collect-missing", action="store_true",

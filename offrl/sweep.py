@@ -117,6 +117,9 @@ class SweepSpec:
     cpus_per_trial: int = 1
     max_concurrent: int | None = None  # None: as many as Ray can place
     retries: int = 1  # a trial whose worker died runs again, resuming from its checkpoint
+    # decide what is done from the run folders alone: a trial whose row is here but whose folder is not trains
+    # again (its curve is wanted, e.g. by the parity summary) and appends a second row
+    from_folders: bool = False
     eval_every: int | None = None
     eval_episodes: int = 10
     final_eval_episodes: int | None = None
@@ -401,13 +404,17 @@ def run_sweep(spec: SweepSpec, echo: Callable[[str], None] = print) -> SweepResu
 
 
 def _trials_with_rows(spec: SweepSpec, trials: Sequence[Trial] | Sequence[OPETrial]) -> set[str]:
-    """Names of the trials whose row this sweep already wrote (same sweep id, dataset, seed and budget; the
-    algorithm and config, or the policy and method): they are done even where their run folders are not, as on
-    a clean clone or another machine, and must neither train again nor get a second row."""
+    """Names of the trials whose row this sweep already wrote: same sweep id, dataset bytes (sha256), seed and
+    budget, and the same algorithm and resolved config (its hash), or policy, method and estimator config. They
+    are done even where their run folders are not, as on a clean clone or another machine, and must neither train
+    again nor get a second row; a row whose config or dataset has changed since does not count."""
     import pandas as pd
 
+    from offrl.config import config_hash
+    from offrl.data.registry import card_path, parse_dataset_id, read_card, shipped_card
+
     path = spec.results if spec.is_ope else spec.leaderboard
-    if path is None or not Path(path).is_file() or Path(path).stat().st_size == 0:
+    if spec.from_folders or path is None or not Path(path).is_file() or Path(path).stat().st_size == 0:
         return set()
     if spec.is_ope:
         rows = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -417,17 +424,30 @@ def _trials_with_rows(spec: SweepSpec, trials: Sequence[Trial] | Sequence[OPETri
         rows = read_leaderboard(Path(path)).astype(str)
         rows = rows[rows["phase"] == "offline"]
     rows = rows[rows["sweep_id"] == spec.sweep_id].copy()
+    if rows.empty:
+        return set()
     for column in ("seed", "updates" if spec.is_ope else "steps"):  # "3", or "3.0" where pandas read floats
         rows[column] = pd.to_numeric(rows[column], errors="coerce").map(lambda v: "" if v != v else str(int(v)))
+
+    def sha256(dataset_id: str) -> str | None:
+        parsed = parse_dataset_id(dataset_id)
+        card = read_card(dataset_id) if card_path(parsed).exists() else shipped_card(parsed)
+        return (card or {}).get("sha256")
+
+    shas = {d: sha256(d) for d in {t.dataset_id for t in trials}}
     if spec.is_ope:
-        done = set(zip(rows["dataset_id"], rows["policy"], rows["method"], rows["seed"], rows["updates"], strict=True))
-        return {t.name for t in trials if (t.dataset_id, t.policy, t.method, str(t.seed), str(spec.steps)) in done}
-    done = set(zip(rows["dataset_id"], rows["algorithm"], rows["config_name"], rows["seed"], rows["steps"],
-                   strict=True))
-    agents = {(a, c): _agent(a, c) for a, c in {(t.algorithm, t.config) for t in trials}}  # their row names
+        base = _ope_config(spec)
+        hashes = {m: config_hash(dataclasses.replace(base, method=m)) for m in {t.method for t in trials}}
+        done = set(zip(rows["dataset_id"], rows["dataset_sha256"], rows["policy"], rows["method"], rows["config_hash"],
+                       rows["seed"], rows["updates"], strict=True))
+        return {t.name for t in trials if (t.dataset_id, shas[t.dataset_id], t.policy, t.method, hashes[t.method],
+                                           str(t.seed), str(spec.steps)) in done}
+    done = set(zip(rows["dataset_id"], rows["dataset_sha256"], rows["algorithm"], rows["config_name"],
+                   rows["config_hash"], rows["seed"], rows["steps"], strict=True))
+    agents = {(a, c): _agent(a, c) for a, c in {(t.algorithm, t.config) for t in trials}}  # their row's names
+    names = {key: (agent.offline_name, agent.config_name, config_hash(agent.config)) for key, agent in agents.items()}
     return {t.name for t in trials
-            if (t.dataset_id, agents[t.algorithm, t.config].offline_name, agents[t.algorithm, t.config].config_name,
-                str(t.seed), str(spec.steps)) in done}
+            if (t.dataset_id, shas[t.dataset_id], *names[t.algorithm, t.config], str(t.seed), str(spec.steps)) in done}
 
 
 def _run_remote(spec: SweepSpec, trials: Sequence[Trial], result: SweepResult, echo: Callable[[str], None]) -> None:

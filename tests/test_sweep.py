@@ -82,16 +82,23 @@ def test_a_local_sweep_writes_a_row_per_trial_and_a_rerun_writes_none(world):
     assert again.returncode == 0 and "2 already done, 0 to run" in again.stdout
     assert len(pd.read_csv(tmp_path / "lb.csv")) == 2
     # a clean clone keeps the rows, not the run folders: a trial with its row trains no more and gets no second
-    # row; one without (here seed 1's row removed) trains again
+    # row; one whose row no longer describes it (here seed 1's config hash changed) trains again
     (tmp_path / "sweep").rename(tmp_path / "sweep-elsewhere")
+    rows = pd.read_csv(tmp_path / "lb.csv", dtype=str, keep_default_na=False)
+    seed1_hash = rows.loc[rows["seed"] == "1", "config_hash"].iloc[0]
     lines = (tmp_path / "lb.csv").read_text().splitlines(keepends=True)
-    (tmp_path / "lb.csv").write_text("".join(line for line in lines if "-seed1" not in line))
+    (tmp_path / "lb.csv").write_text("".join(line.replace(f",{seed1_hash},", ",000000000000,") if "-seed1" in line
+                                             else line for line in lines))
     clone = _sweep(base, "--datasets", "pendulum/random-v0", "--seeds", "0-1")
     assert clone.returncode == 0, clone.stderr[-2000:]
     assert "1 already done, 1 to run" in clone.stdout
     assert "pendulum-random-v0-cql-tiny-seed0: its row is in " in clone.stdout
-    assert sorted(pd.read_csv(tmp_path / "lb.csv")["seed"]) == [0, 1]
+    assert sorted(pd.read_csv(tmp_path / "lb.csv")["seed"]) == [0, 1, 1]
     assert not (tmp_path / "sweep" / "pendulum-random-v0-cql-tiny-seed0").exists()
+    # --from-folders: only finished folders count, so seed 0 (row, no folder) trains again
+    again = _sweep(base, "--datasets", "pendulum/random-v0", "--seeds", "0-1", "--from-folders")
+    assert again.returncode == 0 and "1 already done, 1 to run" in again.stdout, again.stdout[-2000:]
+    assert sorted(pd.read_csv(tmp_path / "lb.csv")["seed"]) == [0, 0, 1, 1]
     assert _no_ray_processes_left()
     # a finished trial whose row is refused (a non-finite number) fails alone; the other's row is still written
     final = tmp_path / "sweep" / "pendulum-random-v0-cql-tiny-seed1" / "final.json"

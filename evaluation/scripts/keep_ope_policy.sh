@@ -9,9 +9,13 @@
 # evaluation/ope_policies/NAME/snapshots/actor_STEP.pt to evaluation/scripts/ope_results.sh (OPE_POLICIES moves
 # the folder elsewhere).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-run=${1:?usage: $0 RUN_DIR [STEP ...]}
+if [ $# -lt 1 ]; then
+  echo "usage: $0 RUN_DIR [STEP ...]" >&2
+  exit 2
+fi
+run=$(realpath -m -- "$1")  # before the cd below: RUN_DIR may be relative to where this was called
 shift
+cd "$(dirname "$0")/../.."
 store=${OPE_POLICIES:-evaluation/ope_policies}
 if [ ! -f "$run/run.json" ] || [ ! -f "$run/normalizer.json" ] || [ ! -d "$run/snapshots" ]; then
   echo "keep_ope_policy.sh: $run is not a training run folder with snapshots (run.json, normalizer.json, snapshots/)" >&2
@@ -33,11 +37,32 @@ for step in "${steps[@]}"; do
   fi
 done
 dest=$store/$(basename "$run")
+if [ -e "$dest" ]; then  # kept before: only from the same run, and a kept snapshot is never replaced
+  for name in run.json normalizer.json; do
+    if ! cmp -s "$run/$name" "$dest/$name"; then
+      echo "keep_ope_policy.sh: $dest holds another run's policies ($name differs from $run's); nothing copied" >&2
+      exit 2
+    fi
+  done
+  for step in "${steps[@]}"; do
+    kept="$dest/snapshots/actor_$step.pt"
+    if [ -e "$kept" ] && ! cmp -s "$run/snapshots/actor_$step.pt" "$kept"; then
+      echo "keep_ope_policy.sh: $kept differs from $run's snapshot at step $step; nothing copied" >&2
+      exit 2
+    fi
+  done
+fi
 mkdir -p "$store"
 tmp=$(mktemp -d "$store/.keep.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/snapshots"
 cp "$run/run.json" "$run/normalizer.json" "$tmp/"
 for step in "${steps[@]}"; do cp "$run/snapshots/actor_$step.pt" "$tmp/snapshots/"; done
-if [ -d "$dest" ]; then cp -n "$tmp/snapshots/"* "$dest/snapshots/"; else mv "$tmp" "$dest"; fi
+if [ -e "$dest" ]; then
+  for step in "${steps[@]}"; do  # each by rename, so a reader never sees half a file
+    [ -e "$dest/snapshots/actor_$step.pt" ] || mv -T "$tmp/snapshots/actor_$step.pt" "$dest/snapshots/actor_$step.pt"
+  done
+else
+  mv -T "$tmp" "$dest"  # fails, rather than nesting, if another keep made $dest meanwhile
+fi
 for step in "${steps[@]}"; do echo "$dest/snapshots/actor_$step.pt"; done

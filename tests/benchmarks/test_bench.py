@@ -55,6 +55,25 @@ def test_rounds_against_d3rlpy_keep_median_rates_and_per_round_ratios(tmp_path):
     assert set(frame["impl"]) == {"offrl", "d3rlpy 2.8.1"}
 
 
+def test_a_sitting_records_the_commit_it_started_at_in_every_row(tmp_path, monkeypatch):
+    """The sitting rewrites the tracked bench.csv before its once-only rows: reading the commit again then would
+    call a clean checkout dirty."""
+    import sys
+
+    import benchmarks.bench as bench
+
+    script = tmp_path / "fake_d3rlpy.py"
+    script.write_text(FAKE_D3RLPY)
+    reads = iter(["abc1234", *["abc1234-dirty"] * 20])
+    monkeypatch.setattr(bench, "git_commit", lambda: next(reads))
+    bench.run_bench_against_d3rlpy(tmp_path / "bench.csv", sys.executable, seconds=0.05, rounds=1, script=script,
+                                   include=("updates", "critics"), sizes={"tiny 2x8": (8, 8)}, peak_size=256)
+    written = pd.read_csv(tmp_path / "bench.csv")
+    offrl = written[written["impl"] == "offrl"]
+    assert offrl["benchmark"].str.startswith("critics").any()  # a once-only row, measured after the merge
+    assert set(offrl["git_commit"]) == {"abc1234"}
+
+
 def test_rounds_against_d3rlpy_stop_with_the_script_named_when_it_fails(tmp_path):
     import sys
 

@@ -105,22 +105,33 @@ def test_partial_summarises_the_finished_runs_and_names_the_others(tmp_path):
 def test_curves_of_runs_whose_folders_are_gone_come_from_the_earlier_parity_csv(tmp_path):
     runs = tmp_path / "parity"
     _both(runs)
+    for folder in runs.glob("offrl/*"):  # a commit pandas would read as a number
+        record = json.loads((folder / "run.json").read_text())
+        (folder / "run.json").write_text(json.dumps({**record, "git_commit": "1234567"}))
     assert main([str(runs), "--out", str(tmp_path)]) == 0
     before = (tmp_path / "parity_summary.md").read_text(), pd.read_csv(tmp_path / "parity.csv")
     for folder in (runs / "offrl" / "cql-seed1", runs / "d3rlpy-seed0"):  # a machine that did not come back
         for path in folder.iterdir():
             path.unlink()
         folder.rmdir()
-    assert main([str(runs), "--out", str(tmp_path)]) == 0
+    assert main([str(runs), "--out", str(tmp_path)]) == 2  # only the folders, unless asked
+    assert main([str(runs), "--out", str(tmp_path), "--earlier-curves"]) == 0
     after = pd.read_csv(tmp_path / "parity.csv")
-    assert (tmp_path / "parity_summary.md").read_text() == before[0]
+    text = (tmp_path / "parity_summary.md").read_text()
+    assert set(before[0].splitlines()) <= set(text.splitlines())  # the same table and comparison, and which curves
+    assert "from the earlier parity.csv (their run folders are gone): d3rlpy 2.8.1 seed 0; offrl seed 1." in text
     key = ["impl", "seed", "step", "normalized_return"]
     pd.testing.assert_frame_equal(after.sort_values(key).reset_index(drop=True)[key],
                                   before[1].sort_values(key).reset_index(drop=True)[key])
+    # a folder of that side and seed, even unfinished, is its run: the earlier curve does not stand in for it
+    _offrl_run(runs / "offrl" / "cql-seed1", 1, [0.0] * 5, finished=False, commit="1234567")
+    assert main([str(runs), "--out", str(tmp_path), "--earlier-curves", "--partial"]) == 0
+    text = (tmp_path / "parity_summary.md").read_text()
+    assert "Not finished yet, so not in the table: offrl cql-seed1 (step 40)." in text and "offrl seed 1" not in text
     # a run of another commit is not part of this result set
     _offrl_run(runs / "offrl" / "cql-seed2", 2, [0.0] * 5, commit="def")
     _d3rlpy_run(runs / "d3rlpy-seed2", 2, [0.0] * 4)
-    assert main([str(runs), "--out", str(tmp_path)]) == 2
+    assert main([str(runs), "--out", str(tmp_path), "--earlier-curves", "--partial"]) == 2
 
 
 def test_an_empty_folder_is_one_line_and_exit_2(tmp_path, capsys):

@@ -276,6 +276,8 @@ def test_a_kept_snapshot_is_the_same_target_policy_without_its_run_folder(pendul
     assert kept.returncode == 0, kept.stderr
     paths = kept.stdout.split()
     assert paths == [str(tmp_path / "kept" / "bc-seed0" / "snapshots" / f"actor_{s}.pt") for s in (3, 6)]
+    again = subprocess.run(["bash", str(script), str(run), "6"], env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout.split() == paths[1:]  # keeping the same snapshot twice is fine
     shutil.rmtree(run)
     for step, path in zip((3, 6), paths, strict=True):
         policy = load_target_policy(path)
@@ -284,3 +286,10 @@ def test_a_kept_snapshot_is_the_same_target_policy_without_its_run_folder(pendul
     refused = subprocess.run(["bash", str(script), str(run)], env=env, capture_output=True, text=True)
     assert refused.returncode == 2 and "is not a training run folder" in refused.stderr
     assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["bc-seed0"]  # no temp folder left behind
+    # another run of the same name (a relative path, from elsewhere) is refused, not mixed into the kept one
+    offrl.BC(actor_hidden=(8,), batch_size=16).fit(pendulum, 6, seed=1, run_dir=run, eval_every=3, eval_episodes=1,
+                                                   final_eval_episodes=1, show_progress=False)
+    other = subprocess.run(["bash", str(script), "bc-seed0", "6"], env=env, cwd=tmp_path, capture_output=True,
+                           text=True)
+    assert other.returncode == 2 and "holds another run's policies (run.json differs" in other.stderr
+    assert torch.equal(load_target_policy(paths[1], deterministic=True).sample(observations, 1)[0], before[6])

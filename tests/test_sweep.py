@@ -306,3 +306,24 @@ def test_an_ope_sweep_refuses_the_training_only_divergence_limit(tmp_path, capsy
                  str(tmp_path / "ope.csv"), "--seeds", "0", "--steps", "5", "--out", str(tmp_path),
                  "--divergence-limit", "inf"]) == 2
     assert "--divergence-limit: a training option" in capsys.readouterr().err
+
+
+def test_the_resume_driver_plans_with_the_sweeps_own_code_and_runs_nothing_in_a_dry_run(world):
+    """evaluation/scripts/resume_sweep.py (resuming a result set at its own commit): BC and offline SAC before CQL
+    when asked, nothing run in a dry run."""
+    from pathlib import Path
+
+    tmp_path, base = world
+    script = Path(__file__).parents[1] / "evaluation" / "scripts" / "resume_sweep.py"
+    argv = [a if a != "cql" else "cql,bc" for a in base] + ["--datasets", "pendulum/random-v0", "--seeds", "0"]
+    env = {**os.environ, "OFFRL_THREADS": "1", "RESUME_DRY_RUN": "1", "RESUME_ORDER": "short-first",
+           "PYTHONPATH": str(Path(__file__).parents[1])}
+    planned = subprocess.run([sys.executable, str(script), *argv], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    assert ("to run, in order: pendulum-random-v0-bc-tiny-seed0, pendulum-random-v0-cql-tiny-seed0"
+            in planned.stdout)
+    assert not (tmp_path / "lb.csv").exists() and not (tmp_path / "sweep").exists()
+    wrong = subprocess.run([sys.executable, str(script), *argv], env={**env, "RESUME_ORDER": "fastest"},
+                           capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2 and "RESUME_ORDER='fastest'" in wrong.stderr

@@ -132,10 +132,10 @@ def run_bench(out: Path, seconds: float = 20.0,
               command: str | None = None, device: str = "cpu", compile_update: bool = False,
               sizes: dict[str, tuple[int, ...]] | None = None, peak_size: int = 4096,
               cuda_graph: bool = False, commit: str | None = None) -> pd.DataFrame:
-    """Measure and merge the rows into `out`, with `commit` (default: the checkout's, read now). `compile_update` times CQL with `compiled_cql_losses`
-    (reduce-overhead CUDA graphs of the losses on CUDA); `cuda_graph` times SAC and CQL with the whole update
-    replayed as one CUDA graph (offrl.cuda_graph, what an agent's compile=True does on CUDA). The rows say
-    which in their benchmark name."""
+    """Measure and merge the rows into `out`, with `commit` (default: the checkout's, read now).
+    `compile_update` times CQL with `compiled_cql_losses` (reduce-overhead CUDA graphs of the losses on CUDA);
+    `cuda_graph` times SAC and CQL with the whole update replayed as one CUDA graph (offrl.cuda_graph, what an
+    agent's compile=True does on CUDA). The rows say which in their benchmark name."""
     _check_include(include)
     device_ = torch.device(device)
     if device_.type == "cuda" and not torch.cuda.is_available():

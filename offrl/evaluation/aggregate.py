@@ -33,7 +33,7 @@ from offrl.evaluation.leaderboard import (
 )
 from offrl.fileio import atomic_write_bytes
 
-__all__ = ["CORL_PUBLISHED", "CORL_SOURCE", "evidence_rows", "per_dataset", "across_datasets",
+__all__ = ["CORL_PUBLISHED", "CORL_SOURCE", "evidence_rows", "per_dataset", "differences", "across_datasets",
            "performance_profile_plot", "bias_axis_scale", "collect_evidence_curves", "read_evidence_curves",
            "learning_curve_plots", "corl_caveat", "collect_runs_without_score",
            "corl_comparison_table", "write_evidence"]
@@ -172,6 +172,52 @@ def per_dataset(frame: pd.DataFrame, phase: str = "offline", min_steps: int | No
                       "q_bias_normalized_mean": _mean_or_nan(group["q_bias_normalized_mean"])})
     return pd.DataFrame(table, columns=[*CELL, "seeds", "commits", "final_mean", "final_std", "final_iqm",
                                         "iqm_ci_low", "iqm_ci_high", "best_mean", "q_bias_normalized_mean"])
+
+
+# The order "A − B" is read in: the method the grid tests first, its baselines after (then any other, by name).
+DIFFERENCE_ORDER = ("CQL-SAC", "Cal-QL", "BC", "SAC-offline")
+
+
+def differences(frame: pd.DataFrame, phase: str = "offline") -> pd.DataFrame:
+    """Per dataset and budget, every pair of cells (algorithm and config) with at least two seeds each: the
+    difference of their final normalized returns' means, A − B, with Welch's 95% CI and two-sided p (scipy; no
+    equal variances assumed), and what the CI says: "A above B", "A below B" or "not separated". A is the cell
+    earlier in DIFFERENCE_ORDER (then by name and config). With 3 seeds a side the CI is wide: "not separated"
+    is not "equal". This is what README's "where CQL does not beat BC" is read from."""
+    from scipy.stats import ttest_ind
+
+    rows = _latest_row_per_seed(frame[frame["phase"] == phase])
+    rank = {name: i for i, name in enumerate(DIFFERENCE_ORDER)}
+    table = []
+    for (dataset_id, steps), group in rows.groupby(["dataset_id", "steps"], sort=True):
+        cells = sorted((((algorithm, config), g["final_normalized_return"].to_numpy(dtype=float))
+                        for (algorithm, config), g in group.groupby(["algorithm", "config_name"])),
+                       key=lambda cell: (rank.get(cell[0][0], len(rank)), cell[0]))
+        for i, ((alg_a, cfg_a), a) in enumerate(cells):
+            for (alg_b, cfg_b), b in cells[i + 1:]:
+                if len(a) < 2 or len(b) < 2:
+                    continue
+                test = ttest_ind(a, b, equal_var=False)
+                ci = test.confidence_interval(0.95)
+                verdict = ("A above B" if ci.low > 0 else "A below B" if ci.high < 0 else "not separated")
+                table.append({"dataset_id": dataset_id, "steps": steps, "a": alg_a, "a_config": cfg_a,
+                              "b": alg_b, "b_config": cfg_b, "a_seeds": len(a), "b_seeds": len(b),
+                              "difference": float(a.mean() - b.mean()), "ci_low": float(ci.low),
+                              "ci_high": float(ci.high), "p": float(test.pvalue), "verdict": verdict})
+    return pd.DataFrame(table, columns=["dataset_id", "steps", "a", "a_config", "b", "b_config", "a_seeds",
+                                        "b_seeds", "difference", "ci_low", "ci_high", "p", "verdict"])
+
+
+def _differences_markdown(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "(no dataset has two algorithms or configs with two seeds each yet)\n"
+    lines = ["| dataset | A | B | seeds (A, B) | A − B, final normalized return [Welch 95% CI] | p | |",
+             "|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        words = {"A above B": f"{r.a} above", "A below B": f"{r.a} below", "not separated": "not separated"}
+        lines.append(f"| {r.dataset_id} | {r.a} ({r.a_config}) | {r.b} ({r.b_config}) | {r.a_seeds}, {r.b_seeds} | "
+                     f"{_with_ci(r.difference, r.ci_low, r.ci_high)} | {r.p:.2g} | {words[r.verdict]} |")
+    return "\n".join(lines) + "\n"
 
 
 def _mean_or_nan(values: pd.Series) -> float:
@@ -639,6 +685,7 @@ def write_evidence(frame: pd.DataFrame, out_dir: Path, steps: int, datasets: Seq
                              f"{list(algorithms) if algorithms is not None else 'any'} asked for")
     out_dir = Path(out_dir)
     per = per_dataset(rows)
+    pairs = differences(rows)
     across = across_datasets(rows, datasets, algorithms)
     runs = _latest_row_per_seed(rows)
     curves_path = out_dir / "evidence_curves.csv"
@@ -685,6 +732,11 @@ def write_evidence(frame: pd.DataFrame, out_dir: Path, steps: int, datasets: Seq
         *(["", f"{len(shown)} more run(s) of this result set have no score (yet): see \"Runs without a score\"."]
           if not shown.empty else []),
         "", "## Per dataset", "", _per_dataset_markdown(per),
+        "## Differences, per dataset", "",
+        "Every pair of algorithms (and configs) with two or more seeds each on a dataset: the difference of their "
+        "final normalized returns' means with Welch's 95% CI (scipy; seeds as samples, no equal variances "
+        "assumed). \"Not separated\" means the CI spans 0: with 3 seeds a side that is not evidence of equality. "
+        "Kept in evidence_differences.csv.", "", _differences_markdown(pairs),
         "## Across datasets", "",
         "One seeds × datasets matrix per algorithm; rliable needs it rectangular, so only the seeds present on every "
         f"dataset are used (runs of other seeds are counted as left out). Optimality gap: mean shortfall below "
@@ -708,6 +760,7 @@ def write_evidence(frame: pd.DataFrame, out_dir: Path, steps: int, datasets: Seq
         unscored_path.unlink(missing_ok=True)  # every run listed before has its row now
     tables += [(offsets_path.name, offsets.to_csv(index=False))] if not offsets.empty else []
     for name, data in (*tables, ("evidence_summary.csv", per.to_csv(index=False, float_format="%.4g")),
+                       ("evidence_differences.csv", pairs.to_csv(index=False, float_format="%.4g")),
                        ("evidence_across_datasets.csv", across.to_csv(index=False, float_format="%.4g")),
                        ("evidence_summary.md", markdown)):
         atomic_write_bytes(out_dir / name, data.encode())

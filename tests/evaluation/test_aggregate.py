@@ -16,6 +16,7 @@ from offrl.evaluation.aggregate import (
     bias_axis_scale,
     collect_evidence_curves,
     corl_comparison_table,
+    differences,
     evidence_rows,
     learning_curve_plots,
     per_dataset,
@@ -178,12 +179,40 @@ def test_the_corl_table_holds_the_verified_numbers_and_its_caveats_once(tmp_path
     assert "its medium tiers hold 1M transitions, ours 200,000" in table
 
 
+def test_differences_are_welch_intervals_read_cql_first_and_say_where_they_separate():
+    cql, bc, sac = [44.0, 45.0, 46.5], [44.5, 46.0, 45.0], [-6.0, 0.0, 5.0]
+    frame = pd.concat([_cell(sac, algorithm="SAC-offline"), _cell(bc, algorithm="BC"), _cell(cql),
+                       _cell([60.0], dataset="hopper/medium-v1"), _cell([30.0, 31.0], dataset="hopper/medium-v1",
+                                                                      algorithm="BC")])
+    table = differences(frame)
+    assert list(zip(table["a"], table["b"], strict=True)) == [("CQL-SAC", "BC"), ("CQL-SAC", "SAC-offline"),
+                                                             ("BC", "SAC-offline")]  # hopper: CQL has one seed
+    cql_bc, cql_sac = table.iloc[0], table.iloc[1]
+    # Welch by hand: the difference of means, its standard error and the Welch-Satterthwaite degrees of freedom
+    va, vb = np.var(cql, ddof=1) / 3, np.var(bc, ddof=1) / 3
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
+    from scipy.stats import t
+
+    half = t.ppf(0.975, df) * math.sqrt(va + vb)
+    assert cql_bc["difference"] == pytest.approx(np.mean(cql) - np.mean(bc))
+    assert (cql_bc["ci_low"], cql_bc["ci_high"]) == pytest.approx((cql_bc["difference"] - half,
+                                                                   cql_bc["difference"] + half))
+    assert cql_bc["verdict"] == "not separated" and cql_sac["verdict"] == "A above B"
+    flipped = differences(pd.concat([_cell([-1.0, 0.0, 1.0], algorithm="SAC-offline"), _cell([-9.0, -8.0, -7.5])]))
+    assert flipped.iloc[0]["verdict"] == "A below B" and flipped.iloc[0]["difference"] < 0
+
+
 def test_the_summary_defines_best_names_the_shared_starts_and_flags_a_commit_no_history_holds(tmp_path):
     frame = read_leaderboard(_grid(tmp_path, seeds=(0,)))
     write_evidence(frame, tmp_path / "out", STEPS)
     summary = (tmp_path / "out" / "evidence_summary.md").read_text()
     assert "Best: each seed's highest evaluation" in summary and "slightly understated" in summary
     assert "Not one clean commit" not in summary
+    assert "(no dataset has two algorithms or configs with two seeds each yet)" in summary  # one seed each
+    write_evidence(read_leaderboard(_grid(tmp_path / "three")), tmp_path / "three-out", STEPS)
+    three = (tmp_path / "three-out" / "evidence_summary.md").read_text()
+    assert "| halfcheetah/medium-v1 | CQL-SAC (fast) | BC (fast) | 3, 3 | 10.0 [" in three and "CQL-SAC above" in three
+    assert len(pd.read_csv(tmp_path / "three-out" / "evidence_differences.csv")) == 9
     frame.loc[frame.index[0], "git_commit"] = "abc123-dirty"
     frame.loc[frame.index[1], "git_commit"] = "unknown"
     write_evidence(frame, tmp_path / "out", STEPS)
@@ -276,7 +305,8 @@ def test_the_cli_writes_the_evidence_and_refuses_an_unknown_budget(tmp_path, cap
     path = _grid(tmp_path)
     out = tmp_path / "evidence"
     assert main(["leaderboard", "--leaderboard", str(path), "--evidence", str(STEPS), "--out", str(out)]) == 0
-    names = {"evidence_summary.csv", "evidence_across_datasets.csv", "evidence_summary.md", "evidence_curves.csv",
+    names = {"evidence_summary.csv", "evidence_differences.csv", "evidence_across_datasets.csv",
+             "evidence_summary.md", "evidence_curves.csv",
              "evidence_performance_profile.png", *(f"evidence_curves_{d.replace('/', '_')}.png" for d in DATASETS)}
     assert {p.name for p in out.iterdir()} == names
     assert capsys.readouterr().out.count("wrote ") == len(names)

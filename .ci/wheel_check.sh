@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The library as a user gets it: build the wheel, install it (plus torch) into a fresh venv outside the
-# repository, and from an empty folder run README's first ```python block unchanged, `offrl --version` and a
-# tiny `offrl train-cql`. Everything the user's files need (store, leaderboard) lives under a temp OFFRL_HOME.
+# repository, and from an empty folder run README's first ```python block unchanged, `offrl --version`, a
+# tiny `offrl train-cql` and a tiny `offrl ope`. Everything the user's files need (store, leaderboard) lives
+# under a temp OFFRL_HOME.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -32,5 +33,8 @@ start=$(date +%s)
 echo "README example: $(( $(date +%s) - start )) s"
 "$scratch/venv/bin/offrl" train-cql --dataset halfcheetah/random-v0 --config fast --steps 50 --set batch_size=64 \
     --set bc_steps=10 --log-every 25 --eval-every 1000 --final-eval-episodes 1 --quiet --out "$scratch/empty/run"
+# off-policy evaluation of a shipped policy on the dataset just collected (its bootstrap CI needs scipy)
+"$scratch/venv/bin/offrl" ope --policy HalfCheetah-v5/medium --dataset halfcheetah/random-v0 --method fqe --steps 20 \
+    --truth-episodes 2 --set critic_hidden=[32] --set batch_size=64 --quiet --results "$scratch/empty/ope.csv"
 "$scratch/venv/bin/offrl" datasets list
 echo "wheel check passed"

@@ -326,4 +326,27 @@ def test_the_resume_driver_plans_with_the_sweeps_own_code_and_runs_nothing_in_a_
     assert not (tmp_path / "lb.csv").exists() and not (tmp_path / "sweep").exists()
     wrong = subprocess.run([sys.executable, str(script), *argv], env={**env, "RESUME_ORDER": "fastest"},
                            capture_output=True, text=True, timeout=300)
-    assert wrong.returncode == 2 and "RESUME_ORDER='fastest'" in wrong.stderr
+    assert wrong.returncode == 2 and "RESUME_ORDER='fastest'" in wrong.stderr and "to run" not in wrong.stdout
+
+    # trials whose rows are there (their folders gone) are not run again
+    assert _sweep(argv).returncode == 0
+    (tmp_path / "sweep").rename(tmp_path / "sweep-gone")
+    resumed = subprocess.run([sys.executable, str(script), *argv], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for name in ("bc", "cql"):
+        assert f"pendulum-random-v0-{name}-tiny-seed0: its row is in " in resumed.stdout
+    assert "to run, in order: nothing" in resumed.stdout
+
+    # an OPE sweep whose target policy file is gone: its trials are left out, not the whole sweep refused
+    gone = str(tmp_path / "lost-run" / "snapshots" / "actor_5.pt")
+    ope = ["sweep", "--datasets", "pendulum/random-v0", "--ope-policies", f"random,{gone}", "--methods", "fqe",
+           "--seeds", "0", "--steps", "20", "--results", str(tmp_path / "ope.csv"), "--out", str(tmp_path / "ope")]
+    refused = subprocess.run([sys.executable, str(script), *ope], env={**env, "RESUME_ORDER": ""},
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2  # without the setting, the sweep's own refusal of a policy it cannot load
+    left_out = subprocess.run([sys.executable, str(script), *ope], capture_output=True, text=True, timeout=300,
+                              env={**env, "RESUME_ORDER": "", "RESUME_SKIP_MISSING_POLICIES": "1"})
+    assert left_out.returncode == 0, left_out.stderr[-2000:]
+    assert f"its target policy {gone} is gone: left out" in left_out.stdout
+    assert "to run, in order: ope-pendulum-random-v0-random-fqe-seed0" in left_out.stdout

@@ -105,16 +105,38 @@ def plan_remaining(spec):
         remaining.sort(key=lambda t: getattr(t, "algorithm", "") in ("cql", "calql"))
     elif order == "bf16-first":
         remaining.sort(key=lambda t: "bf16" not in str(getattr(t, "config", "")))
-    elif order:
-        print(f"resume_sweep.py: RESUME_ORDER={order!r}: expected short-first or bf16-first", file=sys.stderr)
-        raise SystemExit(2)
     print("to run, in order:", ", ".join(t.name for t in remaining) or "nothing", flush=True)
     return [] if os.environ.get("RESUME_DRY_RUN") else remaining
 
 
+def _arguments(argv: list[str]) -> list[str]:
+    """The sweep command's arguments with RESUME_MAX_CONCURRENT in place of its --max-concurrent (added if it has
+    none); bad RESUME_* settings are refused here, before anything is planned."""
+    order = os.environ.get("RESUME_ORDER", "")
+    if order not in ("", "short-first", "bf16-first"):
+        raise ValueError(f"RESUME_ORDER={order!r}: expected short-first or bf16-first")
+    limit = os.environ.get("RESUME_MAX_CONCURRENT", "")
+    if not limit:
+        return argv
+    if not limit.isdigit() or int(limit) < 1:
+        raise ValueError(f"RESUME_MAX_CONCURRENT={limit!r}: expected a whole number >= 1")
+    kept = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--max-concurrent":
+            skip = True
+        elif not arg.startswith("--max-concurrent="):
+            kept.append(arg)
+    return [*kept, "--max-concurrent", limit]
+
+
 if __name__ == "__main__":
+    try:
+        arguments = _arguments(sys.argv[1:])
+    except ValueError as exc:
+        print(f"resume_sweep.py: {exc}", file=sys.stderr)
+        sys.exit(2)
     sweep.plan_trials = plan_remaining
-    argv = sys.argv[1:]
-    if os.environ.get("RESUME_MAX_CONCURRENT") and "--max-concurrent" in argv:
-        argv[argv.index("--max-concurrent") + 1] = os.environ["RESUME_MAX_CONCURRENT"]
-    sys.exit(main(argv))
+    sys.exit(main(arguments))

@@ -197,13 +197,17 @@ def differences(frame: pd.DataFrame, phase: str = "offline") -> pd.DataFrame:
             for (alg_b, cfg_b), b in cells[i + 1:]:
                 if len(a) < 2 or len(b) < 2:
                     continue
-                test = ttest_ind(a, b, equal_var=False)
-                ci = test.confidence_interval(0.95)
-                verdict = ("A above B" if ci.low > 0 else "A below B" if ci.high < 0 else "not separated")
+                if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread on either side: Welch has no interval to give
+                    low = high = p = math.nan
+                else:
+                    test = ttest_ind(a, b, equal_var=False)
+                    ci = test.confidence_interval(0.95)
+                    low, high, p = float(ci.low), float(ci.high), float(test.pvalue)
+                verdict = ("A above B" if low > 0 else "A below B" if high < 0 else "not separated")
                 table.append({"dataset_id": dataset_id, "steps": steps, "a": alg_a, "a_config": cfg_a,
                               "b": alg_b, "b_config": cfg_b, "a_seeds": len(a), "b_seeds": len(b),
-                              "difference": float(a.mean() - b.mean()), "ci_low": float(ci.low),
-                              "ci_high": float(ci.high), "p": float(test.pvalue), "verdict": verdict})
+                              "difference": float(a.mean() - b.mean()), "ci_low": low, "ci_high": high, "p": p,
+                              "verdict": verdict})
     return pd.DataFrame(table, columns=["dataset_id", "steps", "a", "a_config", "b", "b_config", "a_seeds",
                                         "b_seeds", "difference", "ci_low", "ci_high", "p", "verdict"])
 
@@ -216,7 +220,8 @@ def _differences_markdown(table: pd.DataFrame) -> str:
     for r in table.itertuples():
         words = {"A above B": f"{r.a} above", "A below B": f"{r.a} below", "not separated": "not separated"}
         lines.append(f"| {r.dataset_id} | {r.a} ({r.a_config}) | {r.b} ({r.b_config}) | {r.a_seeds}, {r.b_seeds} | "
-                     f"{_with_ci(r.difference, r.ci_low, r.ci_high)} | {r.p:.2g} | {words[r.verdict]} |")
+                     f"{_with_ci(r.difference, r.ci_low, r.ci_high)} | {'–' if r.p != r.p else f'{r.p:.2g}'} | "
+                     f"{words[r.verdict]} |")
     return "\n".join(lines) + "\n"
 
 

@@ -201,7 +201,7 @@ def test_differences_are_welch_intervals_read_cql_first_and_say_where_they_separ
     flipped = differences(pd.concat([_cell([-1.0, 0.0, 1.0], algorithm="SAC-offline"), _cell([-9.0, -8.0, -7.5])]))
     assert flipped.iloc[0]["verdict"] == "A below B" and flipped.iloc[0]["difference"] < 0
     flat = differences(pd.concat([_cell([5.0, 5.0], algorithm="BC"), _cell([3.0, 3.0])])).iloc[0]
-    assert flat["difference"] == 2.0 and math.isnan(flat["ci_low"]) and flat["verdict"] == "not separated"
+    assert flat["difference"] == -2.0 and math.isnan(flat["ci_low"]) and flat["verdict"] == "not separated"
 
 
 def test_the_summary_defines_best_names_the_shared_starts_and_flags_a_commit_no_history_holds(tmp_path):

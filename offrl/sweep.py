@@ -203,11 +203,10 @@ def plan_trials(spec: SweepSpec) -> list[Trial] | list[OPETrial]:
             raise OfflineRLError(f"--datasets: {dataset_id} is not in the store{hint}; `offrl datasets list` shows "
                                  "what is")
     if spec.is_ope:
-        from offrl.data.registry import read_card
+        from offrl.data.registry import card_or_shipped
 
         # each dataset's dimensions, from its card (collected, else shipped: --collect-missing collects it)
-        cards = {d: read_card(d) if card_path(parse_dataset_id(d)).exists() else shipped_card(parse_dataset_id(d))
-                 for d in spec.datasets}
+        cards = {d: card_or_shipped(d) for d in spec.datasets}
         from offrl.algos.ope import OPE_METHODS
         from offrl.train.ope import load_target_policy
 
@@ -411,7 +410,7 @@ def _trials_with_rows(spec: SweepSpec, trials: Sequence[Trial] | Sequence[OPETri
     import pandas as pd
 
     from offrl.config import config_hash
-    from offrl.data.registry import card_path, parse_dataset_id, read_card, shipped_card
+    from offrl.data.registry import card_or_shipped
 
     path = spec.results if spec.is_ope else spec.leaderboard
     if spec.from_folders or path is None or not Path(path).is_file() or Path(path).stat().st_size == 0:
@@ -429,12 +428,7 @@ def _trials_with_rows(spec: SweepSpec, trials: Sequence[Trial] | Sequence[OPETri
     for column in ("seed", "updates" if spec.is_ope else "steps"):  # "3", or "3.0" where pandas read floats
         rows[column] = pd.to_numeric(rows[column], errors="coerce").map(lambda v: "" if v != v else str(int(v)))
 
-    def sha256(dataset_id: str) -> str | None:
-        parsed = parse_dataset_id(dataset_id)
-        card = read_card(dataset_id) if card_path(parsed).exists() else shipped_card(parsed)
-        return (card or {}).get("sha256")
-
-    shas = {d: sha256(d) for d in {t.dataset_id for t in trials}}
+    shas = {d: (card_or_shipped(d) or {}).get("sha256") for d in {t.dataset_id for t in trials}}
     if spec.is_ope:
         base = _ope_config(spec)
         hashes = {m: config_hash(dataclasses.replace(base, method=m)) for m in {t.method for t in trials}}

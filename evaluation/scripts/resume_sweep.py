@@ -55,7 +55,7 @@ def _as_int_text(column: pd.Series) -> pd.Series:
     return pd.to_numeric(column, errors="coerce").map(lambda v: "" if v != v else str(int(v)))
 
 
-def _sha256(dataset_id: str) -> str | None:
+def _sha256(dataset_id: str) -> str | None:  # registry.card_or_shipped, which older commits lack
     parsed = parse_dataset_id(dataset_id)
     card = read_card(dataset_id) if card_path(parsed).exists() else shipped_card(parsed)
     return (card or {}).get("sha256")

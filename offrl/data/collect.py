@@ -24,6 +24,7 @@ from tqdm import tqdm
 from offrl.data.hdf5 import read_transitions, write_transitions
 from offrl.data.portable import SAMPLER_VERSION, PortableActor, PortableNormal
 from offrl.data.registry import (
+    card_or_shipped,
     card_path,
     data_path,
     dataset_writer,
@@ -405,7 +406,7 @@ def collect_shipped(dataset_id: str, show_progress: bool = True) -> dict:
     from offrl.envs import FIRST_CLASS_ENVS
 
     parsed = parse_dataset_id(dataset_id)
-    card = read_card(dataset_id) if card_path(parsed).exists() else shipped_card(parsed)
+    card = card_or_shipped(dataset_id)
     envs = {env_short_name(e): e for e in FIRST_CLASS_ENVS}
     if card is None or parsed.namespace or parsed.tier not in TIERS or parsed.env not in envs:
         raise OfflineRLError(f"dataset {dataset_id}: not in the store ({card_path(parsed)}) and not one of offrl's "

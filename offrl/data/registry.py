@@ -163,6 +163,13 @@ def check_writable_store(root: Path | None = None) -> Path:
     return root
 
 
+def card_or_shipped(dataset_id: str) -> dict | None:
+    """The store's card of `dataset_id`, else the card offrl ships for it (what `--collect-missing` would collect),
+    else None."""
+    parsed = parse_dataset_id(dataset_id)
+    return read_card(dataset_id) if card_path(parsed).exists() else shipped_card(parsed)
+
+
 def read_card(dataset_id: str, root: Path | None = None) -> dict:
     parsed = parse_dataset_id(dataset_id)
     path = card_path(parsed, root)
